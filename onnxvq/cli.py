@@ -1,0 +1,274 @@
+"""Command line: `onnxvq compress | check | inspect`."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from .errors import ExitCode, OnnxVQError, OutputError
+
+
+def _fail(exc: OnnxVQError) -> None:
+    click.echo(f"onnxvq: error: {exc}", err=True)
+    sys.exit(int(exc.exit_code))
+
+
+class _Group(click.Group):
+    """Turn our errors into one line on stderr with their exit code; never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OnnxVQError as exc:
+            _fail(exc)
+        except MemoryError:
+            click.echo("onnxvq: error: out of memory", err=True)
+            sys.exit(int(ExitCode.RUNTIME_ERROR))
+        except KeyboardInterrupt:
+            click.echo("onnxvq: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="onnxvq")
+def main():
+    """Compress the dense layers of ONNX models with vector quantization (Gong et al. 2014)."""
+
+
+def _parse_dims(values) -> dict[str, int]:
+    dims = {}
+    for item in values:
+        name, _, value = item.partition("=")
+        if not value.isdigit() or int(value) < 1:
+            raise click.BadParameter(f"expected NAME=POSITIVE_INT, got {item!r}", param_hint="--input-dim")
+        dims[name] = int(value)
+    return dims
+
+
+def _write_json(path: str, payload: dict) -> None:
+    target = Path(path)
+    folder = target.resolve().parent
+    if not folder.is_dir():
+        raise OutputError(f"{path}: folder {folder} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, default=_json_default)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write the JSON report: {exc.strerror or exc}") from None
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _feeds(model, data, samples, seed, dims):
+    from .check import load_inputs, make_inputs
+
+    if data:
+        return load_inputs(model, data, samples)
+    return make_inputs(model, samples=samples or 8, seed=seed, dims=dims)
+
+
+def _parity_table(parity) -> str:
+    from .report import format_table
+
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    rows = [[o.name, f"{o.max_abs_err:.3g}", f"{o.rel_err:.3g}", f"{o.cosine:.6f}", fmt(o.top1_agreement),
+             fmt(o.top5_agreement)] for o in parity.outputs]
+    return format_table(["output", "max abs err", "rel err", "cosine", "top1 agree", "top5 agree"], rows)
+
+
+_threshold_options = [
+    click.option("--data", type=click.Path(), help="Inputs as .npz (keys = input names, or `x` for one input)."),
+    click.option("--samples", type=click.IntRange(min=1), default=None, help="Samples for generated inputs (default 8), or a cap on --data."),
+    click.option("--input-dim", multiple=True, metavar="NAME=N", help="Value of a dynamic input dimension."),
+    click.option("--min-cosine", type=float, default=None, help="Fail (exit 1) when an output's cosine is lower."),
+    click.option("--max-rel-err", type=float, default=None, help="Fail (exit 1) when an output's relative L2 error is higher."),
+]
+
+
+def _with(options):
+    def wrap(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return wrap
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Where to write the compressed model.")
+@click.option("--method", type=click.Choice(["pq", "kmeans", "rq", "binary", "svd", "skip"]), default=None,
+              help="Global method (default pq).")
+@click.option("--bits", type=click.IntRange(1, 8), default=None, help="Bits per code (codebooks hold 2**bits entries).")
+@click.option("--dim", type=click.IntRange(1, 64), default=None, help="Subvector length (pq, rq).")
+@click.option("--axis", type=click.Choice(["in", "out"]), default=None, help="Split subvectors along K (in) or N (out).")
+@click.option("--stages", type=click.IntRange(1, 16), default=None, help="Residual stages (rq).")
+@click.option("--group-size", type=click.IntRange(min=0), default=None, help="Output channels per codebook (kmeans; 0 = per tensor).")
+@click.option("--rank", type=click.IntRange(min=1), default=None, help="Rank (svd).")
+@click.option("--ratio", type=click.FloatRange(min=0, min_open=True), default=None, help="Target compression ratio (svd).")
+@click.option("--unscaled", is_flag=True, default=False, help="binary: the paper's plain ±1 (no per-channel scale).")
+@click.option("--codebook-dtype", type=click.Choice(["float32", "float16"]), default=None, help="Storage dtype of codebooks.")
+@click.option("--config", "config_file", type=click.Path(), default=None, help="YAML/JSON config with per-layer overrides.")
+@click.option("--seed", type=int, default=None, help="Seed; same seed and input give the same bytes (default 0).")
+@click.option("--include", multiple=True, help="Only nodes whose name matches this regex (repeatable).")
+@click.option("--exclude", multiple=True, help="Skip nodes whose name matches this regex (repeatable).")
+@click.option("--min-elements", type=click.IntRange(min=0), default=None, help="Skip weights with fewer elements (default 1024).")
+@click.option("--format", "fmt", type=click.Choice(["custom", "portable"]), default=None,
+              help="custom: our VQMatMul op (small at run time); portable: standard ONNX ops only.")
+@click.option("--jobs", type=click.IntRange(min=-1), default=1, help="Layers fitted in parallel (joblib; -1 = all cores).")
+@click.option("--check/--no-check", "run_check", default=True, help="Compare outputs with the original (default on).")
+@_with(_threshold_options)
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Write the full report as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
+def compress(model, output, method, bits, dim, axis, stages, group_size, rank, ratio, unscaled, codebook_dtype,
+             config_file, seed, include, exclude, min_elements, fmt, jobs, run_check, data, samples, input_dim,
+             min_cosine, max_rel_err, json_path, quiet):
+    """Compress MODEL's Gemm/MatMul weights into codes + codebooks and write OUTPUT."""
+    from .check import check_parity
+    from .compress import compress_model
+    from .config import build_plan, load_config_file
+    from .modelio import check_output_path, load_model, save_model
+    from .report import layer_rows, layers_table, totals
+
+    dims = _parse_dims(input_dim)
+    source = load_model(model)
+    check_output_path(model, output)
+    cli_options = {"method": method, "bits": bits, "dim": dim, "axis": axis, "stages": stages,
+                   "group_size": group_size, "rank": rank, "ratio": ratio, "codebook_dtype": codebook_dtype,
+                   "scaled": False if unscaled else None, "seed": seed, "min_elements": min_elements, "format": fmt,
+                   "include": include or None, "exclude": exclude or None}
+    plan = build_plan(load_config_file(config_file) if config_file else None, cli_options)
+    result = compress_model(source, plan, jobs=jobs, progress=not quiet)
+    written = save_model(result.model, output)
+    rows = layer_rows(result)
+    report = {
+        "input": str(model), "output": str(output), "format": plan.format,
+        "layers": rows, "totals": totals(rows),
+        "original_file_bytes": _file_bytes(model), "compressed_file_bytes": written,
+    }
+    report["file_ratio"] = report["original_file_bytes"] / written if written else None
+    parity = None
+    if run_check:
+        feeds = _feeds(source, data, samples, plan.seed, dims)
+        parity = check_parity(model, output, feeds)
+        report["parity"] = parity.summary()
+        report["parity_outputs"] = parity.to_dict()["outputs"]
+        _attach_layer_errors(rows, source, result.model, feeds)
+    if json_path:
+        _write_json(json_path, report)
+    if not quiet:
+        click.echo(layers_table(rows))
+        t = report["totals"]
+        click.echo(f"\ndense layers: {_mb(t['original_bytes'])} -> {_mb(t['compressed_bytes'])}"
+                   f" ({t['ratio']:.1f}x, codebooks {_mb(t['codebook_bytes'])})")
+        click.echo(f"file: {_mb(report['original_file_bytes'])} -> {_mb(written)} ({report['file_ratio']:.2f}x)"
+                   f"  written to {output}")
+        if parity is not None:
+            click.echo("\n" + _parity_table(parity))
+    if parity is not None:
+        problems = parity.failures(min_cosine, max_rel_err)
+        if problems:
+            for p in problems:
+                click.echo(f"onnxvq: check failed: {p}", err=True)
+            sys.exit(int(ExitCode.CHECK_FAILED))
+
+
+def _attach_layer_errors(rows: list[dict], original, compressed, feeds) -> None:
+    """Add each layer's own output error (``output_rel_err``) so a user sees which layer hurts."""
+    from .check import layer_output_errors
+    from .modelio import EXTERNAL_DATA_THRESHOLD
+
+    if original.ByteSize() > EXTERNAL_DATA_THRESHOLD:
+        return  # too large to re-serialize with extra outputs; the end-to-end parity still stands
+    errors = {e["name"]: e for e in layer_output_errors(original, compressed, feeds)}
+    for row in rows:
+        if row["name"] in errors:
+            row["output_rel_err"] = errors[row["name"]]["rel_err"]
+
+
+def _mb(n) -> str:
+    return f"{n / 1e6:.3f} MB"
+
+
+def _file_bytes(path) -> int:
+    from .modelio import file_bytes
+
+    return file_bytes(path)
+
+
+@main.command()
+@click.argument("original", type=click.Path())
+@click.argument("compressed", type=click.Path())
+@_with(_threshold_options)
+@click.option("--seed", type=int, default=0, help="Seed for generated inputs.")
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Write the report as JSON.")
+def check(original, compressed, data, samples, input_dim, min_cosine, max_rel_err, seed, json_path):
+    """Compare COMPRESSED with ORIGINAL on the same inputs: errors, agreement and sizes."""
+    from .check import check_parity
+    from .inspect import size_by_layer
+    from .modelio import load_model
+
+    source = load_model(original)
+    target = load_model(compressed)
+    feeds = _feeds(source, data, samples, seed, _parse_dims(input_dim))
+    parity = check_parity(original, compressed, feeds)
+    sizes = size_by_layer(target)
+    _attach_layer_errors(sizes, source, target, feeds)
+    report = {"original": str(original), "compressed": str(compressed), "parity": parity.summary(),
+              "outputs": parity.to_dict()["outputs"], "layers": sizes,
+              "original_file_bytes": _file_bytes(original), "compressed_file_bytes": _file_bytes(compressed)}
+    if json_path:
+        _write_json(json_path, report)
+    click.echo(_parity_table(parity))
+    if sizes:
+        from .report import format_table
+
+        click.echo("\n" + format_table(
+            ["layer", "codes", "codebooks", "compressed", "original", "ratio", "layer out err"],
+            [[s["name"], str(s["code_bytes"]), str(s["codebook_bytes"]), str(s["compressed_bytes"]),
+              str(s["original_bytes"]), f"{s['ratio']:.1f}x",
+              f"{s['output_rel_err']:.4f}" if "output_rel_err" in s else "-"] for s in sizes]))
+    click.echo(f"\nfile: {_mb(report['original_file_bytes'])} -> {_mb(report['compressed_file_bytes'])}")
+    problems = parity.failures(min_cosine, max_rel_err)
+    for p in problems:
+        click.echo(f"onnxvq: check failed: {p}", err=True)
+    if problems:
+        sys.exit(int(ExitCode.CHECK_FAILED))
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path())
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Write the inventory as JSON.")
+def inspect_cmd(model, json_path):
+    """List MODEL's candidate layers and how much of the file they hold."""
+    from .inspect import inventory
+    from .modelio import load_model
+    from .report import format_table
+
+    inv = inventory(load_model(model))
+    if json_path:
+        _write_json(json_path, inv)
+    rows = [[c["name"], c["op_type"], f"{c['in_features']}x{c['out_features']}", str(c["elements"]),
+             c.get("skipped_reason") or "candidate"] for c in inv["layers"]]
+    click.echo(format_table(["layer", "op", "K x N", "weights", "status"], rows))
+    click.echo(f"\nweights: {inv['total_weight_bytes'] / 1e6:.3f} MB in all, "
+               f"{inv['dense_weight_bytes'] / 1e6:.3f} MB in candidate dense layers "
+               f"({100 * inv['dense_share']:.1f}%)")
+    cap = inv["max_file_ratio"]
+    click.echo("best whole-file ratio from dense layers alone: " + ("unbounded" if cap is None else f"{cap:.2f}x"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The compression job: plan which sites to compress, fit them (in parallel), rewrite the graph."""
+from __future__ import annotations
+
+import copy
+import json
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from . import __version__
+from .config import MethodConfig, Plan
+from .errors import ConfigError, InvalidWeights, NothingToCompress
+from .passes.rewrite import rewrite
+from .ops.schema import DOMAIN
+from .passes.sites import Site, Skipped, find_sites, walk_graphs
+from .quantizers import CodedWeight, LowRankWeight, quantize
+
+METADATA_KEY = "onnxvq"
+
+
+@dataclass
+class WeightJob:
+    """One weight to encode, and every site that reads it."""
+
+    config: MethodConfig
+    sites: list[Site]
+    seed: int
+
+    @property
+    def first(self) -> Site:
+        return self.sites[0]
+
+
+@dataclass
+class CompressionResult:
+    model: onnx.ModelProto
+    jobs: list[WeightJob]
+    encoded: dict[tuple, CodedWeight | LowRankWeight]
+    skipped: list[Skipped] = field(default_factory=list)
+    plan: Plan | None = None
+
+
+def layer_seed(seed: int, weight_name: str) -> int:
+    """Per-weight seed: independent of layer order and of --jobs."""
+    return (seed * 1_000_003 + zlib.crc32(weight_name.encode())) % (2**31)
+
+
+def plan_jobs(model: onnx.ModelProto, plan: Plan) -> tuple[list[WeightJob], list[Skipped]]:
+    scan = find_sites(model)
+    skipped = list(scan.skipped)
+    jobs: dict[tuple, WeightJob] = {}
+    for site in scan.sites:
+        def skip(reason: str) -> None:
+            skipped.append(Skipped(site.display_name, site.op_type, site.graph_path, reason,
+                                   site.weight.name, site.elements))
+
+        if not plan.selected(site.display_name):
+            skip("excluded by --include/--exclude")
+            continue
+        if site.elements < plan.min_elements:
+            skip(f"{site.elements} weights < --min-elements {plan.min_elements}")
+            continue
+        config = plan.config_for(site.display_name, site.op_type)
+        if config is None:
+            skip("method 'skip' in the config")
+            continue
+        job = jobs.get(site.weight_key)
+        if job is None:
+            jobs[site.weight_key] = WeightJob(config, [site], layer_seed(plan.seed, site.weight.name))
+        elif job.config != config:
+            raise ConfigError(f"weight {site.weight.name!r} is shared by nodes {job.first.display_name!r} "
+                              f"({job.config.options()}) and {site.display_name!r} ({config.options()}) "
+                              f"with different configs; give them the same one")
+        else:
+            job.sites.append(site)
+    for job in jobs.values():
+        _check_finite(job.first)
+    return list(jobs.values()), skipped
+
+
+def _check_finite(site: Site) -> None:
+    w = site.weight_array
+    if not np.isfinite(w).all():
+        bad = int(np.size(w) - np.isfinite(w).sum())
+        raise InvalidWeights(f"weight {site.weight.name!r} of node {site.display_name!r} has {bad} NaN/Inf "
+                             f"value(s); fix the model before compressing")
+    if site.bias_array is not None and not np.isfinite(site.bias_array).all():
+        raise InvalidWeights(f"bias {site.bias.name!r} of node {site.display_name!r} has NaN/Inf values")
+
+
+def _encode(job: WeightJob):
+    return quantize(job.first.weight_array, job.config, job.seed)
+
+
+def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progress: bool = False) -> CompressionResult:
+    """Compress a copy of ``model``; the argument is never modified."""
+    if any(node.domain == DOMAIN for graph, _ in walk_graphs(model.graph) for node in graph.node) \
+            or any(p.key == METADATA_KEY for p in model.metadata_props):
+        raise NothingToCompress("the model is already compressed by onnxvq; compress the original instead")
+    model = copy.deepcopy(model)
+    weight_jobs, skipped = plan_jobs(model, plan)
+    if not weight_jobs:
+        reasons = "; ".join(f"{s.display_name}: {s.reason}" for s in skipped[:5]) or "it has no Gemm/MatMul node"
+        raise NothingToCompress(f"no layer to compress ({reasons})")
+    encoded_list = _run_jobs(weight_jobs, jobs, progress)
+    encoded = {job.first.weight_key: enc for job, enc in zip(weight_jobs, encoded_list)}
+    sites = [site for job in weight_jobs for site in job.sites]
+    rewrite(model, sites, encoded, plan.format)
+    _stamp_metadata(model, plan, weight_jobs)
+    return CompressionResult(model, weight_jobs, encoded, skipped, plan)
+
+
+def _run_jobs(weight_jobs: list[WeightJob], n_jobs: int, progress: bool):
+    from tqdm.auto import tqdm
+
+    total = sum(job.first.elements for job in weight_jobs)
+    bar = tqdm(total=total, unit="w", unit_scale=True, desc="fitting", disable=not progress, leave=False)
+    results = [None] * len(weight_jobs)
+    # Largest first: the long pole starts early and parallel runs finish together.
+    order = sorted(range(len(weight_jobs)), key=lambda i: -weight_jobs[i].first.elements)
+    if n_jobs == 1:
+        for i in order:
+            bar.set_postfix_str(weight_jobs[i].first.display_name[:40])
+            results[i] = _encode(weight_jobs[i])
+            bar.update(weight_jobs[i].first.elements)
+    else:
+        from joblib import Parallel, delayed
+
+        outputs = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_encode)(weight_jobs[i]) for i in order)
+        for i, out in zip(order, outputs):
+            results[i] = out
+            bar.update(weight_jobs[i].first.elements)
+    bar.close()
+    return results
+
+
+def _stamp_metadata(model: onnx.ModelProto, plan: Plan, weight_jobs: list[WeightJob]) -> None:
+    stamp = {
+        "version": __version__,
+        "plan": plan.to_dict(),
+        "layers": {site.display_name: job.config.options() for job in weight_jobs for site in job.sites},
+    }
+    for prop in list(model.metadata_props):
+        if prop.key == METADATA_KEY:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(stamp, sort_keys=True)

@@ -1,0 +1,263 @@
+"""Compression options as data: frozen, validated configs per method, and the per-layer plan.
+
+Precedence for one layer: node name > op type > global (the CLI flags are the global
+section). An override that names a different method starts from that method's defaults;
+one that keeps the method only changes the options it names.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+SKIP = "skip"  # method name that leaves a layer dense
+CODEBOOK_DTYPES = ("float32", "float16")
+AXES = ("in", "out")
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method's options. Subclasses are registered in ``onnxvq.quantizers``."""
+
+    method = "base"
+
+    def options(self) -> dict[str, Any]:
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+
+def _check_bits(bits: int) -> None:
+    _require(isinstance(bits, int) and 1 <= bits <= 8, f"bits must be an integer in 1..8, got {bits!r}")
+
+
+def _check_codebook_dtype(dtype: str) -> None:
+    _require(dtype in CODEBOOK_DTYPES, f"codebook_dtype must be one of {CODEBOOK_DTYPES}, got {dtype!r}")
+
+
+def _check_axis(axis: str) -> None:
+    _require(axis in AXES, f"axis must be one of {AXES}, got {axis!r}")
+
+
+@dataclass(frozen=True)
+class KMeansConfig(MethodConfig):
+    """Scalar k-means: one codebook of 2**bits values per tensor or per group of output channels."""
+
+    method = "kmeans"
+    bits: int = 4
+    group_size: int = 0  # output channels per codebook; 0 = one codebook for the tensor
+    codebook_dtype: str = "float32"
+
+    def __post_init__(self):
+        _check_bits(self.bits)
+        _require(isinstance(self.group_size, int) and self.group_size >= 0,
+                 f"group_size must be an integer >= 0, got {self.group_size!r}")
+        _check_codebook_dtype(self.codebook_dtype)
+
+
+@dataclass(frozen=True)
+class BinaryConfig(MethodConfig):
+    """sign(W), scaled per output channel by mean|w| unless ``scaled`` is false (the paper's +-1)."""
+
+    method = "binary"
+    scaled: bool = True
+    codebook_dtype: str = "float32"
+
+    def __post_init__(self):
+        _require(isinstance(self.scaled, bool), f"scaled must be true or false, got {self.scaled!r}")
+        _check_codebook_dtype(self.codebook_dtype)
+
+
+@dataclass(frozen=True)
+class PQConfig(MethodConfig):
+    """Product quantization: subvectors of length ``dim`` along K (axis in) or N (axis out)."""
+
+    method = "pq"
+    bits: int = 8
+    dim: int = 4
+    axis: str = "in"
+    codebook_dtype: str = "float32"
+    iters: int = 20
+
+    def __post_init__(self):
+        _check_bits(self.bits)
+        _require(isinstance(self.dim, int) and 1 <= self.dim <= 64, f"dim must be an integer in 1..64, got {self.dim!r}")
+        _check_axis(self.axis)
+        _check_codebook_dtype(self.codebook_dtype)
+        _require(isinstance(self.iters, int) and self.iters >= 1, f"iters must be >= 1, got {self.iters!r}")
+
+
+@dataclass(frozen=True)
+class RQConfig(MethodConfig):
+    """Residual quantization: ``stages`` PQ stages, each fitted on what the previous ones left."""
+
+    method = "rq"
+    bits: int = 8
+    dim: int = 4
+    stages: int = 2
+    axis: str = "in"
+    codebook_dtype: str = "float32"
+    iters: int = 20
+
+    def __post_init__(self):
+        _check_bits(self.bits)
+        _require(isinstance(self.dim, int) and 1 <= self.dim <= 64, f"dim must be an integer in 1..64, got {self.dim!r}")
+        _require(isinstance(self.stages, int) and 1 <= self.stages <= 16,
+                 f"stages must be an integer in 1..16, got {self.stages!r}")
+        _check_axis(self.axis)
+        _check_codebook_dtype(self.codebook_dtype)
+        _require(isinstance(self.iters, int) and self.iters >= 1, f"iters must be >= 1, got {self.iters!r}")
+
+
+@dataclass(frozen=True)
+class SVDConfig(MethodConfig):
+    """Low-rank baseline W ~ A @ B written as two standard MatMuls. Give ``rank`` or ``ratio``."""
+
+    method = "svd"
+    rank: int = 0
+    ratio: float = 0.0  # target compression rate K*N / (r*(K+N)); used when rank is 0
+
+    def __post_init__(self):
+        _require(isinstance(self.rank, int) and self.rank >= 0, f"rank must be an integer >= 0, got {self.rank!r}")
+        _require(isinstance(self.ratio, (int, float)) and self.ratio >= 0, f"ratio must be >= 0, got {self.ratio!r}")
+        _require(self.rank > 0 or self.ratio > 0, "svd needs rank > 0 or ratio > 0")
+
+
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
+    cls.method: cls for cls in (KMeansConfig, BinaryConfig, PQConfig, RQConfig, SVDConfig)
+}
+
+
+def make_method_config(options: Mapping[str, Any]) -> MethodConfig | None:
+    """Build a method config from a dict with a ``method`` key; None for ``skip``."""
+    options = dict(options)
+    method = options.pop("method", None)
+    _require(method is not None, f"a method is required (one of {sorted(METHOD_CONFIGS)} or '{SKIP}')")
+    if method == SKIP:
+        _require(not options, f"method '{SKIP}' takes no options, got {sorted(options)}")
+        return None
+    _require(method in METHOD_CONFIGS, f"unknown method {method!r}; choose one of {sorted(METHOD_CONFIGS)} or '{SKIP}'")
+    cls = METHOD_CONFIGS[method]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - known)
+    _require(not unknown, f"method {method!r} has no option(s) {unknown}; it takes {sorted(known)}")
+    return cls(**options)
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    if "method" in override and override["method"] != base.get("method"):
+        return dict(override)
+    return {**base, **override}
+
+
+DEFAULT_METHOD = {"method": "pq", "bits": 8, "dim": 4}
+PLAN_KEYS = {"include", "exclude", "min_elements", "op_types", "nodes", "seed", "format"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which layers to compress and how. Built from CLI flags and/or a YAML/JSON config file."""
+
+    global_options: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_METHOD))
+    op_types: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    min_elements: int = 1024
+    seed: int = 0
+    format: str = "custom"
+
+    def __post_init__(self):
+        _require(self.format in ("custom", "portable"), f"format must be 'custom' or 'portable', got {self.format!r}")
+        _require(isinstance(self.min_elements, int) and self.min_elements >= 0,
+                 f"min_elements must be an integer >= 0, got {self.min_elements!r}")
+        _require(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        for pattern in (*self.include, *self.exclude):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"invalid regular expression {pattern!r}: {exc}") from None
+        # Validate every section now, so a typo fails before any fitting starts.
+        make_method_config(self.global_options)
+        for key, section in [*self.op_types.items(), *self.nodes.items()]:
+            try:
+                make_method_config(_merge(self.global_options, section))
+            except ConfigError as exc:
+                raise ConfigError(f"config for {key!r}: {exc}") from None
+
+    def selected(self, node_name: str) -> bool:
+        """Include/exclude patterns (regex search on the node name)."""
+        if self.include and not any(re.search(p, node_name) for p in self.include):
+            return False
+        return not any(re.search(p, node_name) for p in self.exclude)
+
+    def options_for(self, node_name: str, op_type: str) -> dict[str, Any]:
+        opts = dict(self.global_options)
+        if op_type in self.op_types:
+            opts = _merge(opts, self.op_types[op_type])
+        if node_name in self.nodes:
+            opts = _merge(opts, self.nodes[node_name])
+        return opts
+
+    def config_for(self, node_name: str, op_type: str) -> MethodConfig | None:
+        return make_method_config(self.options_for(node_name, op_type))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "global": dict(self.global_options), "op_types": {k: dict(v) for k, v in self.op_types.items()},
+            "nodes": {k: dict(v) for k, v in self.nodes.items()}, "include": list(self.include),
+            "exclude": list(self.exclude), "min_elements": self.min_elements, "seed": self.seed,
+            "format": self.format,
+        }
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a plain dict (no validation yet)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error becomes one clear line
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    _require(isinstance(data, dict), f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def build_plan(file_options: Mapping[str, Any] | None = None, cli_options: Mapping[str, Any] | None = None) -> Plan:
+    """Combine a config file's sections with CLI flags (flags win over the file's global section)."""
+    data = dict(file_options or {})
+    plan_kwargs: dict[str, Any] = {}
+    for key in PLAN_KEYS:
+        if key in data:
+            plan_kwargs[key] = data.pop(key)
+    global_options = data or dict(DEFAULT_METHOD)
+    cli = {k: v for k, v in (cli_options or {}).items() if v is not None}
+    for key in PLAN_KEYS & set(cli):
+        plan_kwargs[key] = cli.pop(key)
+    global_options = _merge(global_options, cli) if cli else global_options
+    for key in ("include", "exclude"):
+        value = plan_kwargs.get(key, ())
+        plan_kwargs[key] = (value,) if isinstance(value, str) else tuple(value)
+    for key in ("op_types", "nodes"):
+        section = plan_kwargs.get(key) or {}
+        _require(isinstance(section, dict), f"'{key}' must be a mapping of name -> options")
+        for name, opts in section.items():
+            _require(isinstance(opts, dict), f"'{key}.{name}' must be a mapping of options")
+        plan_kwargs[key] = section
+    return Plan(global_options=global_options, **plan_kwargs)

@@ -1,0 +1,150 @@
+"""Load models with clear errors; save them atomically (temp files in the target folder, then rename)."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from .errors import InputNotFound, InvalidModel, OutputError
+
+# protobuf cannot serialize one message over 2 GiB; stay well below with external data.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX model and its external data; every failure becomes one clear InputNotFound/InvalidModel."""
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFound(f"{path}: no such file")
+    if path.is_dir():
+        raise InputNotFound(f"{path}: is a folder, not an ONNX file")
+    if not os.access(path, os.R_OK):
+        raise InputNotFound(f"{path}: not readable (permission denied)")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputNotFound(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not data:
+        raise InvalidModel(f"{path}: empty file, not an ONNX model")
+    try:
+        model = onnx.ModelProto()
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise InvalidModel(f"{path}: not a valid ONNX protobuf (truncated or corrupt?): {exc}") from None
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        raise InvalidModel(f"{path}: parsed, but holds no ONNX graph (is it an ONNX model?)")
+    _load_external_data(model, path)
+    return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    base = path.resolve().parent
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (base / location).resolve()
+        if not location or os.path.isabs(location) or base not in target.parents:
+            raise InvalidModel(f"{path}: tensor {tensor.name!r} points at external data {location!r} "
+                               f"outside the model's folder; refusing to read it")
+        if not target.is_file():
+            raise InvalidModel(f"{path}: tensor {tensor.name!r} needs external data file {location!r}, "
+                               f"which does not exist next to the model")
+    try:
+        onnx.load_external_data_for_model(model, str(base))
+    except Exception as exc:  # noqa: BLE001
+        raise InvalidModel(f"{path}: cannot load external data: {exc}") from None
+
+
+def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathLike) -> Path:
+    """Refuse to overwrite the input; make sure the folder exists and is writable."""
+    src, dst = Path(input_path), Path(output_path)
+    if dst.exists() and (dst.resolve() == src.resolve() or os.path.samefile(src, dst)):
+        raise OutputError(f"{dst}: output path is the input model; choose another output path")
+    if dst.resolve() == src.resolve():
+        raise OutputError(f"{dst}: output path is the input model; choose another output path")
+    folder = dst.resolve().parent
+    if not folder.is_dir():
+        raise OutputError(f"{dst}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{dst}: output folder {folder} is not writable")
+    if dst.is_dir():
+        raise OutputError(f"{dst}: is a folder; give a file path for the output model")
+    return dst
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
+    """Write ``model`` to ``path`` atomically; large models get a ``<name>.data`` external-data file.
+
+    Returns the bytes written (model + external data). Nothing is left behind on failure.
+    """
+    path = Path(path)
+    folder = path.resolve().parent
+    size = model.ByteSize() if _fits_protobuf(model) else EXTERNAL_DATA_THRESHOLD + 1
+    try:
+        tmpdir = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write to {folder}: {exc.strerror or exc}") from None
+    try:
+        tmp_model = Path(tmpdir) / path.name
+        data_name = path.name + ".data"
+        if size > EXTERNAL_DATA_THRESHOLD:
+            onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+            # Saving converts the in-memory tensors to external references; put the data back.
+            onnx.load_external_data_for_model(model, tmpdir)
+        else:
+            tmp_model.write_bytes(model.SerializeToString())
+        written = sum(f.stat().st_size for f in Path(tmpdir).iterdir())
+        # Data file first: the model file only appears once what it points at is in place.
+        if (Path(tmpdir) / data_name).exists():
+            os.replace(Path(tmpdir) / data_name, folder / data_name)
+        os.replace(tmp_model, path)
+        return written
+    except OSError as exc:
+        raise OutputError(f"{path}: writing failed: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _fits_protobuf(model: onnx.ModelProto) -> bool:
+    try:
+        return model.ByteSize() < EXTERNAL_DATA_THRESHOLD
+    except Exception:  # noqa: BLE001 - ByteSize overflows past 2 GiB on some protobuf builds
+        return False
+
+
+def file_bytes(path: str | os.PathLike, model: onnx.ModelProto | None = None) -> int:
+    """Bytes a model occupies on disk: the file plus the external-data files it references.
+
+    ``model``, if given, must still hold its external-data references (not loaded)."""
+    path = Path(path)
+    total = path.stat().st_size
+    if model is None:
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception:  # noqa: BLE001 - size of the file alone is still right
+            return total
+    if model is not None:
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+        seen = set()
+        for tensor in _get_all_tensors(model):
+            if uses_external_data(tensor):
+                loc = {e.key: e.value for e in tensor.external_data}.get("location")
+                if loc and loc not in seen and (path.parent / loc).is_file():
+                    seen.add(loc)
+                    total += (path.parent / loc).stat().st_size
+    return total
+
+
+def has_nonfinite(array: np.ndarray) -> bool:
+    return array.dtype.kind == "f" and not np.isfinite(array).all()

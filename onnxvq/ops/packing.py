@@ -1,0 +1,47 @@
+"""Bit-packing of code arrays (format_version 1: one LSB-first stream).
+
+Code i of the flattened array occupies stream bits [i*bits, (i+1)*bits); stream bit b is
+bit (b % 8) of byte b // 8. Pure numpy, vectorized over bit positions, not over codes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .schema import MAX_BITS, MIN_BITS, ceil_div
+
+
+def packed_nbytes(num_codes: int, bits: int) -> int:
+    return ceil_div(num_codes * bits, 8)
+
+
+def _check_bits(bits: int) -> None:
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be in [{MIN_BITS}, {MAX_BITS}], got {bits}")
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack non-negative integer codes (< 2**bits) into a uint8 stream."""
+    _check_bits(bits)
+    flat = np.asarray(codes).reshape(-1)
+    if flat.size and (flat.min() < 0 or flat.max() >= (1 << bits)):
+        raise ValueError(f"codes must lie in [0, {1 << bits}), got [{flat.min()}, {flat.max()}]")
+    flat = flat.astype(np.uint8)
+    if bits == 8:
+        return flat.copy()
+    # Expand every code into its bits (LSB first), then pack the bit stream LSB-first.
+    bit_matrix = (flat[:, None] >> np.arange(bits, dtype=np.uint8)) & 1
+    return np.packbits(bit_matrix.reshape(-1), bitorder="little")
+
+
+def unpack_codes(stream: np.ndarray, bits: int, num_codes: int) -> np.ndarray:
+    """Inverse of pack_codes; returns uint8 codes of length num_codes."""
+    _check_bits(bits)
+    stream = np.asarray(stream, dtype=np.uint8).reshape(-1)
+    need = packed_nbytes(num_codes, bits)
+    if stream.size != need:
+        raise ValueError(f"a stream of {num_codes} {bits}-bit codes has {need} bytes, got {stream.size}")
+    if bits == 8:
+        return stream.copy()
+    bit_stream = np.unpackbits(stream, bitorder="little")[: num_codes * bits]
+    weights = (1 << np.arange(bits)).astype(np.uint16)
+    return (bit_stream.reshape(num_codes, bits).astype(np.uint16) @ weights).astype(np.uint8)

@@ -1,0 +1,119 @@
+"""What a quantizer produces, and the registry that maps a config type to its quantizer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..ops.packing import pack_codes
+from ..ops.reference import decode_weight
+from ..ops.schema import VQLayout
+
+
+@dataclass(frozen=True)
+class CodedWeight:
+    """A weight W[K, N] as codes + codebooks, decoded by the VQMatMul op.
+
+    codes:     uint8 [T, R, S] (unpacked; packed on the way into the model)
+    codebooks: float32 or float16 [T, Gs, Gr, 2**bits, d]
+    """
+
+    layout: VQLayout
+    codes: np.ndarray
+    codebooks: np.ndarray
+
+    def __post_init__(self):
+        if self.codes.shape != self.layout.codes_shape:
+            raise ValueError(f"codes shape {self.codes.shape} != layout {self.layout.codes_shape}")
+        if self.codebooks.shape != self.layout.codebooks_shape:
+            raise ValueError(f"codebooks shape {self.codebooks.shape} != layout {self.layout.codebooks_shape}")
+
+    def decode(self) -> np.ndarray:
+        """W_hat [K, N] float32, exactly what the op computes with."""
+        return decode_weight(self.layout, self.codes, self.codebooks).astype(np.float32)
+
+    def packed_codes(self) -> np.ndarray:
+        return pack_codes(self.codes, self.layout.bits)
+
+    @property
+    def code_bytes(self) -> int:
+        return self.layout.packed_nbytes
+
+    @property
+    def codebook_bytes(self) -> int:
+        return int(self.codebooks.nbytes)
+
+    @property
+    def padding_bits(self) -> int:
+        """Bits stored that carry no information: the last byte's unused bits, plus padded subvector slots."""
+        stream_padding = self.code_bytes * 8 - self.layout.num_codes * self.layout.bits
+        return stream_padding
+
+
+@dataclass(frozen=True)
+class LowRankWeight:
+    """W[K, N] ~ first[K, r] @ second[r, N], written as two standard MatMuls."""
+
+    first: np.ndarray
+    second: np.ndarray
+
+    @property
+    def rank(self) -> int:
+        return int(self.first.shape[1])
+
+    def decode(self) -> np.ndarray:
+        return (self.first.astype(np.float64) @ self.second.astype(np.float64)).astype(np.float32)
+
+    @property
+    def code_bytes(self) -> int:
+        return int(self.first.nbytes + self.second.nbytes)
+
+    @property
+    def codebook_bytes(self) -> int:
+        return 0
+
+    @property
+    def padding_bits(self) -> int:
+        return 0
+
+
+QuantizeFn = Callable[[np.ndarray, object, int], "CodedWeight | LowRankWeight"]
+_REGISTRY: dict[type, QuantizeFn] = {}
+
+
+def register(config_type: type):
+    """Decorator: ``@register(PQConfig) def quantize(weight, config, seed) -> CodedWeight``."""
+
+    def wrap(fn: QuantizeFn) -> QuantizeFn:
+        _REGISTRY[config_type] = fn
+        return fn
+
+    return wrap
+
+
+def quantize(weight: np.ndarray, config, seed: int = 0):
+    """Quantize a float32 weight W[K, N] (ONNX MatMul orientation) with the method ``config`` names."""
+    try:
+        fn = _REGISTRY[type(config)]
+    except KeyError:
+        raise TypeError(f"no quantizer registered for {type(config).__name__}") from None
+    return fn(np.ascontiguousarray(weight, dtype=np.float32), config, seed)
+
+
+def to_codebook_dtype(codebooks: np.ndarray, dtype: str) -> np.ndarray:
+    return codebooks.astype(np.float16 if dtype == "float16" else np.float32)
+
+
+def subvectors(weight: np.ndarray, d: int, axis: str) -> np.ndarray:
+    """Split W[K, N] into subvectors: returns [S, R, d] float32, zero-padded to S*d.
+
+    axis "in": rows are output channels (M = W^T), subvectors run along K.
+    axis "out": rows are input channels (M = W), subvectors run along N.
+    """
+    m = weight.T if axis == "in" else weight
+    rows, length = m.shape
+    s = -(-length // d)
+    padded = np.zeros((rows, s * d), dtype=np.float32)
+    padded[:, :length] = m
+    return np.ascontiguousarray(padded.reshape(rows, s, d).transpose(1, 0, 2))
