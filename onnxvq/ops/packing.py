@@ -45,3 +45,16 @@ def unpack_codes(stream: np.ndarray, bits: int, num_codes: int) -> np.ndarray:
     bit_stream = np.unpackbits(stream, bitorder="little")[: num_codes * bits]
     weights = (1 << np.arange(bits)).astype(np.uint16)
     return (bit_stream.reshape(num_codes, bits).astype(np.uint16) @ weights).astype(np.uint8)
+
+
+def pack_for_op(codes: np.ndarray, layout) -> np.ndarray:
+    """The VQMatMul ``codes`` input for unpacked codes [T, R, S] under ``layout.format_version``."""
+    codes = np.asarray(codes)
+    if codes.shape != layout.codes_shape:
+        raise ValueError(f"codes shape {codes.shape} != layout {layout.codes_shape}")
+    return pack_codes(codes, layout.bits)
+
+
+def unpack_from_op(stream: np.ndarray, layout) -> np.ndarray:
+    """Inverse of pack_for_op: unpacked codes [T, R, S] (uint8)."""
+    return unpack_codes(stream, layout.bits, layout.num_codes).reshape(layout.codes_shape)

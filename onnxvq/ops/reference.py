@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .packing import unpack_codes
+from .packing import unpack_from_op
 from .schema import AXIS_IN, DOMAIN, OP_TYPE, VQLayout
 
 
@@ -40,7 +40,7 @@ def vq_matmul_ref(x: np.ndarray, packed_codes: np.ndarray, codebooks: np.ndarray
     x = np.asarray(x)
     if x.shape[-1] != layout.in_features:
         raise ValueError(f"X has last dimension {x.shape[-1]}, expected K = {layout.in_features}")
-    codes = unpack_codes(packed_codes, layout.bits, layout.num_codes)
+    codes = unpack_from_op(packed_codes, layout)
     w = decode_weight(layout, codes, codebooks)
     y = x.astype(np.float64) @ w
     if bias is not None and np.asarray(bias).size:

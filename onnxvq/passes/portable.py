@@ -1,7 +1,7 @@
 """Decode codes + codebooks into W_hat with standard ONNX ops only (opset >= 11).
 
-The packed uint8 stream is the same one the custom op reads; unpacking uses integer Div and
-Mod (no bitwise ops, which need opset 18). All inputs are initializers, so runtimes fold the
+Codes are stored as one LSB-first stream in [T, R, S] order (format 1); unpacking uses integer
+Div and Mod (no bitwise ops, which need opset 18). All inputs are initializers, so runtimes fold the
 decode once at load time.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def build_decoder(encoded: CodedWeight, names: NameAllocator, prefix: str):
     T, R, S = layout.codes_shape
     k, d = layout.codebook_size, layout.subvector_len
 
-    codes = b.const("codes", encoded.packed_codes())
+    codes = b.const("codes", encoded.flat_packed_codes())
     as_int = b.op("Cast", [codes], "codes_i64", to=onnx.TensorProto.INT64)
     if layout.bits < 8:
         # byte -> its 8 bits (LSB first) -> the stream of bits -> groups of `bits` -> integers

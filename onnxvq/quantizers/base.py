@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..ops.packing import pack_codes
+from ..ops.packing import pack_codes, pack_for_op
 from ..ops.reference import decode_weight
 from ..ops.schema import VQLayout
 
@@ -34,6 +34,11 @@ class CodedWeight:
         return decode_weight(self.layout, self.codes, self.codebooks).astype(np.float32)
 
     def packed_codes(self) -> np.ndarray:
+        """The custom op's codes input (layout set by the schema's format version)."""
+        return pack_for_op(self.codes, self.layout)
+
+    def flat_packed_codes(self) -> np.ndarray:
+        """Codes as one LSB-first stream in [T, R, S] order: what the portable decoder unpacks."""
         return pack_codes(self.codes, self.layout.bits)
 
     @property
@@ -43,12 +48,6 @@ class CodedWeight:
     @property
     def codebook_bytes(self) -> int:
         return int(self.codebooks.nbytes)
-
-    @property
-    def padding_bits(self) -> int:
-        """Bits stored that carry no information: the last byte's unused bits, plus padded subvector slots."""
-        stream_padding = self.code_bytes * 8 - self.layout.num_codes * self.layout.bits
-        return stream_padding
 
 
 @dataclass(frozen=True)
@@ -71,10 +70,6 @@ class LowRankWeight:
 
     @property
     def codebook_bytes(self) -> int:
-        return 0
-
-    @property
-    def padding_bits(self) -> int:
         return 0
 
 

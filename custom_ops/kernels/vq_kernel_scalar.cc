@@ -1,0 +1,103 @@
+// Portable micro-kernels: the reference every SIMD table is compared with.
+// Summation orders are fixed (see vq_kernel.h) so results do not depend on tiling.
+#include <cstring>
+
+#include "vq_kernel.h"
+
+namespace onnxvq::kernels {
+namespace {
+
+void unpack_codes_scalar(const uint8_t* stream, uint64_t first, size_t count, unsigned bits,
+                         uint8_t* out) {
+  if (count == 0) return;
+  if (bits == 8) {
+    std::memcpy(out, stream + first, count);
+    return;
+  }
+  // A little bit reader: `pending` holds `available` not yet consumed bits, LSB first.
+  // A byte is loaded only when the current code needs it, so the reader never touches a
+  // byte past the one holding the last requested bit.
+  const uint64_t first_bit = first * bits;
+  const uint8_t* next_byte = stream + (first_bit >> 3);
+  const unsigned skip = static_cast<unsigned>(first_bit & 7);
+  uint32_t pending = static_cast<uint32_t>(*next_byte++) >> skip;
+  unsigned available = 8 - skip;
+  const uint32_t mask = (1u << bits) - 1u;
+  for (size_t i = 0; i < count; ++i) {
+    if (available < bits) {  // bits <= 7 here, so one more byte always suffices
+      pending |= static_cast<uint32_t>(*next_byte++) << available;
+      available += 8;
+    }
+    out[i] = static_cast<uint8_t>(pending & mask);
+    pending >>= bits;
+    available -= bits;
+  }
+}
+
+void build_lut_scalar(const float* x, size_t len, const float* codewords, size_t d,
+                      size_t num_codewords, float* lut) {
+  for (size_t c = 0; c < num_codewords; ++c) {
+    const float* codeword = codewords + c * d;
+    float sum = 0.0f;
+    for (size_t j = 0; j < len; ++j) sum += x[j] * codeword[j];
+    lut[c] = sum;
+  }
+}
+
+void lut_gather_rows_scalar(const uint8_t* codes, size_t count, size_t num_codewords,
+                            const float* luts, size_t lut_row_stride, size_t rows, float* out,
+                            size_t out_stride) {
+  for (size_t m = 0; m < rows; ++m) {
+    const float* table = luts + m * lut_row_stride;
+    float sum = 0.0f;
+    for (size_t i = 0; i < count; ++i) sum += table[i * num_codewords + codes[i]];
+    out[m * out_stride] = sum;
+  }
+}
+
+void scatter_add_scalar(const uint8_t* codes, size_t count, float value, float* buckets,
+                        size_t num_codewords) {
+  for (size_t i = 0; i < count; ++i) buckets[i * num_codewords + codes[i]] += value;
+}
+
+float bucket_dot_scalar(const uint8_t* codes, const float* x, size_t count,
+                        const float* codebook, size_t num_codewords, float* buckets) {
+  // kBucketSets interleaved bucket arrays (element i goes to set i % kBucketSets): runs of
+  // equal codes no longer serialize on one memory location.
+  static_assert(kBucketSets == 4, "the reduction below combines four partial buckets");
+  float* sets[kBucketSets];
+  for (size_t b = 0; b < kBucketSets; ++b) sets[b] = buckets + b * num_codewords;
+  std::memset(buckets, 0, kBucketSets * num_codewords * sizeof(float));
+  size_t i = 0;
+  for (; i + kBucketSets <= count; i += kBucketSets)
+    for (size_t b = 0; b < kBucketSets; ++b) sets[b][codes[i + b]] += x[i + b];
+  for (size_t b = 0; i < count; ++i, ++b) sets[b][codes[i]] += x[i];
+  float sum = 0.0f;
+  for (size_t c = 0; c < num_codewords; ++c) {
+    const float bucket = (sets[0][c] + sets[1][c]) + (sets[2][c] + sets[3][c]);
+    sum += codebook[c] * bucket;
+  }
+  return sum;
+}
+
+float dot_scalar(const float* a, const float* b, size_t n) {
+  float sum = 0.0f;
+  for (size_t j = 0; j < n; ++j) sum += a[j] * b[j];
+  return sum;
+}
+
+void axpy_scalar(float a, const float* x, size_t n, float* y) {
+  for (size_t j = 0; j < n; ++j) y[j] += a * x[j];
+}
+
+}  // namespace
+
+const KernelTable& scalar_kernel_table() {
+  static const KernelTable table = {
+      "scalar",          unpack_codes_scalar, build_lut_scalar, lut_gather_rows_scalar,
+      scatter_add_scalar, bucket_dot_scalar,  dot_scalar,       axpy_scalar,
+  };
+  return table;
+}
+
+}  // namespace onnxvq::kernels
