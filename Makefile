@@ -48,3 +48,6 @@ test: $(INSTALLED)
 
 clean:
 	rm -rf build dist *.egg-info $(INSTALLED)
+
+# Targets of their own (bench, test-aarch64, wheel, fuzz) live in mk/*.mk.
+-include $(wildcard mk/*.mk)

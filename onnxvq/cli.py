@@ -270,5 +270,11 @@ def inspect_cmd(model, json_path):
     click.echo("best whole-file ratio from dense layers alone: " + ("unbounded" if cap is None else f"{cap:.2f}x"))
 
 
+try:  # `eval` and `sweep` live in their own module
+    from . import cli_eval  # noqa: F401,E402
+except ImportError as exc:  # pragma: no cover - only while that module is absent
+    if "cli_eval" not in str(exc):
+        raise
+
 if __name__ == "__main__":
     main()

@@ -149,7 +149,8 @@ def _remove_unused(model: onnx.ModelProto, sites: list[Site]) -> None:
         if const.name in referenced:
             continue
         if const.constant_node is not None:
-            nodes = [n for n in const.graph.node if n is not const.constant_node]
+            # Match by output: rebuilding graph.node above copied the node messages.
+            nodes = [n for n in const.graph.node if not (n.op_type == "Constant" and list(n.output) == [const.name])]
             del const.graph.node[:]
             const.graph.node.extend(nodes)
         else:
