@@ -116,7 +116,9 @@ def _run_jobs(weight_jobs: list[WeightJob], n_jobs: int, progress: bool):
     from tqdm.auto import tqdm
 
     total = sum(job.first.elements for job in weight_jobs)
-    bar = tqdm(total=total, unit="w", unit_scale=True, desc="fitting", disable=not progress, leave=False)
+    bar = tqdm(total=total, unit="w", unit_scale=True, desc="fitting",
+                # None: tqdm shows the bar only on a terminal, so logs and CI stay clean
+                disable=None if progress else True, leave=False)
     results = [None] * len(weight_jobs)
     # Largest first: the long pole starts early and parallel runs finish together.
     order = sorted(range(len(weight_jobs)), key=lambda i: -weight_jobs[i].first.elements)

@@ -86,7 +86,8 @@ def layers_table(rows: list[dict]) -> str:
     body = []
     for r in rows:
         if r.get("skipped_reason"):
-            body.append([r["name"], "dense", _fmt_bytes(r["original_bytes"]), "-", "-", "-", "-", "-", "-", "-",
+            original = _fmt_bytes(r["original_bytes"]) if r["original_bytes"] else "-"
+            body.append([r["name"], "dense", original, "-", "-", "-", "-", "-", "-", "-",
                          "skipped: " + r["skipped_reason"]])
             continue
         note = f"shares {r['shares_weight_with']}" if r.get("shares_weight_with") else ""

@@ -211,3 +211,36 @@ def test_failed_write_leaves_nothing_behind(tmp_path, mlp_path, monkeypatch):
     assert r.exit_code == ExitCode.OUTPUT_ERROR and "No space left" in r.output
     assert out.read_bytes() == b"previous result"
     assert leftovers(tmp_path, {"mlp.onnx", "out.onnx"}) == []
+
+
+def test_external_data_model_loads_and_compresses(tmp_path):
+    src = tmp_path / "ext.onnx"
+    # Small tensors stay inline, as exporters write them (ORT cannot shape-infer from external shape tensors).
+    onnx.save(builders.mlp_model(k=128, hidden=96), src, save_as_external_data=True, location="ext.onnx.data",
+              size_threshold=1024)
+    assert (tmp_path / "ext.onnx.data").exists()
+    out = tmp_path / "out.onnx"
+    r = invoke("compress", src, "-o", out, "--min-elements", "0", "--quiet", "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["original_file_bytes"] == src.stat().st_size + (tmp_path / "ext.onnx.data").stat().st_size
+    assert data["parity"]["cosine"] > 0.9
+
+
+def test_large_models_are_written_with_external_data(tmp_path, monkeypatch):
+    """Past the protobuf limit the output goes to <name>.data; simulated with a low threshold."""
+    import onnxvq.modelio as modelio
+
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 10_000)
+    src = tmp_path / "m.onnx"
+    onnx.save(builders.mlp_model(k=128, hidden=96), src)
+    out = tmp_path / "o.onnx"
+    r = invoke("compress", src, "-o", out, "--min-elements", "0", "--method", "pq", "--bits", "8", "--dim", "1",
+               "--quiet", "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "o.onnx.data").exists()
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["compressed_file_bytes"] == out.stat().st_size + (tmp_path / "o.onnx.data").stat().st_size
+    assert leftovers(tmp_path, {"m.onnx", "o.onnx", "o.onnx.data", "r.json"}) == []
+    x = np.random.default_rng(0).standard_normal((2, 3, 128)).astype(np.float32)
+    assert onnxvq.session(str(out)).run(None, {"X": x})[0].shape == (6, 10)
