@@ -8,7 +8,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 ORT_HEADERS := .cache/onnxruntime/include/onnxruntime_cxx_api.h
 INSTALLED := $(VENV)/.onnxvq-installed
-CPP_SOURCES := $(shell find custom_ops -type f \( -name '*.cc' -o -name '*.h' -o -name 'CMakeLists.txt' \) 2>/dev/null)
+# The op library's sources (the runner, fuzz harness and C++ tests build on their own).
+CPP_SOURCES := $(shell find custom_ops -type f \( -name '*.cc' -o -name '*.h' -o -name 'CMakeLists.txt' \) \
+	-not -path 'custom_ops/runner/*' -not -path 'custom_ops/fuzz/*' 2>/dev/null)
 PYTEST_ARGS ?=
 
 .PHONY: help install demo test bench clean headers
@@ -17,6 +19,10 @@ help:
 	@echo "make demo     set up, fetch a real model, compress it, print the report"
 	@echo "make test     set up and run the whole test suite"
 	@echo "make install  create $(VENV) with onnxvq (editable) and the test dependencies"
+	@echo "make bench    kernel benchmark: our op vs ORT fp32, int8 and MatMulNBits (bench/kernels.py)"
+	@echo "make test-aarch64  cross-build for aarch64 and run the kernel tests and runner under qemu"
+	@echo "make wheel    build dist/onnxvq-*.whl and smoke-test it in a clean venv"
+	@echo "make fuzz     sanitizer build + fuzzing of the op for a bounded time"
 	@echo "make clean    remove build outputs (keeps downloaded caches)"
 
 headers: $(ORT_HEADERS)
