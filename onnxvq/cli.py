@@ -30,7 +30,15 @@ class _Group(click.Group):
             sys.exit(int(ExitCode.RUNTIME_ERROR))
         except KeyboardInterrupt:
             click.echo("onnxvq: interrupted", err=True)
-            sys.exit(130)
+            sys.exit(int(ExitCode.INTERRUPTED))
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click reports these itself
+        except Exception as exc:  # noqa: BLE001 - last line of defence: a bug, still one line
+            if os.environ.get("ONNXVQ_DEBUG"):
+                raise
+            click.echo(f"onnxvq: error: internal error: {type(exc).__name__}: {exc} "
+                       f"(set ONNXVQ_DEBUG=1 for the traceback, and please report it)", err=True)
+            sys.exit(int(ExitCode.RUNTIME_ERROR))
 
 
 @click.group(cls=_Group)
@@ -49,18 +57,36 @@ def _parse_dims(values) -> dict[str, int]:
     return dims
 
 
+def _check_json_path(path: str | None, *models) -> None:
+    """--json must not name one of the models (it would replace the model with the report)."""
+    if not path:
+        return
+    for model in models:
+        target, other = Path(path), Path(model)
+        if target.resolve() == other.resolve() or (target.exists() and other.exists()
+                                                   and os.path.samefile(target, other)):
+            raise OutputError(f"{path}: --json would overwrite the model {model}; choose another path")
+    if Path(path).is_dir():
+        raise OutputError(f"{path}: --json names a folder; give a file path")
+
+
 def _write_json(path: str, payload: dict) -> None:
     target = Path(path)
     folder = target.resolve().parent
     if not folder.is_dir():
         raise OutputError(f"{path}: folder {folder} does not exist")
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f, indent=2, default=_json_default)
         os.replace(tmp, target)
+        tmp = None
     except OSError as exc:
         raise OutputError(f"{path}: cannot write the JSON report: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:  # no half-written report left behind
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _json_default(value):
@@ -145,11 +171,15 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
     dims = _parse_dims(input_dim)
     source = load_model(model)
     check_output_path(model, output)
+    _check_json_path(json_path, model, output)
     cli_options = {"method": method, "bits": bits, "dim": dim, "axis": axis, "stages": stages,
                    "group_size": group_size, "rank": rank, "ratio": ratio, "codebook_dtype": codebook_dtype,
                    "scaled": False if unscaled else None, "seed": seed, "min_elements": min_elements, "format": fmt,
                    "include": include or None, "exclude": exclude or None}
     plan = build_plan(load_config_file(config_file) if config_file else None, cli_options)
+    # Inputs for the check first: a problem with them (--data, huge declared shapes) stops the
+    # run before any work is done or any file is written.
+    feeds = _feeds(source, data, samples, plan.seed, dims) if run_check else None
     result = compress_model(source, plan, jobs=jobs, progress=not quiet)
     written = save_model(result.model, output)
     rows = layer_rows(result)
@@ -161,7 +191,6 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
     report["file_ratio"] = report["original_file_bytes"] / written if written else None
     parity = None
     if run_check:
-        feeds = _feeds(source, data, samples, plan.seed, dims)
         parity = check_parity(model, output, feeds)
         report["parity"] = parity.summary()
         report["parity_outputs"] = parity.to_dict()["outputs"]
@@ -222,6 +251,7 @@ def check(original, compressed, data, samples, input_dim, min_cosine, max_rel_er
 
     source = load_model(original)
     target = load_model(compressed)
+    _check_json_path(json_path, original, compressed)
     feeds = _feeds(source, data, samples, seed, _parse_dims(input_dim))
     parity = check_parity(original, compressed, feeds)
     sizes = size_by_layer(target)
@@ -257,6 +287,7 @@ def inspect_cmd(model, json_path):
     from .modelio import load_model
     from .report import format_table
 
+    _check_json_path(json_path, model)
     inv = inventory(load_model(model))
     if json_path:
         _write_json(json_path, inv)

@@ -18,6 +18,9 @@ from .passes.sites import Site, Skipped, find_sites, walk_graphs
 from .quantizers import CodedWeight, LowRankWeight, quantize
 
 METADATA_KEY = "onnxvq"
+#: Weights larger than this (in magnitude) overflow float32 in fitting (squared distances) and in
+#: the decoded products; no trained model has them.
+MAX_WEIGHT_MAGNITUDE = 1e30
 
 
 @dataclass
@@ -86,6 +89,10 @@ def _check_finite(site: Site) -> None:
         bad = int(np.size(w) - np.isfinite(w).sum())
         raise InvalidWeights(f"weight {site.weight.name!r} of node {site.display_name!r} has {bad} NaN/Inf "
                              f"value(s); fix the model before compressing")
+    peak = float(np.abs(w).max()) if w.size else 0.0
+    if peak > MAX_WEIGHT_MAGNITUDE:
+        raise InvalidWeights(f"weight {site.weight.name!r} of node {site.display_name!r} has values up to {peak:.3g}; "
+                             f"beyond {MAX_WEIGHT_MAGNITUDE:.0e} fitting and float32 decoding overflow")
     if site.bias_array is not None and not np.isfinite(site.bias_array).all():
         raise InvalidWeights(f"bias {site.bias.name!r} of node {site.display_name!r} has NaN/Inf values")
 

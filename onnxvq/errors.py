@@ -14,6 +14,7 @@ class ExitCode(IntEnum):
     INVALID_WEIGHTS = 6   # NaN/Inf or otherwise unusable weight values
     OUTPUT_ERROR = 7      # output path equals input, unwritable folder, disk full
     RUNTIME_ERROR = 8     # onnxruntime could not load or run a model
+    INTERRUPTED = 130     # Ctrl-C / SIGINT (128 + SIGINT, as shells report it)
 
 
 class OnnxVQError(Exception):

@@ -1,16 +1,25 @@
 """What a model holds: candidate layers, weight bytes, and sizes of already-compressed layers."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 
+from .errors import InvalidModel
 from .ops.schema import DOMAIN, OP_TYPE, VQLayout
 from .passes.sites import find_sites, walk_graphs
 
 
 def _tensor_bytes(t: onnx.TensorProto) -> int:
-    count = int(np.prod(t.dims)) if len(t.dims) else 1
-    return count * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    """Bytes the tensor declares (dims x element size); Python ints, so huge dims cannot wrap."""
+    count = 1
+    for d in t.dims:
+        if d < 0:
+            raise InvalidModel(f"tensor {t.name!r} declares negative dims {list(t.dims)}")
+        count *= d
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        raise InvalidModel(f"tensor {t.name!r} has unknown data type {t.data_type}") from None
+    return count * itemsize
 
 
 def inventory(model: onnx.ModelProto) -> dict:

@@ -38,8 +38,44 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise InvalidModel(f"{path}: not a valid ONNX protobuf (truncated or corrupt?): {exc}") from None
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise InvalidModel(f"{path}: parsed, but holds no ONNX graph (is it an ONNX model?)")
+    bad = _first_non_utf8_string(model)
+    if bad is not None:
+        raise InvalidModel(f"{path}: {bad} is not valid UTF-8 text (corrupt file?)")
     _load_external_data(model, path)
     return model
+
+
+def _first_non_utf8_string(message, where: str = "model"):
+    """Where a string field holds bytes that are not UTF-8, or None.
+
+    protobuf hands such proto2 strings back as ``bytes``; everything downstream expects ``str``.
+    Tensor payloads are not visited (they are bytes by design, and large)."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    if isinstance(message, onnx.TensorProto):
+        values = [("name", message.name), ("doc_string", message.doc_string)]
+        values += [("external_data", e.key) for e in message.external_data]
+        values += [("external_data", e.value) for e in message.external_data]
+        for field, value in values:
+            if not isinstance(value, str):
+                return f"{where}.{field}"
+        return None
+    for field, value in message.ListFields():
+        label = f"{where}.{field.name}"
+        repeated = getattr(field, "is_repeated", None)  # newer protobuf; older ones have `label`
+        if repeated is None:
+            repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        items = value if repeated else [value]
+        if field.type == FieldDescriptor.TYPE_STRING:
+            for item in items:
+                if not isinstance(item, str):
+                    return f"{label} {item[:40]!r}"
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for index, item in enumerate(items):
+                found = _first_non_utf8_string(item, f"{label}[{index}]" if len(items) > 1 else label)
+                if found is not None:
+                    return found
+    return None
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -58,10 +94,54 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
         if not target.is_file():
             raise InvalidModel(f"{path}: tensor {tensor.name!r} needs external data file {location!r}, "
                                f"which does not exist next to the model")
+        _check_external_range(path, tensor.name, location, info, target.stat().st_size)
     try:
         onnx.load_external_data_for_model(model, str(base))
     except Exception as exc:  # noqa: BLE001
         raise InvalidModel(f"{path}: cannot load external data: {exc}") from None
+
+
+def _check_external_range(path: Path, name: str, location: str, info: dict, file_size: int) -> None:
+    """offset/length must be non-negative integers inside the data file."""
+    values = {}
+    for key in ("offset", "length"):
+        if key in info:
+            try:
+                values[key] = int(info[key])
+            except ValueError:
+                values[key] = -1
+            if values[key] < 0:
+                raise InvalidModel(f"{path}: tensor {name!r} has external-data {key} {info[key]!r}; "
+                                   f"expected a non-negative integer")
+    offset = values.get("offset", 0)
+    end = offset + values.get("length", max(0, file_size - offset))
+    if end > file_size:
+        raise InvalidModel(f"{path}: tensor {name!r} reads bytes [{offset}, {end}) of {location!r}, "
+                           f"which holds {file_size} bytes (truncated or corrupt external data?)")
+
+
+def _external_files(input_path: Path) -> list[Path]:
+    """Files holding the input model's external data (read without loading them)."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    try:
+        model = onnx.load(str(input_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - load_model reports unreadable inputs
+        return []
+    files = []
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            location = {e.key: e.value for e in tensor.external_data}.get("location")
+            if location:
+                files.append(input_path.resolve().parent / location)
+    return files
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
 
 
 def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathLike) -> Path:
@@ -78,6 +158,18 @@ def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathL
         raise OutputError(f"{dst}: output folder {folder} is not writable")
     if dst.is_dir():
         raise OutputError(f"{dst}: is a folder; give a file path for the output model")
+    if dst.exists() and not dst.is_file():
+        # a FIFO, socket or device (e.g. /dev/null): renaming over it would replace the node itself
+        raise OutputError(f"{dst}: exists and is not a regular file; give a file path for the output model")
+    # Saving writes <output> and, for large models, <output>.data: neither may be a file the
+    # input model reads its external data from.
+    data_file = dst.with_name(dst.name + ".data")
+    if dst.exists() or data_file.exists():
+        for used in _external_files(src):
+            for target in (dst, data_file):
+                if _same_file(target, used):
+                    raise OutputError(f"{dst}: writing it would overwrite {target.name}, which holds the input "
+                                      f"model's external data; choose another output path")
     return dst
 
 
@@ -111,6 +203,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
         return written
     except OSError as exc:
         raise OutputError(f"{path}: writing failed: {exc.strerror or exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. protobuf refusing to serialize: one line, no partial file
+        raise OutputError(f"{path}: writing failed: {type(exc).__name__}: {exc}") from None
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 

@@ -99,6 +99,32 @@ def _attr(node: onnx.NodeProto, name: str, default):
     return default
 
 
+def _number_attr(node: onnx.NodeProto, node_name: str, name: str, default, kind: type):
+    """An int/float attribute, or one clear InvalidModel when the model holds something else."""
+    for a in node.attribute:
+        if a.name != name:
+            continue
+        expected = onnx.AttributeProto.INT if kind is int else onnx.AttributeProto.FLOAT
+        if a.type != expected and not (kind is float and a.type == onnx.AttributeProto.INT):
+            got = onnx.AttributeProto.AttributeType.Name(a.type).lower() \
+                if a.type in onnx.AttributeProto.AttributeType.values() else f"type {a.type}"
+            raise InvalidModel(f"node {node_name!r}: attribute {name!r} must be {'an int' if kind is int else 'a float'}, "
+                               f"got {got}")
+        value = kind(onnx.helper.get_attribute_value(a))
+        if kind is float and not np.isfinite(value):
+            raise InvalidModel(f"node {node_name!r}: attribute {name!r} is {value}")
+        return value
+    return default
+
+
+def dtype_name(data_type: int) -> str:
+    """ONNX element type name (lower case), also for numbers that name no type."""
+    try:
+        return onnx.TensorProto.DataType.Name(data_type).lower()
+    except ValueError:
+        return f"unknown ({data_type})"
+
+
 def _scope_with(graph: onnx.GraphProto, outer: dict[str, Constant]) -> dict[str, Constant]:
     """Constants visible inside ``graph``: its own, then the enclosing graphs' (lexical scoping)."""
     scope = dict(outer)
@@ -160,19 +186,23 @@ def _inspect_node(graph, path, node, index, scope) -> Site | Skipped:
     dims = list(weight.tensor.dims)
     if len(dims) != 2:
         return skip(f"weight {weight.name!r} has rank {len(dims)}, not 2", weight)
+    if min(dims) < 0:
+        raise InvalidModel(f"weight {weight.name!r} of node {name!r} declares negative dims {dims}")
     elements = dims[0] * dims[1]
     if weight.tensor.data_type not in SUPPORTED_WEIGHT_DTYPES:
-        dtype = onnx.TensorProto.DataType.Name(weight.tensor.data_type).lower()
-        return skip(f"weight dtype {dtype} is not supported yet (float32 only)", weight, elements)
+        dtype = dtype_name(weight.tensor.data_type)
+        return skip(f"weight {weight.name!r} dtype {dtype} is not supported yet (float32 only)", weight, elements)
+    if elements == 0:
+        return skip(f"weight {weight.name!r} is empty (shape {dims})", weight, elements)
 
     transposed, alpha, beta = False, 1.0, 1.0
     bias = None
     if node.op_type == "Gemm":
-        if _attr(node, "transA", 0):
+        if _number_attr(node, name, "transA", 0, int):
             return skip("Gemm with transA=1 is not supported", weight, elements)
-        transposed = bool(_attr(node, "transB", 0))
-        alpha = float(_attr(node, "alpha", 1.0))
-        beta = float(_attr(node, "beta", 1.0))
+        transposed = bool(_number_attr(node, name, "transB", 0, int))
+        alpha = _number_attr(node, name, "alpha", 1.0, float)
+        beta = _number_attr(node, name, "beta", 1.0, float)
         if len(node.input) > 2 and node.input[2]:
             bias = scope.get(node.input[2])
             if bias is None:
@@ -184,7 +214,8 @@ def _inspect_node(graph, path, node, index, scope) -> Site | Skipped:
         raise InvalidModel(f"weight {weight.name!r} of node {name!r}: data holds {w.size} values, dims say {dims}")
     w = w.T if transposed else w
     if alpha != 1.0:
-        w = w * np.float32(alpha)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf: reported as such
+            w = w * np.float32(alpha)
     bias_array = None
     if bias is not None:
         b = bias.array()
@@ -196,6 +227,7 @@ def _inspect_node(graph, path, node, index, scope) -> Site | Skipped:
             b = b.reshape(n_out)
         else:
             return skip(f"Gemm bias {bias.name!r} has shape {list(b.shape)}; only [N], [1, N] or a scalar fold", weight, elements)
-        bias_array = (b * np.float32(beta)).astype(np.float32) if beta != 1.0 else b.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf: reported as such
+            bias_array = (b * np.float32(beta)).astype(np.float32) if beta != 1.0 else b.astype(np.float32)
     return Site(graph, node, name, path, weight, np.ascontiguousarray(w, dtype=np.float32), bias,
                 bias_array, transposed, alpha)
