@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from importlib import metadata
 from pathlib import Path
 
@@ -42,11 +43,19 @@ def library_path() -> str:
     )
 
 
+# Options that already carry the library: ORT refuses a session whose options registered the
+# same domain twice ("Domain already set in registry"), so callers may reuse their options.
+_REGISTERED = weakref.WeakSet()
+
+
 def session_options(options=None):
+    """``options`` (or new SessionOptions) with the VQMatMul library registered, once."""
     import onnxruntime as ort
 
     options = options or ort.SessionOptions()
-    options.register_custom_ops_library(library_path())
+    if options not in _REGISTERED:
+        options.register_custom_ops_library(library_path())
+        _REGISTERED.add(options)
     return options
 
 

@@ -214,9 +214,6 @@ def test_two_processes_racing_for_one_output(models, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["race.onnx", "single1.onnx", "single2.onnx"]
 
 
-@pytest.mark.xfail(reason="onnxvq.runtime.session_options registers the library on the caller's SessionOptions "
-                          "each time: ORT refuses a second registration ('Domain already set in registry')",
-                   strict=False)
 def test_reusing_session_options(models):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
