@@ -166,6 +166,7 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
     from .compress import compress_model
     from .config import build_plan, load_config_file
     from .modelio import check_output_path, load_model, save_model
+    from .inspect import initializer_bytes
     from .report import layer_rows, layers_table, totals
 
     dims = _parse_dims(input_dim)
@@ -180,7 +181,9 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
     # Inputs for the check first: a problem with them (--data, huge declared shapes) stops the
     # run before any work is done or any file is written.
     feeds = _feeds(source, data, samples, plan.seed, dims) if run_check else None
-    result = compress_model(source, plan, jobs=jobs, progress=not quiet)
+    # In place: the source model becomes the output, so peak memory is one model, not two.
+    result = compress_model(source, plan, jobs=jobs, progress=not quiet, inplace=True)
+    del source
     written = save_model(result.model, output)
     rows = layer_rows(result)
     report = {
@@ -189,12 +192,15 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
         "original_file_bytes": _file_bytes(model), "compressed_file_bytes": written,
     }
     report["file_ratio"] = report["original_file_bytes"] / written if written else None
+    # What the file holds beyond tensor data: names, attributes, graph structure, protobuf framing.
+    report["compressed_initializer_bytes"] = initializer_bytes(result.model)
+    report["protobuf_overhead_bytes"] = written - report["compressed_initializer_bytes"]
     parity = None
     if run_check:
         parity = check_parity(model, output, feeds)
         report["parity"] = parity.summary()
         report["parity_outputs"] = parity.to_dict()["outputs"]
-        _attach_layer_errors(rows, source, result.model, feeds)
+        _attach_layer_errors(rows, load_model(model), result.model, feeds)
     if json_path:
         _write_json(json_path, report)
     if not quiet:

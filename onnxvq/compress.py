@@ -30,6 +30,7 @@ class WeightJob:
     config: MethodConfig
     sites: list[Site]
     seed: int
+    weight_rel_err: float | None = None  # ||W - W_hat||_F / ||W||_F, set once encoded
 
     @property
     def first(self) -> Site:
@@ -97,22 +98,33 @@ def _check_finite(site: Site) -> None:
         raise InvalidWeights(f"bias {site.bias.name!r} of node {site.display_name!r} has NaN/Inf values")
 
 
-def _encode(job: WeightJob):
-    return quantize(job.first.weight_array, job.config, job.seed)
+def _encode(weight: np.ndarray, config: MethodConfig, seed: int):
+    """Encode one weight; returns (encoding, relative Frobenius error). Gets plain arrays, not graph
+    objects, so parallel workers receive only the weight they fit."""
+    encoded = quantize(weight, config, seed)
+    w = weight.astype(np.float64)
+    norm = np.linalg.norm(w)
+    err = float(np.linalg.norm(encoded.decode().astype(np.float64) - w) / norm) if norm > 0 else 0.0
+    return encoded, err
 
 
-def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progress: bool = False) -> CompressionResult:
-    """Compress a copy of ``model``; the argument is never modified."""
+def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progress: bool = False,
+                   inplace: bool = False) -> CompressionResult:
+    """Compress ``model``: a copy by default; ``inplace=True`` rewrites the given model and saves the
+    memory of a second copy (peak = the model plus a few copies of the largest layer)."""
     if any(node.domain == DOMAIN for graph, _ in walk_graphs(model.graph) for node in graph.node) \
             or any(p.key == METADATA_KEY for p in model.metadata_props):
         raise NothingToCompress("the model is already compressed by onnxvq; compress the original instead")
-    model = copy.deepcopy(model)
+    if not inplace:
+        model = copy.deepcopy(model)
     weight_jobs, skipped = plan_jobs(model, plan)
     if not weight_jobs:
         reasons = "; ".join(f"{s.display_name}: {s.reason}" for s in skipped[:5]) or "it has no Gemm/MatMul node"
         raise NothingToCompress(f"no layer to compress ({reasons})")
-    encoded_list = _run_jobs(weight_jobs, jobs, progress)
-    encoded = {job.first.weight_key: enc for job, enc in zip(weight_jobs, encoded_list)}
+    encoded = {}
+    for job, (enc, err) in zip(weight_jobs, _run_jobs(weight_jobs, jobs, progress)):
+        encoded[job.first.weight_key] = enc
+        job.weight_rel_err = err
     sites = [site for job in weight_jobs for site in job.sites]
     rewrite(model, sites, encoded, plan.format)
     _stamp_metadata(model, plan, weight_jobs)
@@ -129,15 +141,17 @@ def _run_jobs(weight_jobs: list[WeightJob], n_jobs: int, progress: bool):
     results = [None] * len(weight_jobs)
     # Largest first: the long pole starts early and parallel runs finish together.
     order = sorted(range(len(weight_jobs)), key=lambda i: -weight_jobs[i].first.elements)
+    # Each weight is materialized only when its task starts (a generator), never all at once.
+    tasks = ((weight_jobs[i].first.weight_array, weight_jobs[i].config, weight_jobs[i].seed) for i in order)
     if n_jobs == 1:
-        for i in order:
+        for i, task in zip(order, tasks):
             bar.set_postfix_str(weight_jobs[i].first.display_name[:40])
-            results[i] = _encode(weight_jobs[i])
+            results[i] = _encode(*task)
             bar.update(weight_jobs[i].first.elements)
     else:
         from joblib import Parallel, delayed
 
-        outputs = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_encode)(weight_jobs[i]) for i in order)
+        outputs = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_encode)(*task) for task in tasks)
         for i, out in zip(order, outputs):
             results[i] = out
             bar.update(weight_jobs[i].first.elements)

@@ -22,9 +22,14 @@ def _tensor_bytes(t: onnx.TensorProto) -> int:
     return count * itemsize
 
 
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data held by the model's initializers, in every graph."""
+    return sum(_tensor_bytes(t) for g, _ in walk_graphs(model.graph) for t in g.initializer)
+
+
 def inventory(model: onnx.ModelProto) -> dict:
     scan = find_sites(model)
-    total = sum(_tensor_bytes(t) for g, _ in walk_graphs(model.graph) for t in g.initializer)
+    total = initializer_bytes(model)
     layers, seen, dense = [], set(), 0
     for s in scan.sites:
         layers.append({"name": s.display_name, "op_type": s.op_type, "graph": s.graph_path, "weight": s.weight.name,

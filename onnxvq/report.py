@@ -5,7 +5,6 @@ stored dtype, and biases. A weight shared by several nodes is counted once, on i
 """
 from __future__ import annotations
 
-import numpy as np
 
 from .compress import CompressionResult
 from .quantizers import CodedWeight, LowRankWeight
@@ -30,8 +29,7 @@ def layer_rows(result: CompressionResult) -> list[dict]:
     rows = []
     for job in result.jobs:
         enc = result.encoded[job.first.weight_key]
-        w = job.first.weight_array
-        err = float(np.linalg.norm(enc.decode().astype(np.float64) - w) / max(np.linalg.norm(w.astype(np.float64)), 1e-30))
+        err = job.weight_rel_err
         for i, site in enumerate(job.sites):
             first = i == 0
             weight_bytes = site.elements * FLOAT_BYTES if first else 0

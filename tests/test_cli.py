@@ -76,6 +76,7 @@ def test_layer_bytes_add_up_to_the_file(mlp_path, tmp_path):
     assert layer_bytes + other == init_bytes
     overhead = out.stat().st_size - init_bytes
     assert 0 < overhead < 4096  # protobuf framing, names and attributes
+    assert data["protobuf_overhead_bytes"] == overhead
 
 
 def test_portable_runs_in_plain_onnxruntime(mlp_path, tmp_path):

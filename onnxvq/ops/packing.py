@@ -1,13 +1,18 @@
-"""Bit-packing of code arrays (format_version 1: one LSB-first stream).
+"""Packing of code arrays into the op's ``codes`` input.
 
-Code i of the flattened array occupies stream bits [i*bits, (i+1)*bits); stream bit b is
-bit (b % 8) of byte b // 8. Pure numpy, vectorized over bit positions, not over codes.
+format_version 1: one LSB-first stream. Code i of the flattened array occupies stream bits
+[i*bits, (i+1)*bits); stream bit b is bit (b % 8) of byte b // 8. Pure numpy, vectorized
+over bit positions, not over codes.
+
+format_version 2: 4-bit fast-scan blocks of 32 rows (see onnxvq/ops/schema.py for the byte
+order). ``pack_for_op`` / ``unpack_from_op`` pick the layout from ``layout.format_version``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .schema import MAX_BITS, MIN_BITS, ceil_div
+from .schema import (FASTSCAN_BLOCK_ROWS, FASTSCAN_FORMAT_VERSION, FASTSCAN_GROUP_BYTES, MAX_BITS,
+                     MIN_BITS, ceil_div)
 
 
 def packed_nbytes(num_codes: int, bits: int) -> int:
@@ -47,14 +52,49 @@ def unpack_codes(stream: np.ndarray, bits: int, num_codes: int) -> np.ndarray:
     return (bit_stream.reshape(num_codes, bits).astype(np.uint16) @ weights).astype(np.uint8)
 
 
+def pack_fastscan(codes: np.ndarray) -> np.ndarray:
+    """format_version 2 stream for 4-bit codes [T, R, S]: blocks of 32 rows, 16 bytes per entry.
+
+    byte[(b*E + e)*16 + j] = code(t, 32b + j, s) | code(t, 32b + 16 + j, s) << 4, e = t*S + s.
+    """
+    codes = np.asarray(codes)
+    T, R, S = codes.shape
+    if codes.size and (codes.min() < 0 or codes.max() >= 16):
+        raise ValueError(f"codes must lie in [0, 16), got [{codes.min()}, {codes.max()}]")
+    blocks = ceil_div(R, FASTSCAN_BLOCK_ROWS)
+    padded = np.zeros((T, blocks * FASTSCAN_BLOCK_ROWS, S), np.uint8)
+    padded[:, :R] = codes
+    # [T, B, 2 (half), 16 (j), S] -> [B, T, S, j, half]
+    rows = padded.reshape(T, blocks, 2, FASTSCAN_GROUP_BYTES, S).transpose(1, 0, 4, 3, 2)
+    return (rows[..., 0] | (rows[..., 1] << 4)).astype(np.uint8).reshape(-1)
+
+
+def unpack_fastscan(stream: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Inverse of pack_fastscan: codes [T, R, S] (uint8); padding rows are dropped."""
+    T, R, S = shape
+    blocks = ceil_div(R, FASTSCAN_BLOCK_ROWS)
+    stream = np.asarray(stream, dtype=np.uint8).reshape(-1)
+    need = blocks * T * S * FASTSCAN_GROUP_BYTES
+    if stream.size != need:
+        raise ValueError(f"a format_version 2 stream for codes {shape} has {need} bytes, got {stream.size}")
+    groups = stream.reshape(blocks, T, S, FASTSCAN_GROUP_BYTES)
+    halves = np.stack([groups & 0x0F, groups >> 4], axis=-1)  # [B, T, S, j, half]
+    rows = halves.transpose(1, 0, 4, 3, 2).reshape(T, blocks * FASTSCAN_BLOCK_ROWS, S)
+    return np.ascontiguousarray(rows[:, :R])
+
+
 def pack_for_op(codes: np.ndarray, layout) -> np.ndarray:
     """The VQMatMul ``codes`` input for unpacked codes [T, R, S] under ``layout.format_version``."""
     codes = np.asarray(codes)
     if codes.shape != layout.codes_shape:
         raise ValueError(f"codes shape {codes.shape} != layout {layout.codes_shape}")
+    if layout.format_version == FASTSCAN_FORMAT_VERSION:
+        return pack_fastscan(codes)
     return pack_codes(codes, layout.bits)
 
 
 def unpack_from_op(stream: np.ndarray, layout) -> np.ndarray:
     """Inverse of pack_for_op: unpacked codes [T, R, S] (uint8)."""
+    if layout.format_version == FASTSCAN_FORMAT_VERSION:
+        return unpack_fastscan(stream, layout.codes_shape)
     return unpack_codes(stream, layout.bits, layout.num_codes).reshape(layout.codes_shape)

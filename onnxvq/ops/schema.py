@@ -34,6 +34,22 @@ Logical codes have shape [T, R, S] (row-major) with values < 2**bits. They are s
 as one uint8 stream, bit-packed LSB-first: code i occupies stream bits
 [i*bits, (i+1)*bits), bit b of the stream is bit (b % 8) of byte b // 8. The stream is
 exactly ceil(T*R*S*bits / 8) bytes, so 3-bit codes cost 3 bits each.
+
+Code layout (format_version 2: "fast-scan" blocks; axis = 0 and bits = 4 only)
+-----------------------------------------------------------------------------
+The kernel looks codes up 32 rows of M (32 outputs) at a time with one byte shuffle per
+16 codes, so the codes are stored in that order. With E = T*S entries per row (entry
+e = t*S + s, stage-major) and B = ceil(R / 32) blocks of 32 rows (rows >= R are padding
+with code 0), the stream is exactly B * E * 16 bytes::
+
+    byte[(b*E + e)*16 + j] = code(t, 32*b + j, s) | code(t, 32*b + 16 + j, s) << 4
+    for b < B, e = t*S + s < E, j < 16
+
+i.e. block b is E consecutive 16-byte groups; in group e, byte j holds row 32b+j in its
+low nibble and row 32b+16+j in its high nibble. Padding nibbles must be 0 when written and
+are ignored when read. Version 1 stays valid for every layout; version 2 is chosen by
+setting ``format_version=2`` on the layout (``VQLayout.for_weight(..., format_version=None)``
+picks 2 where it is valid).
 """
 from __future__ import annotations
 
@@ -47,7 +63,12 @@ OP_TYPE = "VQMatMul"
 #: Version of the packed layout. Bump it whenever the meaning of the bytes changes;
 #: the kernel refuses versions it does not know.
 FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
+#: format_version 2 (fast-scan blocks): its constraints and block geometry.
+FASTSCAN_FORMAT_VERSION = 2
+FASTSCAN_BITS = 4
+FASTSCAN_BLOCK_ROWS = 32
+FASTSCAN_GROUP_BYTES = 16
 
 MIN_BITS = 1
 MAX_BITS = 8
@@ -65,7 +86,7 @@ class InputSpec:
 
 INPUTS = (
     InputSpec("X", 0, False, "float32 activations, shape [..., K], rank >= 1"),
-    InputSpec("codes", 1, False, "uint8 bit-packed code stream, shape [ceil(T*R*S*bits/8)]"),
+    InputSpec("codes", 1, False, "uint8 packed codes: v1 [ceil(T*R*S*bits/8)], v2 [ceil(R/32)*T*S*16]"),
     InputSpec("codebooks", 2, False, "float32 or float16, shape [T, Gs, Gr, 2**bits, d]"),
     InputSpec("bias", 3, True, "float32, shape [N]; absent or empty name for no bias"),
 )
@@ -161,7 +182,16 @@ class VQLayout:
 
     @property
     def packed_nbytes(self) -> int:
+        """Bytes of the op's codes input for this layout's format_version."""
+        if self.format_version == FASTSCAN_FORMAT_VERSION:
+            return (ceil_div(self.rows, FASTSCAN_BLOCK_ROWS) * self.stages * self.num_subspaces
+                    * FASTSCAN_GROUP_BYTES)
         return ceil_div(self.num_codes * self.bits, 8)
+
+    @staticmethod
+    def fastscan_eligible(axis: int, bits: int) -> bool:
+        """Whether format_version 2 (fast-scan blocks) can describe codes of this layout."""
+        return axis == AXIS_IN and bits == FASTSCAN_BITS
 
     @property
     def codebooks_shape(self) -> tuple[int, int, int, int, int]:
@@ -180,6 +210,10 @@ class VQLayout:
             p.append(f"axis must be 0 or 1, got {self.axis}")
         if self.codebook_per_subspace not in (0, 1):
             p.append(f"codebook_per_subspace must be 0 or 1, got {self.codebook_per_subspace}")
+        if (self.format_version == FASTSCAN_FORMAT_VERSION
+                and not self.fastscan_eligible(self.axis, self.bits)):
+            p.append(f"format_version {FASTSCAN_FORMAT_VERSION} needs axis {AXIS_IN} and "
+                     f"{FASTSCAN_BITS}-bit codes, got axis {self.axis} and {self.bits} bits")
         if not p and self.num_subspaces != ceil_div(self.length, self.subvector_len):
             p.append(
                 f"num_subspaces must be ceil({self.length} / {self.subvector_len}) = "
@@ -203,12 +237,17 @@ class VQLayout:
     @classmethod
     def for_weight(cls, in_features: int, out_features: int, *, bits: int, subvector_len: int = 1,
                    axis: int = AXIS_IN, stages: int = 1, group_size: int = 0,
-                   codebook_per_subspace: int = 1) -> "VQLayout":
+                   codebook_per_subspace: int = 1,
+                   format_version: int | None = FORMAT_VERSION) -> "VQLayout":
+        """``format_version=None`` picks the fastest packed layout valid for these settings."""
         length = in_features if axis == AXIS_IN else out_features
+        if format_version is None:
+            format_version = (FASTSCAN_FORMAT_VERSION if cls.fastscan_eligible(axis, bits)
+                              else FORMAT_VERSION)
         return cls(in_features=in_features, out_features=out_features, bits=bits,
                    subvector_len=subvector_len, num_subspaces=ceil_div(length, subvector_len),
                    stages=stages, axis=axis, group_size=group_size,
-                   codebook_per_subspace=codebook_per_subspace)
+                   codebook_per_subspace=codebook_per_subspace, format_version=format_version)
 
 
 # --- C++ header generation -----------------------------------------------------------
@@ -231,6 +270,12 @@ def render_cpp_header() -> str:
         f"inline constexpr int64_t kMaxBits = {MAX_BITS};",
         f"inline constexpr int64_t kAxisIn = {AXIS_IN};",
         f"inline constexpr int64_t kAxisOut = {AXIS_OUT};",
+        "",
+        "// format_version 2: fast-scan blocks (axis 0, 4-bit codes only); see schema.py.",
+        f"inline constexpr int64_t kFastScanFormatVersion = {FASTSCAN_FORMAT_VERSION};",
+        f"inline constexpr int64_t kFastScanBits = {FASTSCAN_BITS};",
+        f"inline constexpr int64_t kFastScanBlockRows = {FASTSCAN_BLOCK_ROWS};",
+        f"inline constexpr int64_t kFastScanGroupBytes = {FASTSCAN_GROUP_BYTES};",
         "",
         "// Supported packed-layout versions.",
         "inline constexpr int64_t kSupportedFormatVersions[] = {"

@@ -40,7 +40,7 @@ class Site:
     display_name: str
     graph_path: str
     weight: Constant
-    weight_array: np.ndarray        # effective W[K, N], float32, transB and alpha applied
+    shape: tuple[int, int]          # (K, N) of the effective weight
     bias: Constant | None           # the original C (Gemm) if any
     bias_array: np.ndarray | None   # effective bias [N] (beta applied), float32
     transposed: bool = False
@@ -60,16 +60,29 @@ class Site:
         return (id(self.weight.graph), self.weight.name, self.transposed, self.alpha)
 
     @property
+    def weight_array(self) -> np.ndarray:
+        """Effective W[K, N] float32 (transB and alpha applied), built on each access.
+
+        Not kept on the site: holding every layer's copy at once would multiply peak memory.
+        """
+        w = self.weight.array()
+        w = w.T if self.transposed else w
+        if self.alpha != 1.0:
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf: reported as such
+                w = w * np.float32(self.alpha)
+        return np.ascontiguousarray(w, dtype=np.float32)
+
+    @property
     def elements(self) -> int:
-        return int(self.weight_array.size)
+        return self.shape[0] * self.shape[1]
 
     @property
     def in_features(self) -> int:
-        return int(self.weight_array.shape[0])
+        return self.shape[0]
 
     @property
     def out_features(self) -> int:
-        return int(self.weight_array.shape[1])
+        return self.shape[1]
 
 
 @dataclass
@@ -209,13 +222,10 @@ def _inspect_node(graph, path, node, index, scope) -> Site | Skipped:
                 return skip("Gemm bias C is not a constant", weight, elements)
     n_out = dims[0] if transposed else dims[1]
 
-    w = weight.array()
-    if w.shape != tuple(dims):
-        raise InvalidModel(f"weight {weight.name!r} of node {name!r}: data holds {w.size} values, dims say {dims}")
-    w = w.T if transposed else w
-    if alpha != 1.0:
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf: reported as such
-            w = w * np.float32(alpha)
+    stored = _stored_bytes(weight.tensor)
+    if stored != elements * 4:
+        raise InvalidModel(f"weight {weight.name!r} of node {name!r}: data holds {stored} bytes, dims {dims} "
+                           f"need {elements * 4}")
     bias_array = None
     if bias is not None:
         b = bias.array()
@@ -229,5 +239,10 @@ def _inspect_node(graph, path, node, index, scope) -> Site | Skipped:
             return skip(f"Gemm bias {bias.name!r} has shape {list(b.shape)}; only [N], [1, N] or a scalar fold", weight, elements)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf: reported as such
             bias_array = (b * np.float32(beta)).astype(np.float32) if beta != 1.0 else b.astype(np.float32)
-    return Site(graph, node, name, path, weight, np.ascontiguousarray(w, dtype=np.float32), bias,
-                bias_array, transposed, alpha)
+    shape = (dims[1], dims[0]) if transposed else (dims[0], dims[1])
+    return Site(graph, node, name, path, weight, shape, bias, bias_array, transposed, alpha)
+
+
+def _stored_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of float32 data a weight tensor really holds, without decoding it."""
+    return len(tensor.raw_data) if tensor.HasField("raw_data") else 4 * len(tensor.float_data)

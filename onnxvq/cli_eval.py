@@ -1,0 +1,120 @@
+"""`onnxvq eval` and `onnxvq sweep`, registered on the main click group."""
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from .cli import _write_json, main
+from .evaluate import PREPROCESS_HELP
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+_common = [
+    click.option("--preprocess", default=None, metavar="SPEC",
+                 help="Normalize raw data, e.g. 'scale=1/255,mean=0.1307,std=0.3081,layout=nchw' "
+                      "(see `onnxvq eval --help`)."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+                 help="Samples per onnxruntime call."),
+    click.option("--samples", type=click.IntRange(min=1), default=None, help="Use only the first N samples."),
+    click.option("--output", "output_name", default=None, help="Model output to score (default: the first)."),
+]
+
+
+def _with(options):
+    def wrap(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return wrap
+
+
+@main.command("eval", epilog="\b\nPreprocessing spec (--preprocess):\n" + PREPROCESS_HELP)
+@click.argument("model", type=click.Path())
+@click.option("--data", required=True, type=click.Path(),
+              help=".npz with the inputs (input names, or `x`) and optional int labels `y` (-1 = unlabeled).")
+@click.option("--against", type=click.Path(), default=None,
+              help="Original model: also report top-1/top-5 agreement with its predictions.")
+@_with(_common)
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="onnxruntime threads (0 = its default).")
+@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="PATH",
+              help="Write the report as JSON to PATH (`--json -` prints it instead of the summary).")
+def eval_cmd(model, data, against, preprocess, batch_size, samples, output_name, threads, json_out):
+    """Top-1/top-5 accuracy of MODEL on labeled data, and agreement with an original model."""
+    from .evaluate import evaluate_model, parse_preprocess
+
+    report = evaluate_model(model, data, against=against, preprocess=parse_preprocess(preprocess),
+                            batch_size=batch_size, samples=samples, output=output_name, threads=threads)
+    if json_out == "-":
+        click.echo(json.dumps(report, indent=2))
+        return
+    if json_out:
+        _write_json(json_out, report)
+    r = report["result"]
+    click.echo(f"samples: {r['samples']} ({r['labeled']} labeled)")
+    if "original" in report:
+        o = report["original"]
+        click.echo(f"original   top-1 {_pct(o['top1'])}  top-5 {_pct(o['top5'])}"
+                   + (f"  ({o['correct']}/{o['labeled']})" if o.get("correct") is not None else ""))
+    click.echo(f"{'model' if 'original' not in report else 'compressed'} top-1 {_pct(r['top1'])}  "
+               f"top-5 {_pct(r['top5'])}" + (f"  ({r['correct']}/{r['labeled']})" if r.get("correct") is not None else ""))
+    if "top1_agreement" in r:
+        click.echo(f"agreement  top-1 {_pct(r['top1_agreement'])}  top-5 {_pct(r.get('top5_agreement'))}  "
+                   f"output rel err {r['output_rel_err']:.4g}")
+    if r["top1"] is None and "original" not in report:
+        click.echo("no labels (y >= 0) in the data: pass --against ORIGINAL to measure agreement")
+
+
+@main.command("sweep")
+@click.argument("model", type=click.Path())
+@click.option("--data", required=True, type=click.Path(), help=".npz inputs with optional labels `y` (see eval).")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Folder for sweep.csv, sweep.json and plots.")
+@click.option("--grid", "grid_file", type=click.Path(), default=None,
+              help="YAML/JSON grid: settings (list of method options; list values expand), extra, per_layer, "
+                   "min_elements, include, exclude, seed. Default: the paper's grid plus a few extra settings.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Parallel fits (joblib) and onnxruntime threads.")
+@_with(_common)
+@click.option("--per-layer/--no-per-layer", default=None, help="Also compress one layer at a time (Figure 4).")
+@click.option("--min-elements", type=click.IntRange(min=0), default=None, help="Skip smaller weights (default 1024).")
+@click.option("--no-plots", is_flag=True, help="Write only the CSV and JSON.")
+@click.option("--no-truncate", is_flag=True, help="Evaluate the whole graph every time (slower; for checking).")
+@click.option("--runtime", type=click.Choice(["dense", "custom"]), default="dense", show_default=True,
+              help="Score each setting on its decoded dense twin (fast; one setting is cross-checked with the "
+                   "custom op) or through the VQMatMul op itself.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the summary.")
+def sweep_cmd(model, data, out_dir, grid_file, jobs, preprocess, batch_size, samples, output_name, per_layer,
+              min_elements, no_plots, no_truncate, runtime, quiet):
+    """Compress MODEL's dense layers with every method over a grid; evaluate each (Figures 3 and 4)."""
+    from .evaluate import load_dataset, parse_preprocess
+    from .modelio import load_model
+    from .sweep import load_grid, run_sweep, summary_table, write_outputs
+
+    start = time.perf_counter()
+    grid = load_grid(grid_file)
+    if per_layer is not None:
+        grid.per_layer = per_layer
+    if min_elements is not None:
+        grid.min_elements = min_elements
+    source = load_model(model)
+    dataset = load_dataset(source, data, parse_preprocess(preprocess), samples)
+    say = None if quiet else (lambda msg: click.echo(msg, err=True))
+    result = run_sweep(source, dataset, grid, model_name=str(model), data_name=str(data), jobs=jobs,
+                       output=output_name, batch_size=batch_size, truncate=not no_truncate, runtime=runtime, progress=say)
+    files = write_outputs(result, out_dir, plots=not no_plots)
+    b = result.baseline
+    click.echo(summary_table(result))
+    click.echo(f"\noriginal: top-1 {_pct(b.get('top1'))} on {b['labeled']} labeled of {b['samples']} samples; "
+               f"dense layers hold {100 * (b['dense_share'] or 0):.1f}% of the weights "
+               f"(file ratio capped at {b['max_file_ratio']:.2f}x)" if b.get("max_file_ratio")
+               else f"\noriginal: top-1 {_pct(b.get('top1'))}")
+    click.echo(f"wrote {files['csv']}, {files['json']}" + ("".join(f", {p}" for p in result.plots)))
+    if result.plots_skipped:
+        click.echo(f"plots skipped: {result.plots_skipped}")
+    click.echo(f"{len(result.rows)} settings, {len(result.per_layer)} per-layer runs in "
+               f"{time.perf_counter() - start:.1f} s (fitting {result.seconds['fit']:.1f} s)")
