@@ -102,7 +102,7 @@ struct Layout {
   uint64_t subspace_groups = 0;  // Gs
   uint64_t row_groups = 0;       // Gr
   uint64_t codewords = 0;        // 2^bits
-  uint64_t packed_bytes = 0;     // ceil(T*R*S*bits / 8)
+  uint64_t packed_bytes = 0;     // v1: ceil(T*R*S*bits / 8); v2: ceil(R/32)*T*S*16
   std::vector<int64_t> codebooks_shape;  // [T, Gs, Gr, 2^bits, d]
 };
 
@@ -188,6 +188,11 @@ Layout VQMatMulKernel::read_layout(const OrtApi& api, const OrtKernelInfo* info)
                 ", got ", a.axis));
   if (a.per_subspace != 0 && a.per_subspace != 1)
     fail(concat(VQ_ATTRIBUTE_NAME(per_subspace), " must be 0 or 1, got ", a.per_subspace));
+  if (a.format_version == schema::kFastScanFormatVersion &&
+      (a.axis != schema::kAxisIn || a.bits != schema::kFastScanBits))
+    fail(concat(VQ_ATTRIBUTE_NAME(format_version), ' ', schema::kFastScanFormatVersion, " needs ",
+                VQ_ATTRIBUTE_NAME(axis), ' ', schema::kAxisIn, " and ", schema::kFastScanBits,
+                "-bit codes, got axis ", a.axis, " and ", a.bits, " bits"));
 
   layout.rows = static_cast<uint64_t>(a.axis == schema::kAxisIn ? a.N : a.K);
   layout.length = static_cast<uint64_t>(a.axis == schema::kAxisIn ? a.K : a.N);
@@ -212,6 +217,12 @@ void VQMatMulKernel::check_sizes(Layout& layout) const {
   layout.codewords = uint64_t{1} << a.bits;
 
   const uint64_t limit = std::numeric_limits<size_t>::max() / 8;
+  const auto too_large = [&] {
+    fail(concat("the attributes describe codes or codebooks too large to address (",
+                VQ_ATTRIBUTE_NAME(T), '=', a.T, ", rows=", layout.rows, ", ", VQ_ATTRIBUTE_NAME(S), '=',
+                a.S, ", ", VQ_ATTRIBUTE_NAME(bits), '=', a.bits, ", ", VQ_ATTRIBUTE_NAME(d), '=', a.d,
+                ", ", VQ_ATTRIBUTE_NAME(group_size), '=', a.group_size, ")"));
+  };
   uint64_t codes = 0, code_bits = 0, codebook_elems = 0;
   const bool codes_ok = checked_mul(a.T, layout.rows, &codes) && checked_mul(codes, a.S, &codes) &&
                         checked_mul(codes, a.bits, &code_bits) && code_bits <= limit;
@@ -220,9 +231,19 @@ void VQMatMulKernel::check_sizes(Layout& layout) const {
                         checked_mul(codebook_elems, layout.codewords, &codebook_elems) &&
                         checked_mul(codebook_elems, a.d, &codebook_elems) &&
                         codebook_elems <= limit / sizeof(float);
-  if (!codes_ok || !books_ok)
-    fail("the attributes describe codes or codebooks too large to address");
+  if (!codes_ok || !books_ok) too_large();
   layout.packed_bytes = code_bits / 8 + (code_bits % 8 != 0);
+  if (a.format_version == schema::kFastScanFormatVersion) {
+    // Blocks of 32 rows, 16 bytes per (block, entry): v1's bytes plus the last block's padding.
+    const uint64_t blocks = layout.rows / schema::kFastScanBlockRows +
+                            (layout.rows % schema::kFastScanBlockRows != 0);
+    uint64_t bytes = 0;
+    if (!checked_mul(blocks, static_cast<uint64_t>(a.T), &bytes) ||
+        !checked_mul(bytes, static_cast<uint64_t>(a.S), &bytes) ||
+        !checked_mul(bytes, schema::kFastScanGroupBytes, &bytes) || bytes > limit)
+      too_large();
+    layout.packed_bytes = bytes;
+  }
   layout.codebooks_shape = {a.T, static_cast<int64_t>(layout.subspace_groups),
                             static_cast<int64_t>(layout.row_groups),
                             static_cast<int64_t>(layout.codewords), a.d};
@@ -260,7 +281,10 @@ void VQMatMulKernel::check_codes(const Ort::ConstValue& codes) const {
   const std::vector<int64_t> shape = info.GetShape();
   const schema::Attributes& a = layout_.attrs;
   if (shape.size() != 1 || static_cast<uint64_t>(shape[0]) != layout_.packed_bytes)
-    fail(concat("codes must have shape [", layout_.packed_bytes, "] = [ceil(T*R*S*bits/8)] with T=",
+    fail(concat("codes must have shape [", layout_.packed_bytes, "] = [",
+                a.format_version == schema::kFastScanFormatVersion ? "ceil(R/32)*T*S*16"
+                                                                   : "ceil(T*R*S*bits/8)",
+                "] with T=",
                 a.T, " R=", layout_.rows, " S=", a.S, " bits=", a.bits, ", got ",
                 format_shape(shape)));
 }
@@ -337,6 +361,7 @@ void VQMatMulKernel::Compute(OrtKernelContext* raw_context) const {
   problem.S = static_cast<size_t>(a.S);
   problem.T = static_cast<size_t>(a.T);
   problem.axis = static_cast<int>(a.axis);
+  problem.format_version = static_cast<int>(a.format_version);
   problem.group_size = static_cast<size_t>(a.group_size);
   problem.per_subspace = a.per_subspace != 0;
   problem.x = x.GetTensorData<float>();

@@ -316,7 +316,7 @@ def test_sweep_reaches_every_path():
                + list(PATH_LAYOUTS.values())
                + list(BIG_LAYOUTS.values()))
     reached = {(kernel_path(layout), layout.axis) for layout in layouts}
-    assert reached >= {("lut", 0), ("row_buckets", 0), ("direct", 0),
+    assert reached >= {("lut", 0), ("row_buckets", 0), ("direct", 0), ("bit_lut", 0),
                        ("column_buckets", 1), ("direct", 1)}
     for name, layout in {**PATH_LAYOUTS, **BIG_LAYOUTS}.items():
         assert kernel_path(layout) == name.replace("_axis0", "").replace("_axis1", "")
@@ -431,7 +431,7 @@ def _bad_attributes(match, **changes):
 
 
 def test_unknown_format_version():
-    _bad_attributes(r"vq_node.*format_version 7 is not supported by this library \(supports 1\); "
+    _bad_attributes(r"vq_node.*format_version 7 is not supported by this library \(supports 1, 2\); "
                     r"upgrade onnxvq", format_version=7)
 
 

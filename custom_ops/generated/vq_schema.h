@@ -13,12 +13,18 @@ inline constexpr int64_t kMaxBits = 8;
 inline constexpr int64_t kAxisIn = 0;
 inline constexpr int64_t kAxisOut = 1;
 
+// format_version 2: fast-scan blocks (axis 0, 4-bit codes only); see schema.py.
+inline constexpr int64_t kFastScanFormatVersion = 2;
+inline constexpr int64_t kFastScanBits = 4;
+inline constexpr int64_t kFastScanBlockRows = 32;
+inline constexpr int64_t kFastScanGroupBytes = 16;
+
 // Supported packed-layout versions.
-inline constexpr int64_t kSupportedFormatVersions[] = {1};
+inline constexpr int64_t kSupportedFormatVersions[] = {1, 2};
 
 // Input indices.
 inline constexpr int kInput_X = 0;  // float32 activations, shape [..., K], rank >= 1
-inline constexpr int kInput_codes = 1;  // uint8 bit-packed code stream, shape [ceil(T*R*S*bits/8)]
+inline constexpr int kInput_codes = 1;  // uint8 packed codes: v1 [ceil(T*R*S*bits/8)], v2 [ceil(R/32)*T*S*16]
 inline constexpr int kInput_codebooks = 2;  // float32 or float16, shape [T, Gs, Gr, 2**bits, d]
 inline constexpr int kInput_bias = 3;  // float32, shape [N]; absent or empty name for no bias
 inline constexpr int kNumInputs = 4;

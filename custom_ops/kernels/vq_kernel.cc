@@ -4,15 +4,29 @@
 // order fixed by the layout alone (never by the tiling or the thread count), so results do
 // not depend on intra_op_num_threads or on the batch size.
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "vq_kernel.h"
 
 namespace onnxvq::kernels {
+
+// SIMD tables, defined in their own translation units (built with their own flags).
+#if defined(ONNXVQ_HAVE_AVX2)
+const KernelTable& avx2_kernel_table();
+#endif
+#if defined(ONNXVQ_HAVE_AVX512)
+const KernelTable& avx512_kernel_table();
+#endif
+#if defined(ONNXVQ_HAVE_NEON)
+const KernelTable& neon_kernel_table();
+#endif
+
 namespace {
 
 // --- tuning constants (shape-only; changing them never changes results) ---------------
@@ -21,6 +35,8 @@ constexpr size_t kMaxTasks = 64;                  // more tasks than this only a
 constexpr size_t kLutBudgetBytes = size_t{1} << 20;     // LUTs of one chunk of input rows
 constexpr size_t kCodeTileBudgetBytes = size_t{1} << 20;  // unpacked codes kept per task
 constexpr size_t kBucketBudgetBytes = size_t{256} << 10;  // bucket sums kept per task
+constexpr size_t kGatherGroups = 16;                      // 8-output groups sharing a table slice
+constexpr size_t kGatherSliceBytes = size_t{32} << 10;   // table bytes walked per slice
 
 size_t ceil_div(size_t a, size_t b) { return a / b + (a % b != 0); }
 
@@ -110,6 +126,15 @@ struct Context {
 
   /// Codes (t, r, s0 .. s0+count) into out[0 .. count).
   void unpack(size_t t, size_t r, size_t s0, size_t count, uint8_t* out) const {
+    if (p.format_version == 2) {  // fast-scan blocks: one nibble per 16-byte group
+      const size_t block = r / kFastScanBlockRows, lane = r % kFastScanBlockRows;
+      const unsigned shift = lane < 16 ? 0 : 4;
+      const uint8_t* group =
+          p.codes + ((block * p.T + t) * p.S + s0) * kFastScanGroupBytes + lane % 16;
+      for (size_t i = 0; i < count; ++i)
+        out[i] = static_cast<uint8_t>((group[i * kFastScanGroupBytes] >> shift) & 0x0fu);
+      return;
+    }
     const uint64_t first = (static_cast<uint64_t>(t) * R + r) * p.S + s0;
     k.unpack_codes(p.codes, first, count, p.bits, out);
   }
@@ -155,10 +180,44 @@ void gather_luts(const Context& c, size_t m0, size_t rows, size_t g, const float
   const VQProblem& p = c.p;
   const size_t n0 = c.group_begin(g), outputs = c.group_end(g) - n0;
   const size_t entries = p.T * p.S, lut_row = entries * c.ncw;
-  const Blocks blocks = Blocks::split(outputs, task_count(double(outputs) * rows * entries));
+  // Few input rows: eight outputs per step (one gather serves eight outputs), else one
+  // output against every row. Both sum entries in the same order: the same bits.
+  const bool by_eight = rows < 8;
+  const size_t unit = by_eight ? 8 : 1;
+  const Blocks blocks = Blocks::split(ceil_div(outputs, unit),
+                                      task_count(double(outputs) * rows * entries));
   run_tasks(c.runner, blocks.count, [&](size_t task) {
-    std::vector<uint8_t> codes(entries);
-    for (size_t n = n0 + blocks.begin(task); n < n0 + blocks.end(task); ++n) {
+    std::vector<uint8_t> codes(entries), codes8(by_eight ? entries * 8 : 0);
+    size_t n = n0 + blocks.begin(task) * unit;
+    const size_t n_end = std::min(n0 + outputs, n0 + blocks.end(task) * unit);
+    // Groups of 8 outputs, kGatherGroups at a time; the tables are walked in slices of
+    // kGatherSliceBytes so a slice stays in L1/L2 while every group of the batch uses it
+    // (large tables, e.g. 8-bit codes, would otherwise come from L3 for every group).
+    while (by_eight && n + 8 <= n_end) {
+      const size_t groups = std::min(kGatherGroups, (n_end - n) / 8);
+      codes8.resize(groups * entries * 8);
+      for (size_t q = 0; q < groups; ++q)
+        for (size_t j = 0; j < 8; ++j) {
+          c.unpack_row(n + q * 8 + j, codes.data());
+          uint8_t* tile = &codes8[q * entries * 8];
+          for (size_t i = 0; i < entries; ++i) tile[i * 8 + j] = codes[i];
+        }
+      const size_t slice = std::max<size_t>(1, kGatherSliceBytes / (c.ncw * sizeof(float)));
+      for (size_t m = 0; m < rows; ++m) {
+        float* y = p.y + (m0 + m) * p.N + n;
+        std::fill(y, y + groups * 8, 0.0f);
+        for (size_t i0 = 0; i0 < entries; i0 += slice) {
+          const size_t len = std::min(slice, entries - i0);
+          for (size_t q = 0; q < groups; ++q)
+            c.k.lut_gather8(&codes8[(q * entries + i0) * 8], len, c.ncw,
+                            luts + m * lut_row + i0 * c.ncw, y + q * 8);
+        }
+        if (p.bias)
+          for (size_t j = 0; j < groups * 8; ++j) y[j] += p.bias[n + j];
+      }
+      n += groups * 8;
+    }
+    for (; n < n_end; ++n) {
       c.unpack_row(n, codes.data());
       float* y = p.y + m0 * p.N + n;
       c.k.lut_gather_rows(codes.data(), entries, c.ncw, luts, lut_row, rows, y, p.N);
@@ -204,6 +263,73 @@ void run_row_buckets_path(const Context& c) {
       }
     }
   });
+}
+
+// --- axis 0, binary codes (1 bit, d == 1, shared codebook per row group): byte tables -----
+// With the two codewords c0, c1 of row n's group,
+//   y[m][n] = c0 * sum_k x[m][k] + (c1 - c0) * P[m][n],  P = sum of the x[m][k] whose bit is 1.
+// P reads row n's bits a byte at a time, from a table of the 256 subset sums of each 8
+// consecutive inputs (8 inputs per lookup instead of one scatter-add per input):
+//   table[i][b] = table[i][b & (b - 1)] + x[8i + lowest set bit of b]   (x = 0 past K)
+//   P[m][n] = sum_i table[i][byte i of row n], i ascending
+// The order depends on the layout only, so every kernel table and thread count gives the
+// same bits.
+
+bool bit_lut_covers(const VQProblem& p) {
+  return p.format_version == 1 && p.axis == 0 && p.bits == 1 && p.d == 1 && !p.per_subspace &&
+         p.T == 1;
+}
+
+void run_bit_lut_path(const Context& c) {
+  const VQProblem& p = c.p;
+  const size_t row_bytes = (p.K + 7) / 8;
+  const uint64_t stream_bytes = (static_cast<uint64_t>(p.N) * p.K + 7) / 8;
+  std::vector<float> table(row_bytes * 256);
+  const Blocks blocks = Blocks::split(p.N, task_count(double(p.N) * row_bytes * 2));
+  for (size_t m = 0; m < p.M; ++m) {
+    const float* x = p.x + m * p.K;
+    for (size_t i = 0; i < row_bytes; ++i) {
+      float* t = &table[i * 256];
+      t[0] = 0.0f;
+      for (unsigned b = 1; b < 256; ++b) {
+        const size_t k = 8 * i + static_cast<size_t>(__builtin_ctz(b));
+        t[b] = t[b & (b - 1)] + (k < p.K ? x[k] : 0.0f);
+      }
+    }
+    float total = 0.0f;
+    for (size_t k = 0; k < p.K; ++k) total += x[k];
+    run_tasks(c.runner, blocks.count, [&](size_t task) {
+      for (size_t n = blocks.begin(task); n < blocks.end(task); ++n) {
+        const uint64_t first_bit = static_cast<uint64_t>(n) * p.K;
+        const unsigned shift = static_cast<unsigned>(first_bit & 7);
+        const uint8_t* bytes = p.codes + (first_bit >> 3);
+        float sum = 0.0f;
+        if (shift == 0 && p.K % 8 == 0 && n + 4 <= blocks.end(task)) {
+          // Four byte-aligned rows at once: four independent chains, each in i order.
+          float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          for (size_t i = 0; i < row_bytes; ++i)
+            for (size_t j = 0; j < 4; ++j) s4[j] += table[i * 256 + bytes[j * row_bytes + i]];
+          for (size_t j = 0; j < 4; ++j) {
+            const float* cb = c.codebook(0, 0, c.group_of_row(n + j));
+            p.y[m * p.N + n + j] = (cb[0] * total + (cb[1] - cb[0]) * s4[j]) + c.bias(n + j);
+          }
+          n += 3;
+          continue;
+        }
+        if (shift == 0) {
+          for (size_t i = 0; i < row_bytes; ++i) sum += table[i * 256 + bytes[i]];
+        } else {  // the row starts inside a byte: splice two bytes (never past the stream)
+          for (size_t i = 0; i < row_bytes; ++i) {
+            unsigned b = bytes[i] >> shift;
+            if ((first_bit >> 3) + i + 1 < stream_bytes) b |= (bytes[i + 1] << (8 - shift)) & 0xffu;
+            sum += table[i * 256 + b];
+          }
+        }
+        const float* cb = c.codebook(0, 0, c.group_of_row(n));
+        p.y[m * p.N + n] = (cb[0] * total + (cb[1] - cb[0]) * sum) + c.bias(n);
+      }
+    });
+  }
 }
 
 // --- axis 1: bucket sums per subspace ----------------------------------------------------
@@ -317,23 +443,132 @@ void run_direct_axis1(const Context& c) {
   });
 }
 
+// --- format_version 2: fast-scan ---------------------------------------------------------
+// Per chunk of input rows and per row group g: build the float tables LUT[m][e][c]
+// (e = t*S + s), quantize each row's tables to uint8 with one scale (kFastScan) or keep them
+// (kFastScanExact), then hand blocks of 32 outputs to the micro-kernel, which reads each
+// block's codes once per chunk (they stay in L1 across the chunk's rows):
+//   y[m][n] = scale[m] * Q[m][n] + offset[m] (+ bias[n])   (uint8 tables)
+//   y[m][n] = F[m][n] (+ bias[n])                           (float tables)
+// A row whose tables are not finite (inf/NaN inputs) takes the float tables, so non-finite
+// values propagate as in the other paths.
+
+bool fastscan_covers(const VQProblem& p) {
+  return p.format_version == 2 && p.axis == 0 && p.bits == 4 &&
+         (p.row_groups() == 1 || p.group_size % kFastScanBlockRows == 0);
+}
+
+void run_fastscan_path(const Context& c, bool exact) {
+  const VQProblem& p = c.p;
+  const size_t E = p.entries();
+  const size_t lut_row = E * kFastScanCodewords;  // floats (and uint8 entries) per row
+  const size_t q_stride = (lut_row + kFastScanTablePad - 1) / kFastScanTablePad * kFastScanTablePad;
+  const size_t lut_row_bytes = lut_row * sizeof(float);
+  const size_t chunk = std::clamp<size_t>(4 * kLutBudgetBytes / lut_row_bytes, 1, p.M);
+  const size_t blocks_per_group =
+      c.Gr == 1 ? p.fastscan_blocks() : p.group_size / kFastScanBlockRows;
+
+  std::vector<float> luts(chunk * lut_row);
+  std::vector<uint8_t> qluts(exact ? 0 : chunk * q_stride, 0);  // padding stays zero
+  std::vector<float> scale(chunk), offset(chunk);
+  std::vector<char> quantized(chunk);
+  for (size_t m0 = 0; m0 < p.M; m0 += chunk) {
+    const size_t rows = std::min(chunk, p.M - m0);
+    for (size_t g = 0; g < c.Gr; ++g) {
+      build_luts(c, m0, rows, g, luts.data());
+      if (!exact) {
+        run_tasks(c.runner, task_count(double(rows) * lut_row * 4), [&](size_t task) {
+          const Blocks b = Blocks::split(rows, task_count(double(rows) * lut_row * 4));
+          for (size_t m = b.begin(task); m < b.end(task); ++m)
+            quantized[m] = c.k.quantize_luts(luts.data() + m * lut_row, E,
+                                             qluts.data() + m * q_stride, &scale[m], &offset[m]);
+        });
+      }
+      const size_t first_block = g * blocks_per_group;
+      const size_t num_blocks = std::min(blocks_per_group, p.fastscan_blocks() - first_block);
+      const Blocks blocks = Blocks::split(
+          num_blocks, task_count(double(num_blocks) * kFastScanBlockRows * E * rows / 8));
+      run_tasks(c.runner, blocks.count, [&](size_t task) {
+        std::vector<uint32_t> sums(exact ? 0 : rows * kFastScanBlockRows);
+        std::vector<float> fsums(rows * kFastScanBlockRows);
+        bool all_quantized = !exact;
+        for (size_t m = 0; m < rows && all_quantized; ++m) all_quantized = quantized[m];
+        for (size_t b = first_block + blocks.begin(task); b < first_block + blocks.end(task); ++b) {
+          const uint8_t* codes = p.codes + b * E * kFastScanGroupBytes;
+          const size_t n0 = b * kFastScanBlockRows;
+          const size_t count = std::min(kFastScanBlockRows, p.N - n0);
+          if (!exact) c.k.fastscan_u8(codes, E, qluts.data(), q_stride, rows, sums.data());
+          if (!all_quantized) c.k.fastscan_f32(codes, E, luts.data(), lut_row, rows, fsums.data());
+          for (size_t m = 0; m < rows; ++m) {
+            float* y = p.y + (m0 + m) * p.N + n0;
+            const size_t at = m * kFastScanBlockRows;
+            if (!exact && quantized[m]) {
+              for (size_t i = 0; i < count; ++i)
+                y[i] = (scale[m] * static_cast<float>(sums[at + i]) + offset[m]) + c.bias(n0 + i);
+            } else {
+              for (size_t i = 0; i < count; ++i) y[i] = fsums[at + i] + c.bias(n0 + i);
+            }
+          }
+        }
+      });
+    }
+  }
+}
+
 // --- dispatch ---------------------------------------------------------------------------
 
-bool force_scalar_requested() {
-  const char* value = std::getenv("ONNXVQ_FORCE_SCALAR");
+bool env_flag(const char* name) {
+  const char* value = std::getenv(name);
   return value != nullptr && value[0] != '\0' && std::strcmp(value, "0") != 0;
 }
 
+// The tables this build has and this CPU runs, best last. __builtin_cpu_supports also
+// checks that the OS saves the wide registers (XGETBV), so AVX state is usable.
+struct TableList {
+  const KernelTable* tables[4];
+  size_t count = 0;
+  std::string names;
+  TableList() {
+    tables[count++] = &scalar_kernel_table();
+#if defined(ONNXVQ_HAVE_AVX2)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      tables[count++] = &avx2_kernel_table();
+#endif
+#if defined(ONNXVQ_HAVE_AVX512)
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
+      tables[count++] = &avx512_kernel_table();
+#endif
+#if defined(ONNXVQ_HAVE_NEON)
+    tables[count++] = &neon_kernel_table();  // NEON is mandatory on AArch64
+#endif
+    for (size_t i = 0; i < count; ++i) names += (i ? "," : "") + std::string(tables[i]->name);
+  }
+};
+
+const TableList& table_list() {
+  static const TableList list;
+  return list;
+}
+
 const KernelTable& select_kernel_table() {
-  if (force_scalar_requested()) return scalar_kernel_table();
-  // SIMD tables go here, best first, each behind its build flag and a CPU check, e.g.
-  //   #if defined(ONNXVQ_HAVE_AVX2)
-  //     if (cpu_supports_avx2_fma()) return avx2_kernel_table();
-  //   #endif
-  return scalar_kernel_table();
+  if (env_flag("ONNXVQ_FORCE_SCALAR")) return scalar_kernel_table();
+  const TableList& list = table_list();
+  return *list.tables[list.count - 1];
 }
 
 }  // namespace
+
+size_t supported_kernel_tables(const KernelTable** tables, size_t capacity) {
+  const TableList& list = table_list();
+  for (size_t i = 0; i < list.count && i < capacity; ++i) tables[i] = list.tables[i];
+  return list.count;
+}
+
+bool exact_lut_requested() {
+  static const bool exact = env_flag("ONNXVQ_EXACT_LUT");
+  return exact;
+}
 
 const KernelTable& active_kernel_table() {
   static const KernelTable& table = select_kernel_table();
@@ -341,6 +576,8 @@ const KernelTable& active_kernel_table() {
 }
 
 VQPath choose_path(const VQProblem& p) {
+  if (fastscan_covers(p))
+    return p.exact_lut || exact_lut_requested() ? VQPath::kFastScanExact : VQPath::kFastScan;
   const size_t ncw = p.codewords();
   // One LUT (or bucket set) per row group pays off when the group has at least as many
   // rows as there are codewords; otherwise building it costs more than it saves.
@@ -348,6 +585,7 @@ VQPath choose_path(const VQProblem& p) {
   if (p.axis == 0) {
     // Scalar codebooks shared across the row: adding inputs that share a code and
     // multiplying once per codeword needs 2^bits floats, where a LUT needs K * 2^bits.
+    if (bit_lut_covers(p)) return VQPath::kBitLut;
     if (p.d == 1 && p.subspace_groups() == 1 && p.S >= ncw) return VQPath::kRowBuckets;
     return tables_pay_off ? VQPath::kLut : VQPath::kDirect;
   }
@@ -358,8 +596,11 @@ const char* path_name(VQPath path) {
   switch (path) {
     case VQPath::kLut: return "lut";
     case VQPath::kRowBuckets: return "row_buckets";
+    case VQPath::kBitLut: return "bit_lut";
     case VQPath::kColumnBuckets: return "column_buckets";
     case VQPath::kDirect: return "direct";
+    case VQPath::kFastScan: return "fastscan";
+    case VQPath::kFastScanExact: return "fastscan_exact";
   }
   return "unknown";
 }
@@ -370,9 +611,12 @@ void vq_matmul(const VQProblem& problem, const TaskRunner& runner, const KernelT
   switch (choose_path(problem)) {
     case VQPath::kLut: return run_lut_path(context);
     case VQPath::kRowBuckets: return run_row_buckets_path(context);
+    case VQPath::kBitLut: return run_bit_lut_path(context);
     case VQPath::kColumnBuckets: return run_column_buckets_path(context);
     case VQPath::kDirect:
       return problem.axis == 0 ? run_direct_axis0(context) : run_direct_axis1(context);
+    case VQPath::kFastScan: return run_fastscan_path(context, /*exact=*/false);
+    case VQPath::kFastScanExact: return run_fastscan_path(context, /*exact=*/true);
   }
 }
 
@@ -384,11 +628,24 @@ extern "C" const char* onnxvq_kernel_name(void) {
   return onnxvq::kernels::active_kernel_table().name;
 }
 
+extern "C" const char* onnxvq_kernel_tables(void) {
+  return onnxvq::kernels::table_list().names.c_str();
+}
+
 extern "C" const char* onnxvq_kernel_path(int64_t in_features, int64_t out_features, int64_t bits,
                                           int64_t subvector_len, int64_t stages, int64_t axis,
                                           int64_t group_size, int64_t codebook_per_subspace) {
+  return onnxvq_kernel_path_v(1, in_features, out_features, bits, subvector_len, stages, axis,
+                              group_size, codebook_per_subspace);
+}
+
+extern "C" const char* onnxvq_kernel_path_v(int64_t format_version, int64_t in_features,
+                                            int64_t out_features, int64_t bits,
+                                            int64_t subvector_len, int64_t stages, int64_t axis,
+                                            int64_t group_size, int64_t codebook_per_subspace) {
   using onnxvq::kernels::VQProblem;
-  const bool valid = in_features >= 1 && out_features >= 1 && bits >= 1 && bits <= 8 &&
+  const bool v2_ok = format_version == 2 && axis == 0 && bits == 4;
+  const bool valid = (format_version == 1 || v2_ok) && in_features >= 1 && out_features >= 1 && bits >= 1 && bits <= 8 &&
                      subvector_len >= 1 && stages >= 1 && (axis == 0 || axis == 1) &&
                      group_size >= 1 && (codebook_per_subspace == 0 || codebook_per_subspace == 1);
   if (!valid) return "invalid";
@@ -401,6 +658,7 @@ extern "C" const char* onnxvq_kernel_path(int64_t in_features, int64_t out_featu
   p.axis = static_cast<int>(axis);
   p.group_size = static_cast<size_t>(group_size);
   p.per_subspace = codebook_per_subspace != 0;
+  p.format_version = static_cast<int>(format_version);
   if (p.group_size > p.rows()) return "invalid";
   p.S = (p.length() + p.d - 1) / p.d;
   return onnxvq::kernels::path_name(onnxvq::kernels::choose_path(p));

@@ -33,6 +33,17 @@ namespace onnxvq::kernels {
 /// Interleaved bucket arrays used by KernelTable::bucket_dot (see there).
 inline constexpr size_t kBucketSets = 4;
 
+/// format_version 2 ("fast-scan", axis 0, 4-bit codes; onnxvq/ops/schema.py). With
+/// E = T*S entries per row of M (entry e = t*S + s) and blocks of 32 rows of M:
+///   byte[(b*E + e)*16 + j] = code(t, 32b + j, s) | code(t, 32b + 16 + j, s) << 4
+/// One 16-byte group feeds one 16-entry table lookup (pshufb / vqtbl1q) for 32 outputs.
+inline constexpr size_t kFastScanBlockRows = 32;
+inline constexpr size_t kFastScanGroupBytes = 16;
+inline constexpr size_t kFastScanCodewords = 16;
+/// Quantized tables are padded to a multiple of this many bytes with zeros, so a SIMD
+/// kernel may read entries in pairs (or fours) without a tail case for the tables.
+inline constexpr size_t kFastScanTablePad = 64;
+
 /// One VQMatMul evaluation. Sizes are element counts; every buffer is dense row-major.
 struct VQProblem {
   size_t M = 0;  ///< rows of X and Y: every leading dimension of X flattened (may be 0)
@@ -44,13 +55,17 @@ struct VQProblem {
   size_t S = 0;               ///< subvectors per row of M, ceil(L / d)
   size_t T = 0;               ///< residual stages, summed
   int axis = 0;               ///< 0: rows of M are columns of W_hat; 1: rows of M are rows of W_hat
+  int format_version = 1;     ///< packed code layout: 1 (LSB-first stream) or 2 (fast-scan blocks)
+  bool exact_lut = false;     ///< format 2: float tables even without ONNXVQ_EXACT_LUT
   size_t group_size = 0;      ///< rows of M that share one codebook group, 1..R
   bool per_subspace = false;  ///< one codebook per subspace (Gs = S) or shared (Gs = 1)
 
   const float* x = nullptr;          ///< size M*K, layout (M, K)
-  const uint8_t* codes = nullptr;    ///< size ceil(T*R*S*bits / 8) bytes: the codes of layout
-                                     ///< (T, R, S), bit-packed LSB-first (code i = stream bits
-                                     ///< [i*bits, (i+1)*bits), stream bit b = bit b%8 of byte b/8)
+  const uint8_t* codes = nullptr;    ///< format_version 1: ceil(T*R*S*bits / 8) bytes, the codes
+                                     ///< of layout (T, R, S) bit-packed LSB-first (code i = stream
+                                     ///< bits [i*bits, (i+1)*bits), stream bit b = bit b%8 of byte
+                                     ///< b/8); format_version 2: ceil(R/32)*T*S*16 bytes, see
+                                     ///< kFastScanBlockRows
   const float* codebooks = nullptr;  ///< size T*Gs*Gr*2^bits*d, layout (T, Gs, Gr, 2^bits, d)
   const float* bias = nullptr;       ///< size N, or nullptr for no bias
   float* y = nullptr;                ///< size M*N, layout (M, N); fully overwritten
@@ -60,6 +75,8 @@ struct VQProblem {
   size_t codewords() const { return size_t{1} << bits; }  ///< 2^bits
   size_t subspace_groups() const { return per_subspace ? S : 1; }  ///< Gs
   size_t row_groups() const { return (rows() + group_size - 1) / group_size; }  ///< Gr
+  size_t entries() const { return T * S; }  ///< E, table entries per row of M
+  size_t fastscan_blocks() const { return (rows() + kFastScanBlockRows - 1) / kFastScanBlockRows; }
 };
 
 /// Runs num_tasks independent tasks fn(task_data, i), i < num_tasks, in any order and
@@ -94,6 +111,13 @@ struct KernelTable {
                           const float* luts, size_t lut_row_stride, size_t rows, float* out,
                           size_t out_stride);
 
+  /// Eight outputs at once against one row's tables: codes holds count x 8 codes (output
+  /// j's code for entry i at codes[i*8 + j]); out[j] += lut[i*num_codewords + codes[i*8 + j]]
+  /// for i ascending. From out = 0 this is lut_gather_rows' order, and calls on consecutive
+  /// runs of entries continue it exactly.
+  void (*lut_gather8)(const uint8_t* codes, size_t count, size_t num_codewords, const float* lut,
+                      float* out);
+
   /// buckets[i*num_codewords + codes[i]] += value for i < count (i ascending).
   void (*scatter_add)(const uint8_t* codes, size_t count, float value, float* buckets,
                       size_t num_codewords);
@@ -110,10 +134,41 @@ struct KernelTable {
 
   /// y[j] += a * x[j] for j < n.
   void (*axpy)(float a, const float* x, size_t n, float* y);
+
+  // --- fast-scan (format_version 2) ------------------------------------------------------
+
+  /// Quantizes `entries` float tables of 16 values (lut + e*16) to uint8 with one scale:
+  ///   lo[e] = min_c lut[e][c], range = max_e (max_c lut[e][c] - lo[e]),
+  ///   inv = range > 0 ? 255 / range : 0, q[e*16 + c] = clamp(rint((lut[e][c] - lo[e]) * inv), 0, 255)
+  ///   *scale = range / 255, *offset = sum_e lo[e] (e ascending from 0.0f),
+  /// so lut[e][c] ~ lo[e] + scale * q[e][c]. Rounding is to nearest even. Returns false
+  /// (outputs unspecified) when a table value is not finite. Bit-identical across tables.
+  bool (*quantize_luts)(const float* lut, size_t entries, uint8_t* q, float* scale, float* offset);
+
+  /// One block of 32 rows of M: `codes` is the block's E groups of 16 bytes (format v2),
+  /// table m of `rows` at qluts + m*qlut_stride holds E entries of 16 uint8 followed by zero
+  /// padding up to a multiple of kFastScanTablePad. out[m*32 + i] = sum_e table_m[e][code(i, e)]
+  /// (exact integer sums, so every table gives the same bits).
+  void (*fastscan_u8)(const uint8_t* codes, size_t entries, const uint8_t* qluts,
+                      size_t qlut_stride, size_t rows, uint32_t* out);
+
+  /// The exact float variant: table m at luts + m*lut_stride, entry e's 16 floats at + e*16;
+  /// out[m*32 + i] = sum_e table_m[e][code(i, e)], e ascending from 0.0f (bit-identical).
+  void (*fastscan_f32)(const uint8_t* codes, size_t entries, const float* luts,
+                       size_t lut_stride, size_t rows, float* out);
 };
 
 /// The portable table (always built).
 const KernelTable& scalar_kernel_table();
+
+/// Every table compiled into this build whose instruction set this CPU supports, scalar
+/// first (ONNXVQ_FORCE_SCALAR does not affect this list). Tests compare each with scalar.
+/// Returns the count and fills up to `capacity` pointers.
+size_t supported_kernel_tables(const KernelTable** tables, size_t capacity);
+
+/// Fast-scan precision: uint8 tables (default) or exact float tables. The environment
+/// variable ONNXVQ_EXACT_LUT=1, read once, selects the exact float path.
+bool exact_lut_requested();
 
 /// The table vq_matmul() uses: the best one this CPU supports, or the scalar table when
 /// the environment variable ONNXVQ_FORCE_SCALAR=1 was set when it was first asked for.
@@ -123,12 +178,17 @@ const KernelTable& active_kernel_table();
 enum class VQPath {
   kLut,            ///< axis 0: per input row, LUT[t][s][c] = <x_s, codeword c>, y[n] = sum LUT[code]
   kRowBuckets,     ///< axis 0, d == 1, shared codebook: y[n] = sum_c codebook[c] * (sum of x_s coded c)
+  kBitLut,         ///< axis 0, binary (1 bit, d == 1, shared codebook, T == 1): subset-sum byte tables
   kColumnBuckets,  ///< axis 1: bucket[s][c] = sum of x_k coded c in subspace s, y = sum_c bucket * codeword
   kDirect,         ///< any layout: y gathers codewords and multiplies directly
+  kFastScan,       ///< format 2: uint8 tables in registers, byte-shuffle lookups, 32 outputs per block
+  kFastScanExact,  ///< format 2: float tables, same blocked codes (ONNXVQ_EXACT_LUT=1)
 };
 
-/// The path vq_matmul() takes for this layout (depends only on the attributes, not on M,
-/// the data or the thread count).
+/// The path vq_matmul() takes for this layout (depends only on the attributes and on
+/// ONNXVQ_EXACT_LUT, not on M, the data or the thread count). Format-2 layouts that the
+/// fast-scan paths do not cover (row groups not a multiple of 32 rows) read their codes
+/// through the generic paths.
 VQPath choose_path(const VQProblem& problem);
 const char* path_name(VQPath path);
 
@@ -144,8 +204,19 @@ extern "C" {
 ONNXVQ_EXPORT const char* onnxvq_kernel_name(void);
 
 /// Name of the path ("lut", "row_buckets", "column_buckets", "direct") vq_matmul() takes
-/// for these attributes, or "invalid" when they do not describe a valid layout.
+/// for these attributes (format_version 1), or "invalid" when they do not describe a valid
+/// layout.
 ONNXVQ_EXPORT const char* onnxvq_kernel_path(
     int64_t in_features, int64_t out_features, int64_t bits, int64_t subvector_len,
     int64_t stages, int64_t axis, int64_t group_size, int64_t codebook_per_subspace);
+
+/// The same for any format_version; adds "fastscan" and "fastscan_exact".
+ONNXVQ_EXPORT const char* onnxvq_kernel_path_v(
+    int64_t format_version, int64_t in_features, int64_t out_features, int64_t bits,
+    int64_t subvector_len, int64_t stages, int64_t axis, int64_t group_size,
+    int64_t codebook_per_subspace);
+
+/// Comma-separated names of the kernel tables this build has and this CPU supports,
+/// e.g. "scalar,avx2" (independent of ONNXVQ_FORCE_SCALAR).
+ONNXVQ_EXPORT const char* onnxvq_kernel_tables(void);
 }

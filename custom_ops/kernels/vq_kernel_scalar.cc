@@ -1,5 +1,7 @@
 // Portable micro-kernels: the reference every SIMD table is compared with.
 // Summation orders are fixed (see vq_kernel.h) so results do not depend on tiling.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "vq_kernel.h"
@@ -55,6 +57,15 @@ void lut_gather_rows_scalar(const uint8_t* codes, size_t count, size_t num_codew
   }
 }
 
+void lut_gather8_scalar(const uint8_t* codes, size_t count, size_t num_codewords, const float* lut,
+                        float* out) {
+  float sums[8];
+  std::memcpy(sums, out, sizeof sums);
+  for (size_t i = 0; i < count; ++i)
+    for (size_t j = 0; j < 8; ++j) sums[j] += lut[i * num_codewords + codes[i * 8 + j]];
+  std::memcpy(out, sums, sizeof sums);
+}
+
 void scatter_add_scalar(const uint8_t* codes, size_t count, float value, float* buckets,
                         size_t num_codewords) {
   for (size_t i = 0; i < count; ++i) buckets[i * num_codewords + codes[i]] += value;
@@ -90,12 +101,78 @@ void axpy_scalar(float a, const float* x, size_t n, float* y) {
   for (size_t j = 0; j < n; ++j) y[j] += a * x[j];
 }
 
+bool quantize_luts_scalar(const float* lut, size_t entries, uint8_t* q, float* scale,
+                          float* offset) {
+  float range = 0.0f, offset_sum = 0.0f;
+  bool finite = true;
+  for (size_t e = 0; e < entries; ++e) {
+    const float* table = lut + e * kFastScanCodewords;
+    float lo = table[0], hi = table[0];
+    for (size_t c = 0; c < kFastScanCodewords; ++c) {
+      finite = finite && std::isfinite(table[c]);
+      lo = std::min(lo, table[c]);
+      hi = std::max(hi, table[c]);
+    }
+    range = std::max(range, hi - lo);
+    offset_sum += lo;
+  }
+  if (!finite || !std::isfinite(range)) return false;
+  const float inv = range > 0.0f ? 255.0f / range : 0.0f;
+  for (size_t e = 0; e < entries; ++e) {
+    const float* table = lut + e * kFastScanCodewords;
+    float lo = table[0];
+    for (size_t c = 1; c < kFastScanCodewords; ++c) lo = std::min(lo, table[c]);
+    for (size_t c = 0; c < kFastScanCodewords; ++c) {
+      const float level = std::nearbyint((table[c] - lo) * inv);  // ties to even
+      q[e * kFastScanCodewords + c] = static_cast<uint8_t>(std::clamp(level, 0.0f, 255.0f));
+    }
+  }
+  *scale = range / 255.0f;
+  *offset = offset_sum;
+  return true;
+}
+
+// Code of row i (0..31) of a block in the 16-byte group `group`.
+inline unsigned block_code(const uint8_t* group, size_t i) {
+  return i < 16 ? group[i] & 0x0fu : group[i - 16] >> 4;
+}
+
+void fastscan_u8_scalar(const uint8_t* codes, size_t entries, const uint8_t* qluts,
+                        size_t qlut_stride, size_t rows, uint32_t* out) {
+  for (size_t m = 0; m < rows; ++m) {
+    const uint8_t* table = qluts + m * qlut_stride;
+    uint32_t* sums = out + m * kFastScanBlockRows;
+    std::fill(sums, sums + kFastScanBlockRows, 0u);
+    for (size_t e = 0; e < entries; ++e) {
+      const uint8_t* group = codes + e * kFastScanGroupBytes;
+      const uint8_t* entry = table + e * kFastScanCodewords;
+      for (size_t i = 0; i < kFastScanBlockRows; ++i) sums[i] += entry[block_code(group, i)];
+    }
+  }
+}
+
+void fastscan_f32_scalar(const uint8_t* codes, size_t entries, const float* luts,
+                         size_t lut_stride, size_t rows, float* out) {
+  for (size_t m = 0; m < rows; ++m) {
+    const float* table = luts + m * lut_stride;
+    float* sums = out + m * kFastScanBlockRows;
+    std::fill(sums, sums + kFastScanBlockRows, 0.0f);
+    for (size_t e = 0; e < entries; ++e) {
+      const uint8_t* group = codes + e * kFastScanGroupBytes;
+      const float* entry = table + e * kFastScanCodewords;
+      for (size_t i = 0; i < kFastScanBlockRows; ++i) sums[i] += entry[block_code(group, i)];
+    }
+  }
+}
+
 }  // namespace
 
 const KernelTable& scalar_kernel_table() {
   static const KernelTable table = {
-      "scalar",          unpack_codes_scalar, build_lut_scalar, lut_gather_rows_scalar,
-      scatter_add_scalar, bucket_dot_scalar,  dot_scalar,       axpy_scalar,
+      "scalar",           unpack_codes_scalar, build_lut_scalar,     lut_gather_rows_scalar,
+      lut_gather8_scalar, scatter_add_scalar,  bucket_dot_scalar,    dot_scalar,
+      axpy_scalar,
+      quantize_luts_scalar, fastscan_u8_scalar, fastscan_f32_scalar,
   };
   return table;
 }

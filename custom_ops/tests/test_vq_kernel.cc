@@ -56,11 +56,23 @@ void test_unpack_codes(const KernelTable& kernels, std::mt19937& rng) {
   }
 }
 
+// Code (t, r, s) of a case's stream in either format.
+unsigned case_code(const VQProblem& p, const std::vector<uint8_t>& codes, size_t t, size_t r,
+                   size_t s) {
+  if (p.format_version == 2) {
+    const uint8_t byte = codes[((r / 32) * p.T * p.S + t * p.S + s) * 16 + r % 16];
+    return (r % 32) < 16 ? byte & 15u : byte >> 4;
+  }
+  return naive_code(codes, (t * p.rows() + r) * p.S + s, p.bits);
+}
+
 struct Case {
   VQProblem p;
   std::vector<float> x, codebooks, bias, y;
   std::vector<uint8_t> codes;
 };
+
+Case& fill_case(Case& c, std::mt19937& rng);
 
 Case random_case(std::mt19937& rng, size_t M) {
   auto pick = [&](std::initializer_list<size_t> values) {
@@ -69,7 +81,7 @@ Case random_case(std::mt19937& rng, size_t M) {
   Case c;
   VQProblem& p = c.p;
   p.M = M;
-  p.K = pick({1, 2, 3, 7, 17, 33, 100});
+  p.K = pick({1, 2, 3, 7, 17, 33, 64, 100});
   p.N = pick({1, 2, 3, 7, 17, 33, 100});
   p.bits = 1 + rng() % 8;
   p.d = pick({1, 2, 3, 4, 5, 8});
@@ -80,11 +92,23 @@ Case random_case(std::mt19937& rng, size_t M) {
   p.group_size = pick({1, 2, 5, 1000});
   p.group_size = std::min(p.group_size, R);
   p.per_subspace = rng() % 2;
+  // Format 2 where it is valid, half of the time; row groups of 32 rows reach its fast path.
+  if (p.axis == 0 && p.bits == 4 && rng() % 2) {
+    p.format_version = 2;
+    if (rng() % 2 && R >= 64) p.group_size = 32;
+  }
+  fill_case(c, rng);
+  return c;  // moved: the vectors keep their buffers, so p's pointers stay valid
+}
 
+Case& fill_case(Case& c, std::mt19937& rng) {
+  VQProblem& p = c.p;
+  const size_t R = p.rows();
   std::normal_distribution<float> normal;
   c.x.resize(p.M * p.K);
   for (auto& v : c.x) v = normal(rng);
-  c.codes.resize((p.T * R * p.S * p.bits + 7) / 8);
+  c.codes.resize(p.format_version == 2 ? p.fastscan_blocks() * p.T * p.S * 16
+                                       : (p.T * R * p.S * p.bits + 7) / 8);
   for (auto& byte : c.codes) byte = static_cast<uint8_t>(rng());
   c.codebooks.resize(p.T * p.subspace_groups() * p.row_groups() * p.codewords() * p.d);
   for (auto& v : c.codebooks) v = normal(rng);
@@ -109,7 +133,7 @@ std::vector<double> naive_matmul(const Case& c) {
   for (size_t t = 0; t < p.T; ++t)
     for (size_t r = 0; r < R; ++r)
       for (size_t s = 0; s < p.S; ++s) {
-        const unsigned code = naive_code(c.codes, (t * R + r) * p.S + s, p.bits);
+        const unsigned code = case_code(p, c.codes, t, r, s);
         const size_t gs = p.per_subspace ? s : 0, g = r / p.group_size;
         const float* cw = &c.codebooks[(((t * p.subspace_groups() + gs) * p.row_groups() + g) * ncw + code) * p.d];
         for (size_t j = 0; j < p.d && s * p.d + j < L; ++j) {
@@ -139,17 +163,51 @@ void threaded_run(void*, TaskRunner::TaskFn fn, size_t num_tasks, void* data) {
   for (auto& thread : threads) thread.join();
 }
 
+// Largest quantization step (max table range / 255) over the case's input rows and row
+// groups: the uint8 fast-scan path is exact up to half a step per entry.
+double max_lut_step(const Case& c) {
+  const VQProblem& p = c.p;
+  double step = 0.0;
+  for (size_t m = 0; m < p.M; ++m)
+    for (size_t g = 0; g < p.row_groups(); ++g) {
+      double range = 0.0;
+      for (size_t t = 0; t < p.T; ++t)
+        for (size_t s = 0; s < p.S; ++s) {
+          const size_t gs = p.per_subspace ? s : 0;
+          const float* book = &c.codebooks[((t * p.subspace_groups() + gs) * p.row_groups() + g) * 16 * p.d];
+          double lo = 1e300, hi = -1e300;
+          for (size_t code = 0; code < 16; ++code) {
+            double v = 0.0;
+            for (size_t j = 0; j < p.d && s * p.d + j < p.K; ++j)
+              v += double(c.x[m * p.K + s * p.d + j]) * book[code * p.d + j];
+            lo = std::min(lo, v), hi = std::max(hi, v);
+          }
+          range = std::max(range, hi - lo);
+        }
+      step = std::max(step, range / 255.0);
+    }
+  return step;
+}
+
+bool quantized_path(const VQProblem& p) {
+  return onnxvq::kernels::choose_path(p) == onnxvq::kernels::VQPath::kFastScan;
+}
+
 void test_against_oracle(const KernelTable& kernels, std::mt19937& rng) {
   int cases = 0;
   for (int i = 0; i < 3000; ++i) {
     Case c = random_case(rng, std::vector<size_t>{0, 1, 2, 5, 33}[rng() % 5]);
+    c.p.exact_lut = rng() % 2;
     onnxvq::kernels::vq_matmul(c.p, {}, kernels);
     const std::vector<double> expected = naive_matmul(c);
     double scale = 1.0;
     for (double v : expected) scale = std::max(scale, std::abs(v));
+    // uint8 tables: half a step per entry, plus float rounding of the tables themselves.
+    const double quantization =
+        quantized_path(c.p) ? (0.5 * c.p.T * c.p.S + 1.0) * max_lut_step(c) * 1.01 : 0.0;
     for (size_t e = 0; e < expected.size(); ++e) {
       const double error = std::abs(double(c.y[e]) - expected[e]);
-      if (!(error <= 1e-5 * scale)) {
+      if (!(error <= 1e-5 * scale + quantization)) {
         EXPECT(false, "path=%s axis=%d K=%zu N=%zu bits=%u d=%zu T=%zu gs=%zu per_s=%d M=%zu: "
                "y[%zu]=%g expected %g", onnxvq::kernels::path_name(onnxvq::kernels::choose_path(c.p)),
                c.p.axis, c.p.K, c.p.N, c.p.bits, c.p.d, c.p.T, c.p.group_size, c.p.per_subspace,
@@ -178,6 +236,122 @@ void test_threads_do_not_change_bits(const KernelTable& kernels, std::mt19937& r
   }
 }
 
+// --- every SIMD table against the scalar one ------------------------------------------------
+
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+// Integer fast-scan: equal to the bit, including 16-bit flush boundaries (E around 2*256
+// and 4*256), odd entry counts and saturated tables.
+void test_fastscan_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
+  const KernelTable& scalar = onnxvq::kernels::scalar_kernel_table();
+  std::normal_distribution<float> normal;
+  int checked = 0;
+  for (size_t entries : {1u, 2u, 3u, 4u, 5u, 31u, 255u, 256u, 257u, 511u, 512u, 513u, 1023u, 1024u, 1025u, 2049u}) {
+    for (size_t rows : {1u, 2u, 7u}) {
+      const size_t stride = (entries * 16 + 63) / 64 * 64;
+      std::vector<uint8_t> codes(entries * 16), q(rows * stride, 0);
+      std::vector<float> luts(rows * entries * 16);
+      for (auto& b : codes) b = static_cast<uint8_t>(rng());
+      const bool saturated = rng() % 2;  // all-255 tables: the largest 16-bit partial sums
+      for (size_t m = 0; m < rows; ++m)
+        for (size_t i = 0; i < entries * 16; ++i) q[m * stride + i] = saturated ? 255 : uint8_t(rng());
+      for (auto& v : luts) v = normal(rng);
+      std::vector<uint32_t> a(rows * 32), b(rows * 32);
+      scalar.fastscan_u8(codes.data(), entries, q.data(), stride, rows, a.data());
+      simd.fastscan_u8(codes.data(), entries, q.data(), stride, rows, b.data());
+      EXPECT(a == b, "%s fastscan_u8 entries=%zu rows=%zu", simd.name, entries, rows);
+      std::vector<float> fa(rows * 32), fb(rows * 32);
+      scalar.fastscan_f32(codes.data(), entries, luts.data(), entries * 16, rows, fa.data());
+      simd.fastscan_f32(codes.data(), entries, luts.data(), entries * 16, rows, fb.data());
+      EXPECT(std::equal(fa.begin(), fa.end(), fb.begin(), same_bits), "%s fastscan_f32 entries=%zu",
+             simd.name, entries);
+      // Quantization of the same float tables.
+      std::vector<uint8_t> qa(stride, 0), qb(stride, 0);
+      float sa = 0, sb = 0, oa = 0, ob = 0;
+      const bool ra = scalar.quantize_luts(luts.data(), entries, qa.data(), &sa, &oa);
+      const bool rb = simd.quantize_luts(luts.data(), entries, qb.data(), &sb, &ob);
+      EXPECT(ra && rb && qa == qb && same_bits(sa, sb) && oa == ob,
+             "%s quantize_luts entries=%zu", simd.name, entries);
+      luts[rng() % luts.size() % (entries * 16)] = std::nanf("");
+      EXPECT(!scalar.quantize_luts(luts.data(), entries, qa.data(), &sa, &oa) &&
+                 !simd.quantize_luts(luts.data(), entries, qb.data(), &sb, &ob),
+             "%s quantize_luts must refuse NaN", simd.name);
+      ++checked;
+    }
+  }
+  // Gathers over rows of float tables (8-bit PQ): same order per output, same bits.
+  for (size_t rows : {1u, 7u, 8u, 9u, 17u}) {
+    const size_t count = 1 + rng() % 40, ncw = 256, stride = count * ncw + 3;
+    std::vector<uint8_t> codes(count);
+    for (auto& b : codes) b = static_cast<uint8_t>(rng());
+    std::vector<float> luts(rows * stride);
+    for (auto& v : luts) v = normal(rng);
+    std::vector<float> a(rows * 2, 0.f), b(rows * 2, 0.f);
+    scalar.lut_gather_rows(codes.data(), count, ncw, luts.data(), stride, rows, a.data(), 2);
+    simd.lut_gather_rows(codes.data(), count, ncw, luts.data(), stride, rows, b.data(), 2);
+    EXPECT(std::equal(a.begin(), a.end(), b.begin(), same_bits), "%s lut_gather_rows rows=%zu",
+           simd.name, rows);
+  }
+  for (size_t count : {1u, 2u, 7u, 64u, 1025u}) {
+    for (size_t ncw : {2u, 16u, 256u}) {
+      std::vector<uint8_t> codes(count * 8);
+      for (auto& b : codes) b = static_cast<uint8_t>(rng() % ncw);
+      std::vector<float> lut(count * ncw);
+      for (auto& v : lut) v = normal(rng);
+      float a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      scalar.lut_gather8(codes.data(), count, ncw, lut.data(), a);
+      simd.lut_gather8(codes.data(), count, ncw, lut.data(), b);
+      EXPECT(std::equal(a, a + 8, b, same_bits), "%s lut_gather8 count=%zu ncw=%zu", simd.name,
+             count, ncw);
+    }
+  }
+  std::printf("%s: fast-scan micro-kernels equal to scalar on %d shapes\n", simd.name, checked);
+}
+
+// Whole problems on awkward shapes, SIMD table vs scalar table. Integer work is equal to the
+// bit; float tables may differ by rounding (build_lut sums in another order): 1e-5 of the
+// output scale, plus for uint8 tables 4 quantization steps (a table value that lands on a
+// rounding boundary may round the other way).
+void test_shapes_against_scalar(const KernelTable& simd, std::mt19937& rng) {
+  const KernelTable& scalar = onnxvq::kernels::scalar_kernel_table();
+  int cases = 0;
+  for (int format : {1, 2})
+    for (size_t N : {1u, 31u, 32u, 33u, 64u, 65u})
+      for (size_t K : {1u, 7u, 15u, 16u, 17u, 129u, 2052u})
+        for (size_t d : {1u, 3u, 4u, 5u, 8u}) {
+          Case c;
+          VQProblem& p = c.p;
+          p.M = std::vector<size_t>{1, 2, 7, 64}[rng() % 4];
+          if (K > 1000 && p.M > 7) p.M = 7;
+          p.K = K, p.N = N, p.d = d, p.axis = format == 2 ? 0 : int(rng() % 2);
+          p.bits = format == 2 ? 4 : std::vector<unsigned>{1, 4, 8}[rng() % 3];
+          p.T = 1 + rng() % 2;
+          p.S = (p.length() + d - 1) / d;
+          p.group_size = p.rows();
+          p.per_subspace = true;
+          p.format_version = format;
+          p.exact_lut = format == 2 && rng() % 3 == 0;
+          fill_case(c, rng);
+          onnxvq::kernels::vq_matmul(p, {}, scalar);
+          const std::vector<float> expected = c.y;
+          std::fill(c.y.begin(), c.y.end(), std::nanf(""));
+          onnxvq::kernels::vq_matmul(p, {}, simd);
+          double scale = 1.0;
+          for (float v : expected) scale = std::max(scale, double(std::abs(v)));
+          const double tol = 1e-5 * scale + (quantized_path(p) ? 4.0 * max_lut_step(c) : 0.0);
+          for (size_t e = 0; e < expected.size(); ++e)
+            if (!(std::abs(double(c.y[e]) - expected[e]) <= tol)) {
+              EXPECT(false, "%s vs scalar: format=%d path=%s M=%zu K=%zu N=%zu d=%zu bits=%u T=%zu "
+                     "y[%zu]=%g scalar %g", simd.name, format,
+                     onnxvq::kernels::path_name(onnxvq::kernels::choose_path(p)), p.M, K, N, d,
+                     p.bits, p.T, e, c.y[e], expected[e]);
+              break;
+            }
+          ++cases;
+        }
+  std::printf("%s: %d awkward shapes within tolerance of scalar\n", simd.name, cases);
+}
+
 }  // namespace
 
 int main() {
@@ -186,13 +360,20 @@ int main() {
   test_unpack_codes(scalar, rng);
   test_against_oracle(scalar, rng);
   test_threads_do_not_change_bits(scalar, rng);
-  // Every other table must agree with the scalar one; today the active table may be it.
-  const KernelTable& active = onnxvq::kernels::active_kernel_table();
-  if (&active != &scalar) {
-    test_unpack_codes(active, rng);
-    test_against_oracle(active, rng);
+  // Every other table this build has and this CPU runs must agree with the scalar one
+  // (under qemu on AArch64 that includes NEON; AVX-512 only on CPUs that have it).
+  const KernelTable* tables[8];
+  const size_t count = onnxvq::kernels::supported_kernel_tables(tables, 8);
+  for (size_t i = 0; i < count; ++i) {
+    if (tables[i] == &scalar) continue;
+    test_unpack_codes(*tables[i], rng);
+    test_against_oracle(*tables[i], rng);
+    test_threads_do_not_change_bits(*tables[i], rng);
+    test_fastscan_micro_kernels(*tables[i], rng);
+    test_shapes_against_scalar(*tables[i], rng);
   }
-  std::printf("active kernel table: %s\n", active.name);
+  for (size_t i = 0; i < count; ++i) std::printf("tested kernel table: %s\n", tables[i]->name);
+  std::printf("active kernel table: %s\n", onnxvq::kernels::active_kernel_table().name);
   if (g_failures) std::fprintf(stderr, "%d failure(s)\n", g_failures);
   return g_failures ? 1 : 0;
 }

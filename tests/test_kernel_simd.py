@@ -1,0 +1,203 @@
+"""The op's SIMD kernel table against its scalar table, through onnxruntime.
+
+The kernel table is chosen once per process, so each table runs in its own subprocess:
+the default (the best table this CPU has: avx2, avx512 or neon) and ONNXVQ_FORCE_SCALAR=1,
+plus ONNXVQ_EXACT_LUT=1 for the exact float fast-scan path. Cases cover awkward shapes:
+N at the fast-scan block (32) - 1, 32, 32 + 1 and N = 1; K so that S lands at and around
+the 16-bit flush boundary (E = 511, 512, 513); odd subvector lengths; batches 1, 2, 7, 64.
+
+Tolerances (stated, per case, relative to the output scale s = max(1, max|y|)):
+  * integer work and float work done in the same order: equal to the bit. Here: every
+    case whose subvector length is not 4 or 8 (the only float work the SIMD tables do in
+    another order is build_lut for d = 4 and 8).
+  * otherwise 1e-5 * s, plus, for uint8 tables, 4 quantization steps (a table value on a
+    rounding boundary may round the other way).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from onnxvq.ops.packing import pack_for_op, unpack_from_op
+from onnxvq.ops.reference import vq_matmul_ref
+from onnxvq.ops.schema import VQLayout
+from tests.test_kernel import run_kernel
+
+# Runs every case of an .npz file in one session each and saves the outputs.
+RUNNER = textwrap.dedent("""
+    import ctypes, sys
+    import numpy as np
+    import onnxruntime as ort
+    import onnxvq
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxvq.ops.schema import DOMAIN, DOMAIN_VERSION, OP_TYPE
+    data = np.load(sys.argv[1], allow_pickle=True)
+    out = {}
+    for i in range(int(data["count"])):
+        attrs = data[f"attrs{i}"].item()
+        x = data[f"x{i}"]
+        node = helper.make_node(OP_TYPE, ["X", "codes", "codebooks", "bias"], ["Y"], domain=DOMAIN, **attrs)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["b", x.shape[1]])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+            initializer=[numpy_helper.from_array(data[f"codes{i}"], "codes"),
+                         numpy_helper.from_array(data[f"books{i}"], "codebooks"),
+                         numpy_helper.from_array(data[f"bias{i}"], "bias")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
+        model.ir_version = 10
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        out[f"y{i}"] = onnxvq.session(model.SerializeToString(), options).run(None, {"X": x})[0]
+    lib = ctypes.CDLL(onnxvq.library_path())
+    lib.onnxvq_kernel_name.restype = ctypes.c_char_p
+    out["kernel"] = np.array(lib.onnxvq_kernel_name().decode())
+    np.savez(sys.argv[2], **out)
+""")
+
+
+def _cases():
+    cases = []
+    rng = np.random.default_rng(11)
+    batches = (1, 2, 7, 64)
+    i = 0
+    # Format 2 (fast-scan): N around the 32-row block, K around the 16-bit flush (E = 512).
+    for n in (1, 31, 32, 33, 65):
+        for k, d in ((4, 4), (15, 4), (16, 4), (17, 4), (2044, 4), (2048, 4), (2052, 4),
+                     (33, 3), (35, 5), (64, 8), (1539, 3)):
+            cases.append((VQLayout.for_weight(k, n, bits=4, subvector_len=d, format_version=2),
+                          batches[i % 4] if k < 1000 else 1 + (i % 2)))
+            i += 1
+    # Format 2 with residual stages and with row groups of 32 rows.
+    cases.append((VQLayout.for_weight(40, 70, bits=4, subvector_len=4, stages=2, format_version=2), 7))
+    cases.append((VQLayout.for_weight(24, 96, bits=4, subvector_len=3, group_size=32, format_version=2), 2))
+    # Format 1: the float paths (8-bit PQ gathers, k-means, binary, RQ, axis 1).
+    for n in (1, 7, 8, 9, 33):
+        cases.append((VQLayout.for_weight(36, n, bits=8, subvector_len=4), batches[n % 4]))
+        cases.append((VQLayout.for_weight(35, n, bits=8, subvector_len=5), 7))
+        cases.append((VQLayout.for_weight(37, n, bits=4, subvector_len=1, codebook_per_subspace=0), 2))
+        cases.append((VQLayout.for_weight(37, n, bits=1, subvector_len=1, codebook_per_subspace=0,
+                                          group_size=1), 7))
+        cases.append((VQLayout.for_weight(64, n, bits=1, subvector_len=1, codebook_per_subspace=0,
+                                          group_size=1), 2))
+        cases.append((VQLayout.for_weight(400, n, bits=8, subvector_len=3), 1))
+        cases.append((VQLayout.for_weight(30, n, bits=3, subvector_len=3, stages=2), 64))
+        cases.append((VQLayout.for_weight(30, max(n, 2), bits=4, subvector_len=2, axis=1), 7))
+    data = {"count": len(cases)}
+    for j, (layout, batch) in enumerate(cases):
+        codes = rng.integers(0, layout.codebook_size, layout.codes_shape)
+        data[f"attrs{j}"] = np.array(layout.attributes(), dtype=object)
+        data[f"codes{j}"] = pack_for_op(codes, layout)
+        data[f"books{j}"] = rng.standard_normal(layout.codebooks_shape).astype(np.float32)
+        data[f"bias{j}"] = rng.standard_normal(layout.out_features).astype(np.float32)
+        data[f"x{j}"] = rng.standard_normal((batch, layout.in_features)).astype(np.float32)
+    return cases, data
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    cases, data = _cases()
+    tmp = tmp_path_factory.mktemp("simd")
+    np.savez(tmp / "cases.npz", **data)
+    script = tmp / "runner.py"
+    script.write_text(RUNNER)
+    outputs = {}
+    for name, env in {"default": {}, "scalar": {"ONNXVQ_FORCE_SCALAR": "1"},
+                      "exact": {"ONNXVQ_EXACT_LUT": "1"},
+                      "exact_scalar": {"ONNXVQ_EXACT_LUT": "1", "ONNXVQ_FORCE_SCALAR": "1"}}.items():
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ONNXVQ_")}
+        subprocess.run([sys.executable, str(script), str(tmp / "cases.npz"), str(tmp / f"{name}.npz")],
+                       env={**full_env, **env}, check=True, timeout=300)
+        outputs[name] = dict(np.load(tmp / f"{name}.npz"))
+    return cases, data, outputs
+
+
+def _kernel_name():
+    import ctypes
+
+    import onnxvq
+    lib = ctypes.CDLL(onnxvq.library_path())
+    lib.onnxvq_kernel_name.restype = ctypes.c_char_p
+    return lib.onnxvq_kernel_name().decode()
+
+
+def _lut_step(layout, codebooks, x):
+    """Largest uint8 quantization step (max table range / 255) over the rows of x."""
+    T, S, d = layout.stages, layout.num_subspaces, layout.subvector_len
+    xp = np.zeros((x.shape[0], S * d))
+    xp[:, : layout.in_features] = x
+    books = codebooks.astype(np.float64)  # [T, Gs, Gr, 16, d]
+    step = 0.0
+    for g in range(layout.row_groups):
+        cb = books[:, :, g]  # [T, Gs, 16, d]
+        if cb.shape[1] == 1:
+            cb = np.repeat(cb, S, axis=1)
+        lut = np.einsum("msj,tscj->mtsc", xp.reshape(-1, S, d), cb)
+        step = max(step, float((lut.max(-1) - lut.min(-1)).max() / 255.0))
+    return step
+
+
+def test_kernel_tables_ran(runs):
+    _, _, outputs = runs
+    assert str(outputs["scalar"]["kernel"]) == "scalar"
+    assert str(outputs["default"]["kernel"]) in {"scalar", "avx2", "avx512", "neon"}
+
+
+@pytest.mark.parametrize("precision", ["uint8", "exact"])
+def test_simd_matches_scalar(runs, precision):
+    cases, data, outputs = runs
+    simd, scalar = (outputs["default"], outputs["scalar"]) if precision == "uint8" else \
+        (outputs["exact"], outputs["exact_scalar"])
+    bitwise = 0
+    for i, (layout, _) in enumerate(cases):
+        a, b = simd[f"y{i}"], scalar[f"y{i}"]
+        assert a.shape == b.shape
+        if layout.subvector_len not in (4, 8):
+            np.testing.assert_array_equal(a, b, err_msg=f"case {i}: {layout}")
+            bitwise += 1
+            continue
+        quantized = precision == "uint8" and layout.format_version == 2
+        tol = 1e-5 * max(1.0, float(np.abs(b).max()))
+        if quantized:
+            tol += 4 * _lut_step(layout, data[f"books{i}"], data[f"x{i}"])
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol, err_msg=f"case {i}: {layout}")
+    assert bitwise > 10
+
+
+@pytest.mark.parametrize("run", ["default", "scalar", "exact"])
+def test_against_reference(runs, run):
+    """Exact paths at 1e-5 of the output scale; uint8 tables within half a step per entry."""
+    cases, data, outputs = runs
+    for i, (layout, _) in enumerate(cases):
+        expected = vq_matmul_ref(data[f"x{i}"], data[f"codes{i}"], data[f"books{i}"], data[f"bias{i}"], layout)
+        tol = 1e-5 * max(1.0, float(np.abs(expected).max()))
+        if run != "exact" and layout.format_version == 2:
+            entries = layout.stages * layout.num_subspaces
+            tol += (0.5 * entries + 1) * _lut_step(layout, data[f"books{i}"], data[f"x{i}"]) * 1.01
+        np.testing.assert_allclose(outputs[run][f"y{i}"], expected, rtol=0, atol=tol,
+                                   err_msg=f"case {i}: {layout}")
+
+
+def test_exact_fastscan_equals_format1(runs):
+    """Format 2's exact path sums the same float tables in the same order as format 1's LUT path."""
+    cases, data, outputs = runs
+    checked = 0
+    for i, (layout, _) in enumerate(cases):
+        if layout.format_version != 2 or layout.row_groups != 1:
+            continue
+        # Same codes in format 1: the op must give the same bits as the exact fast-scan path.
+        v1 = VQLayout(**{**layout.attributes(), "format_version": 1})
+        codes = unpack_from_op(data[f"codes{i}"], layout)
+        y1 = run_kernel(v1, pack_for_op(codes, v1), data[f"books{i}"], data[f"bias{i}"], data[f"x{i}"])
+        if str(outputs["exact"]["kernel"]) == _kernel_name() or layout.subvector_len not in (4, 8):
+            np.testing.assert_array_equal(outputs["exact"][f"y{i}"], y1, err_msg=f"case {i}")
+        else:
+            np.testing.assert_allclose(outputs["exact"][f"y{i}"], y1, rtol=0,
+                                       atol=1e-5 * max(1.0, float(np.abs(y1).max())))
+        checked += 1
+        if checked >= 12:
+            break
+    assert checked >= 12
