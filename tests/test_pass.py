@@ -180,3 +180,36 @@ def test_pq_8bit_dim2_meets_the_cosine_bar():
         result = compress_model(model, build_plan({**options, "min_elements": 0}))
         got = run_vq(result.model, feeds)
         assert compare_outputs("logits", want[0], got[0]).cosine >= 0.99, options
+
+
+DEFAULT_TABLES_SCRIPT = """
+import sys, numpy as np, onnx, onnxruntime as ort, onnxvq
+from onnxvq.compress import compress_model
+from onnxvq.config import build_plan
+from onnxvq.check import make_inputs, compare_outputs
+from tests import builders
+from tests.twin import decoded_twin
+model = builders.mlp_model(k=256, hidden=128, n=10)
+result = compress_model(model, build_plan({"method": "pq", "bits": 4, "dim": 4, "min_elements": 0}))
+assert result.jobs[0].first and any(a.name == "format_version" and a.i == 2
+                                    for n in result.model.graph.node for a in n.attribute), "not fast-scan"
+feeds = make_inputs(model, samples=64, seed=1)
+got = onnxvq.session(result.model.SerializeToString()).run(None, feeds)[0]
+twin = ort.InferenceSession(decoded_twin(model, result).SerializeToString(), providers=["CPUExecutionProvider"])
+p = compare_outputs("logits", twin.run(None, feeds)[0], got)
+print(p.rel_err, p.cosine)
+"""
+
+
+def test_default_uint8_tables_stay_within_their_error_budget():
+    """Tier 2 for the default fast-scan path: uint8 tables cost at most 3% relative output error."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONNXVQ_")}
+    proc = subprocess.run([sys.executable, "-c", DEFAULT_TABLES_SCRIPT], capture_output=True, text=True, env=env,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr
+    rel_err, cosine = map(float, proc.stdout.split())
+    assert 0 < rel_err < 0.03 and cosine > 0.999, (rel_err, cosine)

@@ -50,7 +50,8 @@ def test_layout_derived_sizes():
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"bits": 9}, "bits"), ({"format_version": 2}, "format_version"), ({"num_subspaces": 5}, "num_subspaces"),
+    ({"bits": 9}, "bits"), ({"format_version": 7}, "format_version"), ({"num_subspaces": 5}, "num_subspaces"),
+    ({"format_version": 2}, "format_version 2 needs"),  # fast-scan takes 4-bit codes only; these are 3-bit
     ({"axis": 2}, "axis"), ({"group_size": 99}, "group_size"), ({"stages": 0}, "stages"),
 ])
 def test_layout_rejects_inconsistent_attributes(change, message):

@@ -14,7 +14,8 @@ def quantize_kmeans(weight: np.ndarray, config: KMeansConfig, seed: int) -> Code
     k_in, n_out = weight.shape
     group_size = min(config.group_size or n_out, n_out)
     layout = VQLayout.for_weight(k_in, n_out, bits=config.bits, subvector_len=1, axis=AXIS_IN,
-                                 group_size=group_size, codebook_per_subspace=0)
+                                 group_size=group_size, codebook_per_subspace=0,
+                                 format_version=None)  # fast-scan where valid
     rows = weight.T  # [N, K]: one row per output channel
     k = layout.codebook_size
     codes = np.empty((1, n_out, k_in), dtype=np.uint8)

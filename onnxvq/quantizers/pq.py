@@ -18,7 +18,7 @@ def _residual_quantize(weight: np.ndarray, *, bits: int, dim: int, axis: str, st
     k_in, n_out = weight.shape
     layout = VQLayout.for_weight(k_in, n_out, bits=bits, subvector_len=dim,
                                  axis=AXIS_IN if axis == "in" else AXIS_OUT, stages=stages,
-                                 codebook_per_subspace=1)
+                                 codebook_per_subspace=1, format_version=None)  # fast-scan where valid
     residual = subvectors(weight, dim, axis)  # [S, R, d]
     codes = np.empty(layout.codes_shape, dtype=np.uint8)  # [T, R, S]
     codebooks = np.empty(layout.codebooks_shape, dtype=np.float32)  # [T, S, 1, k, d]
