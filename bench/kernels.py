@@ -204,14 +204,19 @@ def time_side_by_side(runners: dict[str, Runner], budget_s: float, rounds: int) 
     return {name: float(np.median(v)) for name, v in samples.items()}
 
 
-def build_models(k, n, copies, rng, tmp):
+def build_models(k, n, copies, rng, tmp, names=None):
+    names = set(BASELINES + list(VQ_VARIANTS) if names is None else names)
     fp32 = fp32_model(k, n, copies, rng)
     models = {"fp32": fp32}
-    models["int8-dyn"] = int8_model(fp32, tmp)
-    models["nbits-b32"] = nbits_model(fp32, 32)
-    models["nbits-b128"] = nbits_model(fp32, 128)
+    if "int8-dyn" in names:
+        models["int8-dyn"] = int8_model(fp32, tmp)
+    if "nbits-b32" in names:
+        models["nbits-b32"] = nbits_model(fp32, 32)
+    if "nbits-b128" in names:
+        models["nbits-b128"] = nbits_model(fp32, 128)
     for name, settings in VQ_VARIANTS.items():
-        models[name] = vq_model(k, n, copies, rng, settings)
+        if name in names:
+            models[name] = vq_model(k, n, copies, rng, settings)
     return models
 
 
@@ -223,6 +228,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", help="subset of batches, e.g. 1,8")
     parser.add_argument("--threads", help="subset of thread counts, e.g. 1")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--variants", help="subset of columns, e.g. fp32,nbits-b32,vq-pq8-d4 "
+                        "(fp32, nbits-b32 and vq-pq4-d4 are always kept: the ratios use them)")
+    parser.add_argument("--cache", help="subset of cache states: hot, cold or hot,cold")
     parser.add_argument("--accuracy", action="store_true",
                         help="only measure the uint8-table error against the exact path (PQ d=4 4-bit)")
     parser.add_argument("--budget", type=float, default=0.7, help="seconds per variant and cell")
@@ -255,17 +263,25 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     results = []
     names = BASELINES + list(VQ_VARIANTS)
+    if args.variants:
+        keep = set(args.variants.split(",")) | {"fp32", "nbits-b32", "vq-pq4-d4"}
+        names = [nm for nm in names if nm in keep]
+    states = tuple(args.cache.split(",")) if args.cache else ("hot", "cold")
+    print("# kernel path per variant and batch (onnxvq_kernel_path_m): " + "; ".join(
+        f"{nm} " + ",".join(f"{b}:{kernel_path(handle, shapes[0][0], shapes[0][1], VQ_VARIANTS[nm], b)}"
+                            for b in batches)
+        for nm in names if nm in VQ_VARIANTS) + "\n")
     header = "| K x N | batch | thr | cache | " + " | ".join(names) + " | vq-pq4-d4 vs fp32 | vs nbits-b32 | stream | GB/s |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for k, n in shapes:
-            models = {"hot": (build_models(k, n, 1, rng, tmp), None)}
+            models = {"hot": (build_models(k, n, 1, rng, tmp, names), None)}
             copies = {}
             for name, model in models["hot"][0].items():
                 copies[name] = int(np.clip(np.ceil(COLD_BYTES / weight_bytes(model, 1)), 1, MAX_COPIES))
-            for state in ("hot", "cold"):
+            for state in states:
                 for thr in threads:
                     for batch in batches:
                         x = rng.standard_normal((batch, k)).astype(np.float32)
@@ -309,6 +325,18 @@ def main(argv=None) -> int:
 
 
 _COLD_CACHE: dict = {}
+
+
+def kernel_path(handle, k, n, settings, batch) -> str:
+    """The path our op takes for this layout at this batch (onnxvq_kernel_path_m)."""
+    import ctypes
+    fn = handle.onnxvq_kernel_path_m
+    fn.restype = ctypes.c_char_p
+    fn.argtypes = [ctypes.c_int64] * 10
+    a = VQLayout.for_weight(k, n, **settings).attributes()
+    return fn(batch, a.get("format_version", 1), a["in_features"], a["out_features"], a["bits"],
+              a["subvector_len"], a["stages"], a["axis"], a["group_size"],
+              a["codebook_per_subspace"]).decode()
 
 
 def accuracy_report() -> None:

@@ -136,7 +136,7 @@ def _with(options):
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="Where to write the compressed model.")
 @click.option("--method", type=click.Choice(["pq", "kmeans", "rq", "binary", "svd", "skip"]), default=None,
-              help="Global method (default pq).")
+              help="Global method (default kmeans --bits 4).")
 @click.option("--bits", type=click.IntRange(1, 8), default=None, help="Bits per code (codebooks hold 2**bits entries).")
 @click.option("--dim", type=click.IntRange(1, 64), default=None, help="Subvector length (pq, rq).")
 @click.option("--axis", type=click.Choice(["in", "out"]), default=None, help="Split subvectors along K (in) or N (out).")

@@ -121,10 +121,21 @@ def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progres
     if not weight_jobs:
         reasons = "; ".join(f"{s.display_name}: {s.reason}" for s in skipped[:5]) or "it has no Gemm/MatMul node"
         raise NothingToCompress(f"no layer to compress ({reasons})")
-    encoded = {}
+    encoded, kept = {}, []
     for job, (enc, err) in zip(weight_jobs, _run_jobs(weight_jobs, jobs, progress)):
+        stored, dense = enc.code_bytes + enc.codebook_bytes, job.first.elements * 4
+        if stored >= dense:  # e.g. 256-codeword PQ on a layer with few rows: codebooks outweigh it
+            skipped.extend(Skipped(s.display_name, s.op_type, s.graph_path,
+                                   f"{job.config.method} would store {stored} bytes, not fewer than the "
+                                   f"dense {dense}; kept dense", s.weight.name, s.elements) for s in job.sites)
+            continue
         encoded[job.first.weight_key] = enc
         job.weight_rel_err = err
+        kept.append(job)
+    weight_jobs = kept
+    if not weight_jobs:
+        raise NothingToCompress("no layer to compress: every encoding would be larger than its dense weight "
+                                "(try fewer bits or a shared codebook)")
     sites = [site for job in weight_jobs for site in job.sites]
     rewrite(model, sites, encoded, plan.format)
     _stamp_metadata(model, plan, weight_jobs)

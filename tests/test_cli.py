@@ -18,6 +18,14 @@ from . import builders
 
 
 @pytest.fixture()
+def wide_mlp_path(tmp_path):
+    """Layers with hundreds of outputs: enough rows for 256-codeword PQ codebooks to pay off."""
+    path = tmp_path / "wide.onnx"
+    onnx.save(builders.mlp_model(k=128, hidden=512, n=384), path)
+    return path
+
+
+@pytest.fixture()
 def mlp_path(tmp_path):
     path = tmp_path / "mlp.onnx"
     onnx.save(builders.mlp_model(k=128, hidden=96), path)
@@ -33,7 +41,8 @@ def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_compress_writes_model_report_and_json(mlp_path, tmp_path):
+def test_compress_writes_model_report_and_json(wide_mlp_path, tmp_path):
+    mlp_path = wide_mlp_path
     out, report = tmp_path / "out.onnx", tmp_path / "report.json"
     before = digest(mlp_path)
     r = invoke("compress", mlp_path, "-o", out, "--method", "pq", "--bits", "8", "--dim", "2",
@@ -49,7 +58,7 @@ def test_compress_writes_model_report_and_json(mlp_path, tmp_path):
     assert data["compressed_file_bytes"] == out.stat().st_size
     sess = onnxvq.session(str(out))
     x = np.random.default_rng(0).standard_normal((2, 3, 128)).astype(np.float32)
-    assert sess.run(None, {"X": x})[0].shape == (6, 10)
+    assert sess.run(None, {"X": x})[0].shape == (6, 384)
 
 
 def test_compress_prints_the_table(mlp_path, tmp_path):
@@ -65,7 +74,7 @@ def test_compress_prints_the_table(mlp_path, tmp_path):
 
 def test_layer_bytes_add_up_to_the_file(mlp_path, tmp_path):
     out, report = tmp_path / "out.onnx", tmp_path / "r.json"
-    invoke("compress", mlp_path, "-o", out, "--method", "pq", "--bits", "4", "--dim", "4", "--min-elements", "0",
+    invoke("compress", mlp_path, "-o", out, "--method", "kmeans", "--bits", "4", "--min-elements", "0",
            "--json", report, "--quiet", "--no-check")
     data = json.loads(report.read_text())
     model = onnx.load(out)
@@ -84,7 +93,7 @@ def test_portable_runs_in_plain_onnxruntime(mlp_path, tmp_path):
 
     custom, portable = tmp_path / "c.onnx", tmp_path / "p.onnx"
     for path, fmt in ((custom, "custom"), (portable, "portable")):
-        assert invoke("compress", mlp_path, "-o", path, "--method", "pq", "--bits", "8", "--dim", "2",
+        assert invoke("compress", mlp_path, "-o", path, "--method", "pq", "--bits", "5", "--dim", "2",
                       "--min-elements", "0", "--format", fmt, "--quiet").exit_code == 0
     x = np.random.default_rng(1).standard_normal((4, 3, 128)).astype(np.float32)
     plain = ort.InferenceSession(str(portable), providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
@@ -232,12 +241,11 @@ def test_large_models_are_written_with_external_data(tmp_path, monkeypatch):
     """Past the protobuf limit the output goes to <name>.data; simulated with a low threshold."""
     import onnxvq.modelio as modelio
 
-    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 10_000)
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 2_000)
     src = tmp_path / "m.onnx"
     onnx.save(builders.mlp_model(k=128, hidden=96), src)
     out = tmp_path / "o.onnx"
-    r = invoke("compress", src, "-o", out, "--min-elements", "0", "--method", "pq", "--bits", "8", "--dim", "1",
-               "--quiet", "--json", tmp_path / "r.json")
+    r = invoke("compress", src, "-o", out, "--min-elements", "0", "--quiet", "--json", tmp_path / "r.json")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "o.onnx.data").exists()
     data = json.loads((tmp_path / "r.json").read_text())

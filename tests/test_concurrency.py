@@ -67,7 +67,7 @@ def models(tmp_path_factory):
     src = folder / "deep.onnx"
     onnx.save(deep_model(), src)
     out = {"src": src}
-    for name, args in {"pq": ("--method", "pq", "--bits", "8", "--dim", "2"),
+    for name, args in {"pq": ("--method", "pq", "--bits", "5", "--dim", "2"),
                        "kmeans": ("--method", "kmeans", "--bits", "4"),
                        "rq": ("--method", "rq", "--bits", "4", "--dim", "4", "--stages", "2"),
                        "axis_out": ("--method", "pq", "--bits", "5", "--dim", "3", "--axis", "out")}.items():

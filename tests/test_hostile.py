@@ -424,7 +424,7 @@ def test_disk_full_for_real(work):
     save(builders.mlp_model(k=64, hidden=48), src)
     out.write_bytes(b"previous result")
     before = snapshot(work)
-    outcome = cli_process("compress", src, "-o", out, "--method", "pq", "--bits", "8", "--dim", "2",
+    outcome = cli_process("compress", src, "-o", out, "--method", "pq", "--bits", "5", "--dim", "2",
                           "--min-elements", "0", "-q", "--no-check", preexec_fn=_limit_file_size(8192))
     assert_clean(outcome, ExitCode.OUTPUT_ERROR, "too large")
     assert_untouched(before, work)

@@ -41,7 +41,7 @@ def feeds_for(model, batch=5, seed=0):
 
 
 PLANS = {
-    "pq8d2": {"method": "pq", "bits": 8, "dim": 2},
+    "pq5d2": {"method": "pq", "bits": 5, "dim": 2},  # 8-bit codebooks would outweigh these small layers
     "pq3d3": {"method": "pq", "bits": 3, "dim": 3},
     "pq_out": {"method": "pq", "bits": 4, "dim": 4, "axis": "out"},
     "kmeans6": {"method": "kmeans", "bits": 6},
@@ -173,11 +173,12 @@ def test_pq_8bit_dim2_meets_the_cosine_bar():
     """The foundation's acceptance bar: pq b8 d2 and kmeans b6 give output cosine >= 0.99."""
     from onnxvq.check import compare_outputs
 
-    model = builders.mlp_model(k=256, hidden=128, n=10)
+    model = builders.mlp_model(k=256, hidden=512, n=384)  # enough rows for 256-codeword codebooks to pay off
     feeds = feeds_for(model, batch=32)
     want = run_plain(model, feeds)
     for options in ({"method": "pq", "bits": 8, "dim": 2}, {"method": "kmeans", "bits": 6}):
         result = compress_model(model, build_plan({**options, "min_elements": 0}))
+        assert not result.skipped, result.skipped
         got = run_vq(result.model, feeds)
         assert compare_outputs("logits", want[0], got[0]).cosine >= 0.99, options
 
@@ -213,3 +214,15 @@ def test_default_uint8_tables_stay_within_their_error_budget():
     assert proc.returncode == 0, proc.stderr
     rel_err, cosine = map(float, proc.stdout.split())
     assert 0 < rel_err < 0.03 and cosine > 0.999, (rel_err, cosine)
+
+
+def test_layers_that_would_grow_stay_dense():
+    """256 codewords of 4 floats per subspace outweigh a 10-output layer: it is kept dense, with the reason."""
+    model = builders.mlp_model(hidden=1024)  # fc1: 96 -> 1024 shrinks; fc2: 1024 -> 10 would grow
+    result = compress_model(model, build_plan({"method": "pq", "bits": 8, "dim": 4, "min_elements": 0}))
+    reasons = {s.display_name: s.reason for s in result.skipped}
+    assert "fc2" in reasons and "kept dense" in reasons["fc2"]
+    assert all(n.domain != DOMAIN for n in result.model.graph.node if n.name == "fc2")
+    with pytest.raises(NothingToCompress, match="larger than its dense weight"):
+        compress_model(builders.gemm_model(k=16, n=8), build_plan({"method": "pq", "bits": 8, "dim": 4,
+                                                                   "min_elements": 0}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import KMeansConfig
-from ..fit import fit_kmeans_1d
+from ..fit import fit_kmeans_1d, fit_kmeans_1d_batched
 from ..ops.schema import AXIS_IN, VQLayout
 from .base import CodedWeight, register, to_codebook_dtype
 
@@ -20,16 +20,32 @@ def quantize_kmeans(weight: np.ndarray, config: KMeansConfig, seed: int) -> Code
     k = layout.codebook_size
     codes = np.empty((1, n_out, k_in), dtype=np.uint8)
     codebooks = np.zeros(layout.codebooks_shape, dtype=np.float32)
-    for g in range(layout.row_groups):
-        block = slice(g * group_size, min((g + 1) * group_size, n_out))
-        centers, assign = fit_kmeans_1d(rows[block].reshape(-1), k)
-        if config.codebook_dtype == "float16":
-            # Encode against the codebook as it will be stored.
-            centers = centers.astype(np.float16).astype(np.float32)
-            assign = _nearest_sorted(rows[block].reshape(-1), centers)
-        codebooks[0, 0, g, :, 0] = centers
-        codes[0, block] = np.asarray(assign, dtype=np.uint8).reshape(-1, k_in)
+    for first_group, centers, assign in _fit_groups(rows, group_size, k):
+        for i, (c, a) in enumerate(zip(centers, assign)):
+            g = first_group + i
+            block = slice(g * group_size, min((g + 1) * group_size, n_out))
+            if config.codebook_dtype == "float16":
+                # Encode against the codebook as it will be stored.
+                c = c.astype(np.float16).astype(np.float32)
+                a = _nearest_sorted(rows[block].reshape(-1), c)
+            codebooks[0, 0, g, :, 0] = c
+            codes[0, block] = np.asarray(a, dtype=np.uint8).reshape(-1, k_in)
     return CodedWeight(layout, codes, to_codebook_dtype(codebooks, config.codebook_dtype))
+
+
+def _fit_groups(rows: np.ndarray, group_size: int, k: int):
+    """Yield (first group index, centers [g, k], codes [g, n]) for the row groups of ``rows`` [N, K].
+
+    Full groups are fitted in one batched pass (one programme per group, vectorized together);
+    a shorter last group on its own."""
+    n_out, k_in = rows.shape
+    full = n_out // group_size
+    if full:
+        values = np.ascontiguousarray(rows[: full * group_size]).reshape(full, group_size * k_in)
+        yield (0, *fit_kmeans_1d_batched(values, k))
+    if full * group_size < n_out:
+        centers, assign = fit_kmeans_1d(rows[full * group_size:].reshape(-1), k)
+        yield full, centers[None], assign[None]
 
 
 def _nearest_sorted(values: np.ndarray, centers: np.ndarray) -> np.ndarray:
