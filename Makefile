@@ -13,12 +13,13 @@ CPP_SOURCES := $(shell find custom_ops -type f \( -name '*.cc' -o -name '*.h' -o
 	-not -path 'custom_ops/runner/*' -not -path 'custom_ops/fuzz/*' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test bench clean headers
+.PHONY: help install demo test models clean headers
 
 help:
 	@echo "make demo     set up, fetch a real model, compress it, print the report"
 	@echo "make test     set up and run the whole test suite"
 	@echo "make install  create $(VENV) with onnxvq (editable) and the test dependencies"
+	@echo "make models   fetch/build the real models and data of docs/RESULTS.md into models/cache/"
 	@echo "make bench    kernel benchmark: our op vs ORT fp32, int8 and MatMulNBits (bench/kernels.py)"
 	@echo "make test-aarch64  cross-build for aarch64 and run the kernel tests and runner under qemu"
 	@echo "make wheel    build dist/onnxvq-*.whl and smoke-test it in a clean venv"
@@ -47,7 +48,11 @@ demo: $(INSTALLED)
 	$(PY) models/fetch_demo.py
 	$(VENV)/bin/onnxvq inspect models/cache/demo.onnx
 	$(VENV)/bin/onnxvq compress models/cache/demo.onnx -o models/cache/demo.vq.onnx \
-		--data models/cache/demo_inputs.npz --json models/cache/demo.report.json
+		--config models/demo_config.yaml --data models/cache/demo_inputs.npz --json models/cache/demo.report.json
+
+# The real models of docs/RESULTS.md; torch lives in its own .venv-models, never in .venv.
+models: $(INSTALLED)
+	bash models/build_all.sh
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
