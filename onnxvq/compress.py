@@ -102,9 +102,10 @@ def _encode(weight: np.ndarray, config: MethodConfig, seed: int):
     """Encode one weight; returns (encoding, relative Frobenius error). Gets plain arrays, not graph
     objects, so parallel workers receive only the weight they fit."""
     encoded = quantize(weight, config, seed)
-    w = weight.astype(np.float64)
-    norm = np.linalg.norm(w)
-    err = float(np.linalg.norm(encoded.decode().astype(np.float64) - w) / norm) if norm > 0 else 0.0
+    norm = float(np.linalg.norm(weight))
+    residual = encoded.decode()
+    residual -= weight  # in place: one extra copy of the layer, not three
+    err = float(np.linalg.norm(residual)) / norm if norm > 0 else 0.0
     return encoded, err
 
 

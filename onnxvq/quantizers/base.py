@@ -7,7 +7,6 @@ from typing import Callable
 import numpy as np
 
 from ..ops.packing import pack_codes, pack_for_op
-from ..ops.reference import decode_weight
 from ..ops.schema import VQLayout
 
 
@@ -30,8 +29,17 @@ class CodedWeight:
             raise ValueError(f"codebooks shape {self.codebooks.shape} != layout {self.layout.codebooks_shape}")
 
     def decode(self) -> np.ndarray:
-        """W_hat [K, N] float32, exactly what the op computes with."""
-        return decode_weight(self.layout, self.codes, self.codebooks).astype(np.float32)
+        """W_hat [K, N] float32, what the op computes with (float32 throughout: for a large layer the
+        float64 reference decode would hold several copies of the whole matrix)."""
+        lay = self.layout
+        cb = self.codebooks.astype(np.float32, copy=False)
+        s_index = np.arange(lay.num_subspaces) if lay.codebook_per_subspace else np.zeros(lay.num_subspaces, np.intp)
+        g_index = (np.arange(lay.rows) // lay.group_size)[:, None]
+        rows = cb[0][s_index[None, :], g_index, self.codes[0]]  # [R, S, d]
+        for t in range(1, lay.stages):
+            rows += cb[t][s_index[None, :], g_index, self.codes[t]]
+        rows = rows.reshape(lay.rows, -1)[:, : lay.length]
+        return np.ascontiguousarray(rows.T if lay.axis == 0 else rows)
 
     def packed_codes(self) -> np.ndarray:
         """The custom op's codes input (layout set by the schema's format version)."""
@@ -62,7 +70,7 @@ class LowRankWeight:
         return int(self.first.shape[1])
 
     def decode(self) -> np.ndarray:
-        return (self.first.astype(np.float64) @ self.second.astype(np.float64)).astype(np.float32)
+        return self.first @ self.second
 
     @property
     def code_bytes(self) -> int:
