@@ -49,7 +49,7 @@ fuzz-build: headers fuzz-toolchain fuzz-venv
 # the best SIMD table for this CPU (60%), ONNXVQ_FORCE_SCALAR=1 (20%) and ONNXVQ_EXACT_LUT=1
 # (20%, the exact-table path of format_version 2). The corpus is shared.
 define fuzz_run
-	ctest --test-dir $(FUZZ_DIR)/onnxvq --output-on-failure
+	ONNXVQ_TEST_CASES=$${ONNXVQ_TEST_CASES:-300} ctest --test-dir $(FUZZ_DIR)/onnxvq --output-on-failure
 	@rm -f $(FUZZ_DIR)/fuzz.log
 	set -o pipefail; for cfg in "default:60" "ONNXVQ_FORCE_SCALAR=1:20" "ONNXVQ_EXACT_LUT=1:20"; do \
 	  var=$${cfg%:*}; share=$${cfg##*:}; secs=$$(( ($(1) * share + 99) / 100 )); \

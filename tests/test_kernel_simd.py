@@ -201,3 +201,67 @@ def test_exact_fastscan_equals_format1(runs):
         if checked >= 12:
             break
     assert checked >= 12
+
+
+# --- decode-tile GEMM (large batches) ------------------------------------------------------
+# At M >= a per-layout threshold the op decodes tiles of W_hat (64 outputs x a K block) and
+# runs a dense micro-GEMM. It keeps the per-output summation order of the path it replaces
+# (lut, direct, bit_lut), so around the threshold (threshold - 1, threshold, threshold + 1)
+# and for single rows the outputs are equal to the bit; against the numpy reference the
+# tolerance is the kernel's usual 1e-5 of the output scale. Shapes: N not a multiple of
+# the 64-output tile (63, 65, 130), K with tails of the 64-row block and of d.
+
+DECODE_LAYOUTS = {
+    "lut8_d4": VQLayout.for_weight(130, 65, bits=8, subvector_len=4, axis=0),
+    "lut8_d8_rq": VQLayout.for_weight(65, 130, bits=8, subvector_len=8, axis=0, stages=2),
+    "lut4_d3": VQLayout.for_weight(65, 63, bits=4, subvector_len=3, axis=0),
+    "lut2_d1_groups": VQLayout.for_weight(31, 130, bits=2, subvector_len=1, axis=0, group_size=5),
+    "direct_axis0": VQLayout.for_weight(130, 63, bits=6, subvector_len=2, axis=0, group_size=9),
+    "direct_axis1": VQLayout.for_weight(65, 130, bits=4, subvector_len=3, axis=1, group_size=2,
+                                        stages=2),
+    "binary": VQLayout.for_weight(130, 65, bits=1, subvector_len=1, codebook_per_subspace=0,
+                                  group_size=1),
+}
+
+
+def _path_at(layout: VQLayout, rows: int) -> str:
+    import ctypes
+
+    import onnxvq
+    lib = ctypes.CDLL(onnxvq.library_path())
+    fn = lib.onnxvq_kernel_path_m
+    fn.restype = ctypes.c_char_p
+    fn.argtypes = [ctypes.c_int64] * 10
+    a = layout.attributes()
+    return fn(rows, a.get("format_version", 1), a["in_features"], a["out_features"], a["bits"],
+              a["subvector_len"], a["stages"], a["axis"], a["group_size"],
+              a["codebook_per_subspace"]).decode()
+
+
+def _threshold(layout: VQLayout) -> int:
+    for rows in range(1, 129):
+        if _path_at(layout, rows) == "decode_gemm":
+            return rows
+    pytest.fail(f"no decode_gemm up to 128 rows for {layout}")
+
+
+@pytest.mark.parametrize("name", sorted(DECODE_LAYOUTS))
+def test_decode_gemm_around_threshold(name):
+    from tests.test_kernel import random_case
+    layout = DECODE_LAYOUTS[name]
+    threshold = _threshold(layout)
+    assert _path_at(layout, threshold + 1) == "decode_gemm"
+    if threshold > 1:
+        assert _path_at(layout, threshold - 1) != "decode_gemm"
+    packed, codebooks, bias = random_case(layout, seed=11)
+    x = np.random.default_rng(12).standard_normal((threshold + 1, layout.in_features)).astype(np.float32)
+    full = run_kernel(layout, packed, codebooks, bias, x)
+    expected = vq_matmul_ref(x, packed, codebooks, bias, layout)
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(full, expected, rtol=0, atol=1e-5 * scale)
+    for rows in {max(1, threshold - 1), threshold}:
+        part = run_kernel(layout, packed, codebooks, bias, x[:rows], threads=2)
+        np.testing.assert_array_equal(part, full[:rows])
+    single = np.concatenate([run_kernel(layout, packed, codebooks, bias, x[i:i + 1])
+                             for i in (0, threshold)])
+    np.testing.assert_array_equal(single, full[[0, threshold]])

@@ -37,6 +37,7 @@ constexpr size_t kCodeTileBudgetBytes = size_t{1} << 20;  // unpacked codes kept
 constexpr size_t kBucketBudgetBytes = size_t{256} << 10;  // bucket sums kept per task
 constexpr size_t kGatherGroups = 16;                      // 8-output groups sharing a table slice
 constexpr size_t kGatherSliceBytes = size_t{32} << 10;   // table bytes walked per slice
+constexpr size_t kNever = static_cast<size_t>(-1);
 
 size_t ceil_div(size_t a, size_t b) { return a / b + (a % b != 0); }
 
@@ -515,6 +516,193 @@ void run_fastscan_path(const Context& c, bool exact) {
   }
 }
 
+// --- decode-tile GEMM (large batches) ------------------------------------------------------
+// A task owns whole tiles of kGemmTileCols outputs. For each K block (whole subspaces, bytes
+// or input rows, so that every summation group lies in one block) it decodes the tile's
+// block of W_hat (at most kGemmTileBytes) and runs KernelTable::decode_gemm over all M rows,
+// continuing an M x kGemmTileCols accumulator. The per-output summation order is the
+// replaced path's (see KernelTable::decode_gemm), fixed by the layout: neither the tiling
+// nor the thread count changes a bit.
+
+constexpr size_t kGemmTileCols = 64;
+// Decoded tile bytes per K block (64 rows of 64 outputs): its rows and the packed inputs
+// the micro-GEMM streams stay in L1. Measured 8/16/32/64 KiB (4096x4096 pq8 and binary at
+// M = 8 and 64): 16 KiB best or tied; a 64 KiB decode with 64-row GEMM sub-blocks tied.
+constexpr size_t kGemmTileBytes = size_t{16} << 10;
+constexpr size_t kGemmRowChunk = 256;  // batch rows per packed input chunk
+
+struct GemmBlock {
+  size_t u0, u1;                  // units: (t, s) flattened (axis 0), bytes (binary), k (axis 1)
+  std::vector<uint32_t> xi;       // per tile row: input column
+  std::vector<uint32_t> groups;   // run starts, plus the end
+};
+
+void run_decode_gemm_path(const Context& c, VQPath base) {
+  const VQProblem& p = c.p;
+  const bool binary = base == VQPath::kBitLut;
+  const int mode = binary                        ? kGemmMask
+                   : base == VQPath::kFastScan      ? kGemmFma
+                   : base == VQPath::kDirect        ? kGemmExact
+                                                    : kGemmLut;  // kLut, kFastScanExact
+  const size_t NT = kGemmTileCols;
+  const size_t max_rows = std::max<size_t>(8 * p.T, kGemmTileBytes / (NT * sizeof(float)));
+
+  // Units and their tile rows, in summation order.
+  const size_t units = p.axis == 1 ? p.K : binary ? ceil_div(p.K, 8) : p.T * p.S;
+  auto unit_rows = [&](size_t u, std::vector<uint32_t>& xi, std::vector<uint32_t>& groups) {
+    if (p.axis == 1) {  // input row u, stages in order, one term per run
+      for (size_t t = 0; t < p.T; ++t) {
+        groups.push_back(static_cast<uint32_t>(xi.size()));
+        xi.push_back(static_cast<uint32_t>(u));
+      }
+    } else if (binary) {  // byte u: highest input first (the subset-sum table's order)
+      groups.push_back(static_cast<uint32_t>(xi.size()));
+      for (size_t k = std::min(p.K, 8 * u + 8); k-- > 8 * u;) xi.push_back(static_cast<uint32_t>(k));
+    } else {  // subspace s of stage t
+      const size_t s = u % p.S;
+      groups.push_back(static_cast<uint32_t>(xi.size()));
+      for (size_t j = 0; j < c.subspace_len(s); ++j) xi.push_back(static_cast<uint32_t>(s * p.d + j));
+    }
+  };
+  std::vector<GemmBlock> blocks;
+  for (size_t u = 0; u < units;) {
+    GemmBlock b;
+    b.u0 = u;
+    while (u < units) {
+      const size_t before = b.xi.size(), runs = b.groups.size();
+      unit_rows(u, b.xi, b.groups);
+      if (b.xi.size() > max_rows && u > b.u0) {  // does not fit: leave it for the next block
+        b.xi.resize(before);
+        b.groups.resize(runs);
+        break;
+      }
+      ++u;
+    }
+    b.u1 = u;
+    b.groups.push_back(static_cast<uint32_t>(b.xi.size()));
+    blocks.push_back(std::move(b));
+  }
+
+  std::vector<float> totals(binary ? p.M : 0);  // binary: sum_k x[m][k], k ascending
+  for (size_t m = 0; m < totals.size(); ++m) {
+    float total = 0.0f;
+    for (size_t k = 0; k < p.K; ++k) total += p.x[m * p.K + k];
+    totals[m] = total;
+  }
+  std::vector<size_t> offsets;  // first packed row of each block
+  size_t packed_rows = 0, block_rows = 0;  // a block exceeds max_rows when one unit does
+  for (const GemmBlock& b : blocks) {
+    offsets.push_back(packed_rows);
+    packed_rows += b.xi.size();
+    block_rows = std::max(block_rows, b.xi.size());
+  }
+
+  // Batch rows in chunks; per chunk the inputs are packed as (tile row, batch row).
+  const size_t chunk = std::min(p.M, kGemmRowChunk);
+  std::vector<float> xpack(packed_rows * chunk);
+  const size_t tiles = ceil_div(p.N, NT);
+  for (size_t m0 = 0; m0 < p.M; m0 += chunk) {
+  const size_t rows_m = std::min(chunk, p.M - m0);
+  for (size_t bi = 0; bi < blocks.size(); ++bi)
+    for (size_t r = 0; r < blocks[bi].xi.size(); ++r) {
+      float* dst = &xpack[(offsets[bi] + r) * rows_m];
+      const float* src = p.x + m0 * p.K + blocks[bi].xi[r];
+      for (size_t m = 0; m < rows_m; ++m) dst[m] = src[m * p.K];
+    }
+  const Blocks split =
+      Blocks::split(tiles, task_count(double(rows_m) * p.N * p.K * p.T / 16));
+  run_tasks(c.runner, split.count, [&](size_t task) {
+    std::vector<float> w(block_rows * NT);
+    std::vector<float> acc(rows_m * NT);
+    std::vector<uint8_t> codes(std::max(p.S, p.K) + 1);
+    std::vector<uint8_t> tcodes(block_rows * NT);  // codes of one block, (unit or k, column)
+    for (size_t tile = split.begin(task); tile < split.end(task); ++tile) {
+      const size_t n0 = tile * NT, count = std::min(NT, p.N - n0);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (const GemmBlock& b : blocks) {
+        const size_t rows = b.xi.size();
+        if (count < NT)  // columns past N stay zero
+          for (size_t row = 0; row < rows; ++row) std::fill(&w[row * NT + count], &w[row * NT + NT], 0.0f);
+        if (p.axis == 1) {
+          const size_t sa = n0 / p.d, sb = ceil_div(n0 + count, p.d);
+          size_t row = 0;
+          for (size_t k = b.u0; k < b.u1; ++k) {
+            const size_t g = c.group_of_row(k);
+            for (size_t t = 0; t < p.T; ++t, ++row) {
+              c.unpack(t, k, sa, sb - sa, codes.data());
+              for (size_t col = 0; col < count; ++col) {
+                const size_t o = n0 + col, s = o / p.d;
+                w[row * NT + col] = c.codebook(t, s, g)[codes[s - sa] * p.d + o % p.d];
+              }
+            }
+          }
+        } else if (binary) {
+          // Bits of the tile's outputs, transposed to (k, column), then one mask row per k.
+          const size_t k0 = 8 * b.u0, k1 = std::min(p.K, 8 * b.u1);
+          for (size_t col = 0; col < count; ++col) {
+            c.unpack(0, n0 + col, k0, k1 - k0, codes.data());
+            for (size_t k = k0; k < k1; ++k) tcodes[(k - k0) * NT + col] = codes[k - k0];
+          }
+          for (size_t row = 0; row < rows; ++row) {
+            const uint8_t* bits = &tcodes[(b.xi[row] - k0) * NT];
+            uint32_t* out = reinterpret_cast<uint32_t*>(&w[row * NT]);
+            for (size_t col = 0; col < count; ++col) out[col] = 0u - static_cast<uint32_t>(bits[col]);
+          }
+        } else {
+          // Codes of the tile's outputs transposed to (unit, column); then each unit's d
+          // rows are written a row at a time (contiguous stores, codebook gathers).
+          const size_t width = b.u1 - b.u0;
+          for (size_t col = 0; col < count; ++col) {
+            const size_t n = n0 + col;
+            for (size_t u = b.u0; u < b.u1;) {  // one run of subspaces of one stage
+              const size_t t = u / p.S, s0 = u % p.S, len = std::min(b.u1 - u, p.S - s0);
+              c.unpack(t, n, s0, len, codes.data());
+              for (size_t i = 0; i < len; ++i) tcodes[(u - b.u0 + i) * NT + col] = codes[i];
+              u += len;
+            }
+          }
+          size_t row = 0;
+          const bool one_group = c.Gr == 1 || c.group_of_row(n0) == c.group_of_row(n0 + count - 1);
+          for (size_t i = 0; i < width; ++i) {
+            const size_t u = b.u0 + i, t = u / p.S, s = u % p.S, len = c.subspace_len(s);
+            const uint8_t* code = &tcodes[i * NT];
+            if (one_group) {
+              const float* cb = c.codebook(t, s, c.group_of_row(n0));
+              for (size_t j = 0; j < len; ++j) {
+                float* out = &w[(row + j) * NT];
+                const float* cbj = cb + j;
+                for (size_t col = 0; col < count; ++col) out[col] = cbj[code[col] * p.d];
+              }
+            } else {
+              for (size_t j = 0; j < len; ++j)
+                for (size_t col = 0; col < count; ++col)
+                  w[(row + j) * NT + col] =
+                      c.codebook(t, s, c.group_of_row(n0 + col))[code[col] * p.d + j];
+            }
+            row += len;
+          }
+        }
+        c.k.decode_gemm(&xpack[offsets[&b - blocks.data()] * rows_m], rows_m, rows_m,
+                        b.groups.data(), b.groups.size() - 1, rows, w.data(), NT, mode, p.d,
+                        c.ncw, acc.data());
+      }
+      for (size_t m = 0; m < rows_m; ++m) {
+        float* y = p.y + (m0 + m) * p.N + n0;
+        const float* a = &acc[m * NT];
+        if (binary) {
+          for (size_t col = 0; col < count; ++col) {
+            const float* cb = c.codebook(0, 0, c.group_of_row(n0 + col));
+            y[col] = (cb[0] * totals[m0 + m] + (cb[1] - cb[0]) * a[col]) + c.bias(n0 + col);
+          }
+        } else {
+          for (size_t col = 0; col < count; ++col) y[col] = a[col] + c.bias(n0 + col);
+        }
+      }
+    }
+  });
+  }
+}
+
 // --- dispatch ---------------------------------------------------------------------------
 
 bool env_flag(const char* name) {
@@ -575,7 +763,9 @@ const KernelTable& active_kernel_table() {
   return table;
 }
 
-VQPath choose_path(const VQProblem& p) {
+namespace {
+// The batch-size-independent path (what vq_matmul() runs below the decode-GEMM threshold).
+VQPath choose_small_path(const VQProblem& p) {
   if (fastscan_covers(p))
     return p.exact_lut || exact_lut_requested() ? VQPath::kFastScanExact : VQPath::kFastScan;
   const size_t ncw = p.codewords();
@@ -592,6 +782,52 @@ VQPath choose_path(const VQProblem& p) {
   return tables_pay_off ? VQPath::kColumnBuckets : VQPath::kDirect;
 }
 
+size_t env_size(const char* name) {
+  const char* value = std::getenv(name);
+  if (value == nullptr || value[0] == '\0') return 0;
+  return static_cast<size_t>(std::strtoull(value, nullptr, 10));
+}
+
+// Measured thresholds: 4096x4096, 1 thread, AVX2 table, forced small path vs forced decode
+// path (ONNXVQ_DECODE_GEMM_MIN_ROWS) at M = 2, 4, 8, 16, 32, 64 on 2026-11-23 (ms):
+//   lut 8-bit d=4     M=2 21.7 vs 33.0   M=4 44.2 vs 21.9   -> 4
+//   lut 4-bit d=4     M=4 14.5 vs 20.9   M=8 30.6 vs 24.5   -> 8 (also used for 1..6 bits)
+//   direct 6-bit d=2 (groups of 9 rows)  M=2 890 vs 159     -> 1
+//   bit_lut (binary)  M=16 25.9 vs 39.8  M=32 55.5 vs 52.5  -> 32
+//   fastscan (uint8 tables, km4 d=1) M=64 39.3 vs 106.6: the decode path never wins
+//   fastscan_exact 4-bit d=4  M=64 115.2 vs 238.7: never
+// SIZE_MAX: the decode path never runs for that layout.
+size_t measured_min_rows(const VQProblem& p, VQPath small) {
+  switch (small) {
+    case VQPath::kLut: return p.bits >= 7 ? 4 : 8;
+    case VQPath::kDirect: return 1;
+    case VQPath::kFastScanExact: return kNever;  // M=64: 115 vs 239 (format-2 decode is slow)
+    case VQPath::kBitLut: return 32;
+    // uint8 tables in registers stay faster than decoding at every measured batch.
+    case VQPath::kFastScan: return kNever;
+    // Bucket paths sum in an order no dense GEMM reproduces; results would then depend on
+    // the batch size (tests/test_kernel.py requires they do not).
+    case VQPath::kRowBuckets:
+    case VQPath::kColumnBuckets:
+    default: return kNever;
+  }
+}
+}  // namespace
+
+size_t decode_gemm_min_rows(const VQProblem& p) {
+  const VQPath small = choose_small_path(p);
+  const size_t measured = measured_min_rows(p, small);
+  if (measured == kNever) return kNever;
+  static const size_t forced = env_size("ONNXVQ_DECODE_GEMM_MIN_ROWS");
+  return forced ? forced : measured;
+}
+
+VQPath choose_path(const VQProblem& p) {
+  const VQPath small = choose_small_path(p);
+  if (p.M > 0 && p.M >= decode_gemm_min_rows(p)) return VQPath::kDecodeGemm;
+  return small;
+}
+
 const char* path_name(VQPath path) {
   switch (path) {
     case VQPath::kLut: return "lut";
@@ -601,6 +837,7 @@ const char* path_name(VQPath path) {
     case VQPath::kDirect: return "direct";
     case VQPath::kFastScan: return "fastscan";
     case VQPath::kFastScanExact: return "fastscan_exact";
+    case VQPath::kDecodeGemm: return "decode_gemm";
   }
   return "unknown";
 }
@@ -608,7 +845,10 @@ const char* path_name(VQPath path) {
 void vq_matmul(const VQProblem& problem, const TaskRunner& runner, const KernelTable& kernels) {
   if (problem.M == 0 || problem.N == 0) return;
   const Context context(problem, kernels, runner);
+  if (choose_path(problem) == VQPath::kDecodeGemm)
+    return run_decode_gemm_path(context, choose_small_path(problem));
   switch (choose_path(problem)) {
+    case VQPath::kDecodeGemm: return;
     case VQPath::kLut: return run_lut_path(context);
     case VQPath::kRowBuckets: return run_row_buckets_path(context);
     case VQPath::kBitLut: return run_bit_lut_path(context);
@@ -643,6 +883,16 @@ extern "C" const char* onnxvq_kernel_path_v(int64_t format_version, int64_t in_f
                                             int64_t out_features, int64_t bits,
                                             int64_t subvector_len, int64_t stages, int64_t axis,
                                             int64_t group_size, int64_t codebook_per_subspace) {
+  return onnxvq_kernel_path_m(0, format_version, in_features, out_features, bits, subvector_len,
+                              stages, axis, group_size, codebook_per_subspace);
+}
+
+extern "C" const char* onnxvq_kernel_path_m(int64_t rows, int64_t format_version,
+                                            int64_t in_features, int64_t out_features,
+                                            int64_t bits, int64_t subvector_len, int64_t stages,
+                                            int64_t axis, int64_t group_size,
+                                            int64_t codebook_per_subspace) {
+  if (rows < 0) return "invalid";
   using onnxvq::kernels::VQProblem;
   const bool v2_ok = format_version == 2 && axis == 0 && bits == 4;
   const bool valid = (format_version == 1 || v2_ok) && in_features >= 1 && out_features >= 1 && bits >= 1 && bits <= 8 &&
@@ -661,5 +911,6 @@ extern "C" const char* onnxvq_kernel_path_v(int64_t format_version, int64_t in_f
   p.format_version = static_cast<int>(format_version);
   if (p.group_size > p.rows()) return "invalid";
   p.S = (p.length() + p.d - 1) / p.d;
+  p.M = static_cast<size_t>(rows);
   return onnxvq::kernels::path_name(onnxvq::kernels::choose_path(p));
 }

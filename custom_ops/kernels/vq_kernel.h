@@ -156,7 +156,35 @@ struct KernelTable {
   /// out[m*32 + i] = sum_e table_m[e][code(i, e)], e ascending from 0.0f (bit-identical).
   void (*fastscan_f32)(const uint8_t* codes, size_t entries, const float* luts,
                        size_t lut_stride, size_t rows, float* out);
+
+  // --- decode-tile GEMM (VQPath::kDecodeGemm) -----------------------------------------------
+
+  /// Dense micro-GEMM over a decoded tile of W_hat. The tile has `tile_rows` rows of `cols`
+  /// floats (cols a multiple of 8, row r at w + r*cols); the inputs are packed to match:
+  /// x_r(m) = x[r*x_stride + m] multiplies tile row r for batch row m. For m < rows, i < cols,
+  /// acc[m*cols + i] is continued:
+  ///   kGemmFma:  acc = fma(x_r, w_r, acc) for r ascending (one rounding per term)
+  ///   kGemmExact / kGemmMask / kGemmLut: the rows form `groups` runs [group_begin[g],
+  ///     group_begin[g+1]); per run p = t(first row), p = p + t(r) for the rest (r ascending),
+  ///     then acc = acc + p, with t(r) = x_r * w_r (no fusion) or bits(x_r) & bits(w_r)
+  ///     (kGemmMask: w_r is an all-ones or all-zeros mask). kGemmLut sums each run in the
+  ///     order THIS table's build_lut sums a codeword of subvector length d among
+  ///     num_codewords (sequential for scalar; pairwise for avx2 at d = 4, 8), so the result
+  ///     equals this table's LUT path bit for bit. These reproduce the LUT / direct /
+  ///     bit-table paths' summation order exactly.
+  /// Bit-identical to scalar for kGemmExact, kGemmMask, kGemmFma; kGemmLut agrees with
+  /// scalar as the table's build_lut does.
+  void (*decode_gemm)(const float* x, size_t x_stride, size_t rows,
+                      const uint32_t* group_begin, size_t groups, size_t tile_rows,
+                      const float* w, size_t cols, int mode, size_t d, size_t num_codewords,
+                      float* acc);
 };
+
+/// KernelTable::decode_gemm modes.
+inline constexpr int kGemmExact = 0;
+inline constexpr int kGemmMask = 1;
+inline constexpr int kGemmFma = 2;
+inline constexpr int kGemmLut = 3;
 
 /// The portable table (always built).
 const KernelTable& scalar_kernel_table();
@@ -183,13 +211,24 @@ enum class VQPath {
   kDirect,         ///< any layout: y gathers codewords and multiplies directly
   kFastScan,       ///< format 2: uint8 tables in registers, byte-shuffle lookups, 32 outputs per block
   kFastScanExact,  ///< format 2: float tables, same blocked codes (ONNXVQ_EXACT_LUT=1)
+  kDecodeGemm,     ///< M >= a per-layout threshold: decode tiles of W_hat (64 outputs x a K
+                   ///< block, never all of W_hat) and run a register-blocked micro-GEMM over
+                   ///< the rows. Same summation order (same bits) as the path it replaces for
+                   ///< lut and direct; bit_lut's order via masks. Not chosen (measured
+                   ///< slower at every batch) for fastscan / fastscan_exact; never for the
+                   ///< bucket paths (their order has no GEMM form).
 };
 
-/// The path vq_matmul() takes for this layout (depends only on the attributes and on
-/// ONNXVQ_EXACT_LUT, not on M, the data or the thread count). Format-2 layouts that the
+/// The path vq_matmul() takes for this problem: depends on the attributes, on
+/// ONNXVQ_EXACT_LUT and on whether M reaches decode_gemm_min_rows() (then kDecodeGemm);
+/// never on the data or the thread count. Format-2 layouts that the
 /// fast-scan paths do not cover (row groups not a multiple of 32 rows) read their codes
 /// through the generic paths.
 VQPath choose_path(const VQProblem& problem);
+/// The smallest M for which choose_path() returns kDecodeGemm (SIZE_MAX: never). Measured
+/// per layout (see vq_kernel.cc); ONNXVQ_DECODE_GEMM_MIN_ROWS=n, read once, overrides it
+/// for every layout the decode path covers (benchmarks, tests).
+size_t decode_gemm_min_rows(const VQProblem& problem);
 const char* path_name(VQPath path);
 
 /// Computes problem.y. Throws std::bad_alloc (or whatever runner.run throws) on failure.
@@ -214,6 +253,13 @@ ONNXVQ_EXPORT const char* onnxvq_kernel_path(
 ONNXVQ_EXPORT const char* onnxvq_kernel_path_v(
     int64_t format_version, int64_t in_features, int64_t out_features, int64_t bits,
     int64_t subvector_len, int64_t stages, int64_t axis, int64_t group_size,
+    int64_t codebook_per_subspace);
+
+/// The same with the number of input rows M (every leading dimension of X flattened):
+/// adds "decode_gemm" when M reaches the layout's decode-GEMM threshold.
+ONNXVQ_EXPORT const char* onnxvq_kernel_path_m(
+    int64_t rows, int64_t format_version, int64_t in_features, int64_t out_features,
+    int64_t bits, int64_t subvector_len, int64_t stages, int64_t axis, int64_t group_size,
     int64_t codebook_per_subspace);
 
 /// Comma-separated names of the kernel tables this build has and this CPU supports,

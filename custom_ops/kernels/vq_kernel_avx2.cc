@@ -7,11 +7,15 @@
 //   build_lut (d = 4 and d = 8)  float sums in a different order (pairwise instead of j
 //                                ascending): within a few ulp of scalar, tested at 1e-5
 //                                relative to the output scale
+//   decode_gemm  bit-identical for kGemmExact / kGemmMask / kGemmFma; kGemmLut sums whole
+//                subvectors of d = 4, 8 pairwise like build_lut_avx2, so the decode path
+//                equals this table's LUT path bit for bit
 //   everything else: the scalar functions.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "vq_kernel.h"
 
@@ -253,6 +257,170 @@ void fastscan_f32_avx2(const uint8_t* codes, size_t entries, const float* luts,
   }
 }
 
+// Decode-GEMM micro-kernels over MR batch rows x 8 columns. x is packed (tile row r, batch
+// row m at x[r*xs + m]), so each term is one broadcast, one multiply (or and) and one add.
+// Every lane does the scalar table's sequence of roundings (separate multiply and add), so
+// kGemmExact / kGemmMask equal scalar; kGemmLut with TREE = 4 or 8 follows build_lut_avx2.
+template <int MR, int MODE>
+inline void gemm_block8(const float* x, size_t xs, const uint32_t* group_begin, size_t groups,
+                        const float* w, size_t cols, float* acc) {
+  __m256 a[MR];
+  for (int i = 0; i < MR; ++i) a[i] = _mm256_loadu_ps(acc + i * cols);
+  for (size_t g = 0; g < groups; ++g) {
+    const size_t r0 = group_begin[g], r1 = group_begin[g + 1];
+    auto term = [&](const float* xv_at, __m256 wr) {
+      const __m256 xv = _mm256_broadcast_ss(xv_at);
+      return MODE == kGemmMask ? _mm256_and_ps(xv, wr) : _mm256_mul_ps(xv, wr);
+    };
+    if (r1 - r0 == 1) {  // one term: acc + t (the common axis-1 and d = 1 case)
+      const __m256 wr = _mm256_loadu_ps(w + r0 * cols);
+      for (int i = 0; i < MR; ++i) a[i] = _mm256_add_ps(a[i], term(x + r0 * xs + i, wr));
+      continue;
+    }
+    __m256 p[MR];
+    {
+      const __m256 wr = _mm256_loadu_ps(w + r0 * cols);
+      for (int i = 0; i < MR; ++i) p[i] = term(x + r0 * xs + i, wr);
+    }
+    for (size_t r = r0 + 1; r < r1; ++r) {
+      const __m256 wr = _mm256_loadu_ps(w + r * cols);
+      for (int i = 0; i < MR; ++i) p[i] = _mm256_add_ps(p[i], term(x + r * xs + i, wr));
+    }
+    for (int i = 0; i < MR; ++i) a[i] = _mm256_add_ps(a[i], p[i]);
+  }
+  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(acc + i * cols, a[i]);
+}
+
+// `runs` consecutive runs of TREE rows in build_lut_avx2's order:
+// (t0 + t1) + (t2 + t3) [+ ((t4 + t5) + (t6 + t7)) for d = 8], then acc + that.
+template <int MR, int TREE>
+inline void gemm_tree8(const float* x, size_t xs, size_t runs, const float* w, size_t cols,
+                       float* acc) {
+  __m256 a[MR];
+  for (int i = 0; i < MR; ++i) a[i] = _mm256_loadu_ps(acc + i * cols);
+  for (size_t g = 0; g < runs; ++g, w += TREE * cols, x += TREE * xs) {
+    __m256 wr[TREE];
+    for (int j = 0; j < TREE; ++j) wr[j] = _mm256_loadu_ps(w + j * cols);
+    for (int i = 0; i < MR; ++i) {
+      __m256 t[TREE];
+      for (int j = 0; j < TREE; ++j) t[j] = _mm256_mul_ps(_mm256_broadcast_ss(x + j * xs + i), wr[j]);
+      __m256 q = _mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3]));
+      if constexpr (TREE == 8)
+        q = _mm256_add_ps(q, _mm256_add_ps(_mm256_add_ps(t[4], t[5]), _mm256_add_ps(t[6], t[7])));
+      a[i] = _mm256_add_ps(a[i], q);
+    }
+  }
+  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(acc + i * cols, a[i]);
+}
+
+// `n` runs of one row each: acc + t(r).
+template <int MR, int MODE>
+inline void gemm_single8(const float* x, size_t xs, size_t n, const float* w, size_t cols,
+                         float* acc) {
+  __m256 a[MR];
+  for (int i = 0; i < MR; ++i) a[i] = _mm256_loadu_ps(acc + i * cols);
+  for (size_t r = 0; r < n; ++r, w += cols, x += xs) {
+    const __m256 wr = _mm256_loadu_ps(w);
+    for (int i = 0; i < MR; ++i) {
+      const __m256 xv = _mm256_broadcast_ss(x + i);
+      a[i] = _mm256_add_ps(a[i], MODE == kGemmMask ? _mm256_and_ps(xv, wr) : _mm256_mul_ps(xv, wr));
+    }
+  }
+  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(acc + i * cols, a[i]);
+}
+
+template <int MODE, int TREE>
+void gemm_rows(const float* x, size_t xs, size_t rows, const uint32_t* group_begin,
+               size_t groups, const float* w, size_t cols, float* acc) {
+  // Segments of consecutive runs: runs of `want` rows (whole subvectors for TREE, single
+  // rows otherwise) go to a specialized kernel, the others to the general one.
+  const size_t want = TREE != 0 ? TREE : 1;
+  struct Segment { size_t g0, g1; bool special; };
+  Segment segments[64];
+  size_t count = 0;
+  auto len = [&](size_t g) { return size_t{group_begin[g + 1] - group_begin[g]}; };
+  for (size_t g = 0; g < groups;) {
+    size_t h = g;
+    const bool special = len(g) == want;
+    while (h < groups && (len(h) == want) == special) ++h;
+    if (count == 64) {  // too fragmented: one general segment for the rest
+      segments[count - 1].g1 = groups;
+      segments[count - 1].special = false;
+      break;
+    }
+    segments[count++] = {g, h, special};
+    g = h;
+  }
+  constexpr int MR = TREE != 0 ? 4 : 6;
+  for (size_t c = 0; c < cols; c += 8) {
+    auto block = [&](auto mr, size_t m) {
+      constexpr int R = decltype(mr)::value;
+      for (size_t i = 0; i < count; ++i) {
+        const Segment& sg = segments[i];
+        const size_t r0 = group_begin[sg.g0];
+        if (sg.special && TREE != 0)
+          gemm_tree8<R, (TREE != 0 ? TREE : 4)>(x + r0 * xs + m, xs, sg.g1 - sg.g0, w + r0 * cols + c, cols, acc + m * cols + c);
+        else if (sg.special)
+          gemm_single8<R, MODE>(x + r0 * xs + m, xs, sg.g1 - sg.g0, w + r0 * cols + c, cols, acc + m * cols + c);
+        else
+          gemm_block8<R, MODE>(x + m, xs, group_begin + sg.g0, sg.g1 - sg.g0, w + c, cols,
+                               acc + m * cols + c);
+      }
+    };
+    size_t m = 0;
+    for (; m + MR <= rows; m += MR) block(std::integral_constant<int, MR>{}, m);
+    for (; m < rows; ++m) block(std::integral_constant<int, 1>{}, m);
+  }
+}
+
+template <int MR>
+inline void gemm_fma_block16(const float* x, size_t xs, size_t tile_rows, const float* w,
+                             size_t cols, float* acc) {
+  __m256 a[MR][2];
+  for (int i = 0; i < MR; ++i) {
+    a[i][0] = _mm256_loadu_ps(acc + i * cols);
+    a[i][1] = _mm256_loadu_ps(acc + i * cols + 8);
+  }
+  for (size_t r = 0; r < tile_rows; ++r) {
+    const __m256 w0 = _mm256_loadu_ps(w + r * cols), w1 = _mm256_loadu_ps(w + r * cols + 8);
+    for (int i = 0; i < MR; ++i) {
+      const __m256 xv = _mm256_broadcast_ss(x + r * xs + i);
+      a[i][0] = _mm256_fmadd_ps(xv, w0, a[i][0]);
+      a[i][1] = _mm256_fmadd_ps(xv, w1, a[i][1]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm256_storeu_ps(acc + i * cols, a[i][0]);
+    _mm256_storeu_ps(acc + i * cols + 8, a[i][1]);
+  }
+}
+
+void decode_gemm_avx2(const float* x, size_t xs, size_t rows, const uint32_t* group_begin,
+                      size_t groups, size_t tile_rows, const float* w, size_t cols, int mode,
+                      size_t d, size_t num_codewords, float* acc) {
+  if (mode == kGemmExact) return gemm_rows<kGemmExact, 0>(x, xs, rows, group_begin, groups, w, cols, acc);
+  if (mode == kGemmMask) return gemm_rows<kGemmMask, 0>(x, xs, rows, group_begin, groups, w, cols, acc);
+  if (mode == kGemmLut) {
+    // Where build_lut_avx2 sums pairwise (whole codewords of d = 4 or 8, >= 8 codewords).
+    if (num_codewords >= 8 && d == 4) return gemm_rows<kGemmLut, 4>(x, xs, rows, group_begin, groups, w, cols, acc);
+    if (num_codewords >= 8 && d == 8) return gemm_rows<kGemmLut, 8>(x, xs, rows, group_begin, groups, w, cols, acc);
+    return gemm_rows<kGemmLut, 0>(x, xs, rows, group_begin, groups, w, cols, acc);
+  }
+  size_t c = 0;
+  for (; c + 16 <= cols; c += 16) {
+    size_t m = 0;
+    for (; m + 6 <= rows; m += 6) gemm_fma_block16<6>(x + m, xs, tile_rows, w + c, cols, acc + m * cols + c);
+    for (; m < rows; ++m) gemm_fma_block16<1>(x + m, xs, tile_rows, w + c, cols, acc + m * cols + c);
+  }
+  for (; c < cols; c += 8)  // one last block of 8 columns: fused, one row at a time
+    for (size_t m = 0; m < rows; ++m) {
+      __m256 a = _mm256_loadu_ps(acc + m * cols + c);
+      for (size_t r = 0; r < tile_rows; ++r)
+        a = _mm256_fmadd_ps(_mm256_broadcast_ss(x + r * xs + m), _mm256_loadu_ps(w + r * cols + c), a);
+      _mm256_storeu_ps(acc + m * cols + c, a);
+    }
+}
+
 }  // namespace
 
 const KernelTable& avx2_kernel_table() {
@@ -265,6 +433,7 @@ const KernelTable& avx2_kernel_table() {
     t.quantize_luts = quantize_luts_avx2;
     t.fastscan_u8 = fastscan_u8_avx2;
     t.fastscan_f32 = fastscan_f32_avx2;
+    t.decode_gemm = decode_gemm_avx2;
     return t;
   }();
   return table;

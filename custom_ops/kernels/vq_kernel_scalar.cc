@@ -165,6 +165,39 @@ void fastscan_f32_scalar(const uint8_t* codes, size_t entries, const float* luts
   }
 }
 
+float gemm_term(float x, float w, int mode) {
+  if (mode != kGemmMask) return x * w;
+  uint32_t a, b;
+  std::memcpy(&a, &x, 4);
+  std::memcpy(&b, &w, 4);
+  a &= b;
+  std::memcpy(&x, &a, 4);
+  return x;
+}
+
+void decode_gemm_scalar(const float* x, size_t x_stride, size_t rows,
+                        const uint32_t* group_begin, size_t groups, size_t tile_rows,
+                        const float* w, size_t cols, int mode, size_t /*d*/,
+                        size_t /*num_codewords*/, float* acc) {
+  for (size_t m = 0; m < rows; ++m) {
+    const float* xr = x + m;
+    for (size_t i = 0; i < cols; ++i) {
+      float a = acc[m * cols + i];
+      if (mode == kGemmFma) {
+        for (size_t r = 0; r < tile_rows; ++r) a = std::fma(xr[r * x_stride], w[r * cols + i], a);
+      } else {
+        for (size_t g = 0; g < groups; ++g) {
+          const size_t r0 = group_begin[g], r1 = group_begin[g + 1];
+          float p = gemm_term(xr[r0 * x_stride], w[r0 * cols + i], mode);
+          for (size_t r = r0 + 1; r < r1; ++r) p += gemm_term(xr[r * x_stride], w[r * cols + i], mode);
+          a += p;
+        }
+      }
+      acc[m * cols + i] = a;
+    }
+  }
+}
+
 }  // namespace
 
 const KernelTable& scalar_kernel_table() {
@@ -173,6 +206,7 @@ const KernelTable& scalar_kernel_table() {
       lut_gather8_scalar, scatter_add_scalar,  bucket_dot_scalar,    dot_scalar,
       axpy_scalar,
       quantize_luts_scalar, fastscan_u8_scalar, fastscan_f32_scalar,
+      decode_gemm_scalar,
   };
   return table;
 }

@@ -5,8 +5,11 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -19,6 +22,18 @@ using onnxvq::kernels::TaskRunner;
 using onnxvq::kernels::VQProblem;
 
 int g_failures = 0;
+
+// Random oracle cases per kernel table: 3000, or ONNXVQ_TEST_CASES (quick runs under qemu
+// and sanitizers, e.g. ONNXVQ_TEST_CASES=300). Other randomized loops scale with it.
+int oracle_cases() {
+  static const int cases = [] {
+    const char* value = std::getenv("ONNXVQ_TEST_CASES");
+    const int n = value && *value ? std::atoi(value) : 0;
+    return n > 0 ? n : 3000;
+  }();
+  return cases;
+}
+int scaled(int full) { return std::max(1, static_cast<int>(int64_t{full} * oracle_cases() / 3000)); }
 
 #define EXPECT(condition, ...)                                   \
   do {                                                           \
@@ -195,7 +210,7 @@ bool quantized_path(const VQProblem& p) {
 
 void test_against_oracle(const KernelTable& kernels, std::mt19937& rng) {
   int cases = 0;
-  for (int i = 0; i < 3000; ++i) {
+  for (int i = 0; i < oracle_cases(); ++i) {
     Case c = random_case(rng, std::vector<size_t>{0, 1, 2, 5, 33}[rng() % 5]);
     c.p.exact_lut = rng() % 2;
     onnxvq::kernels::vq_matmul(c.p, {}, kernels);
@@ -352,6 +367,136 @@ void test_shapes_against_scalar(const KernelTable& simd, std::mt19937& rng) {
   std::printf("%s: %d awkward shapes within tolerance of scalar\n", simd.name, cases);
 }
 
+
+// --- decode-tile GEMM ------------------------------------------------------------------
+
+bool decode_is_exact(const VQProblem& p) {  // same bits as the batch-independent path
+  VQProblem small = p;
+  small.M = 0;
+  return onnxvq::kernels::choose_path(small) != onnxvq::kernels::VQPath::kFastScan;
+}
+
+// Layouts with awkward tile shapes (N around the 64-output tile, K around the 64-row block)
+// at M = threshold - 1, threshold, threshold + 1: the decode path against the naive oracle,
+// and (where it reproduces the small-batch order) bit for bit against one row at a time.
+void test_decode_gemm(const KernelTable& kernels, std::mt19937& rng) {
+  using onnxvq::kernels::VQPath;
+  int cases = 0, decoded = 0;
+  for (int i = 0; i < scaled(400); ++i) {
+    auto pick = [&](std::initializer_list<size_t> values) {
+      return *(values.begin() + rng() % values.size());
+    };
+    Case c;
+    VQProblem& p = c.p;
+    p.K = pick({1, 5, 31, 63, 64, 65, 130});
+    p.N = pick({1, 7, 63, 64, 65, 130});
+    p.bits = static_cast<unsigned>(pick({1, 1, 2, 4, 4, 8}));
+    p.d = pick({1, 1, 2, 3, 4, 8, 70});  // 70: one subvector longer than a 64-row block
+    p.T = pick({1, 1, 2});
+    p.axis = static_cast<int>(rng() % 3 == 0);
+    if (p.bits == 1 && rng() % 2) p.d = 1, p.T = 1, p.axis = 0;  // binary (bit_lut) layouts
+    p.S = (p.length() + p.d - 1) / p.d;
+    p.group_size = std::min(pick({1, 2, 64, 1000}), p.rows());
+    p.per_subspace = p.d > 1 ? rng() % 2 : rng() % 4 == 0;
+    if (p.axis == 0 && p.bits == 4 && rng() % 2) p.format_version = 2;
+    p.exact_lut = rng() % 2;
+    p.M = 1;
+    const size_t threshold = onnxvq::kernels::decode_gemm_min_rows(p);
+    if (threshold == static_cast<size_t>(-1)) continue;
+    const size_t M = threshold + 1;
+    p.M = M;
+    fill_case(c, rng);
+    onnxvq::kernels::vq_matmul(p, {}, kernels);
+    const std::string path = onnxvq::kernels::path_name(onnxvq::kernels::choose_path(p));
+    EXPECT(path == "decode_gemm", "M=%zu threshold=%zu path=%s", M, threshold, path.c_str());
+    ++decoded;
+    const std::vector<double> expected = naive_matmul(c);
+    double scale = 1.0;
+    for (double v : expected) scale = std::max(scale, std::abs(v));
+    for (size_t e = 0; e < expected.size(); ++e)
+      if (!(std::abs(double(c.y[e]) - expected[e]) <= 1e-5 * scale)) {
+        EXPECT(false, "decode_gemm vs oracle: axis=%d K=%zu N=%zu bits=%u d=%zu T=%zu gs=%zu M=%zu "
+               "y[%zu]=%g expected %g", p.axis, p.K, p.N, p.bits, p.d, p.T, p.group_size, M, e,
+               c.y[e], expected[e]);
+        break;
+      }
+    // Fewer rows: threshold - 1 (the small path), threshold (decode), and single rows.
+    const bool exact = decode_is_exact(p);
+    for (size_t rows : {threshold - 1, threshold, size_t{1}}) {
+      if (rows == 0) continue;
+      VQProblem q = p;
+      q.M = rows;
+      std::vector<float> y(rows * p.N);
+      q.y = y.data();
+      onnxvq::kernels::vq_matmul(q, {}, kernels);
+      for (size_t e = 0; e < y.size(); ++e) {
+        const bool ok = exact ? std::memcmp(&y[e], &c.y[e], sizeof(float)) == 0
+                              : std::abs(double(y[e]) - expected[e]) <=
+                                    1e-5 * scale + (0.5 * p.T * p.S + 1.0) * max_lut_step(c) * 1.01;
+        if (!ok) {
+          EXPECT(false, "%s: M=%zu vs M=%zu rows differ (exact=%d): axis=%d K=%zu N=%zu bits=%u "
+                 "d=%zu T=%zu fmt=%d y[%zu]=%g vs %g", kernels.name, rows, M, exact, p.axis, p.K,
+                 p.N, p.bits, p.d, p.T, p.format_version, e, y[e], c.y[e]);
+          break;
+        }
+      }
+    }
+    ++cases;
+  }
+  std::printf("%s: %d decode-GEMM cases (M = threshold-1, threshold, threshold+1) passed\n",
+              kernels.name, decoded);
+}
+
+// The micro-kernel alone against scalar: bit-identical for kGemmExact, kGemmMask and
+// kGemmFma; kGemmLut follows each table's build_lut (avx2: pairwise at d = 4, 8), within
+// 1e-5 of the output scale.
+void test_decode_gemm_micro_kernel(const KernelTable& simd, std::mt19937& rng) {
+  using namespace onnxvq::kernels;
+  const KernelTable& scalar = scalar_kernel_table();
+  std::normal_distribution<float> normal;
+  int cases = 0;
+  for (int i = 0; i < scaled(300); ++i) {
+    const int mode = static_cast<int>(rng() % 4);
+    const size_t rows = 1 + rng() % 14, cols = 8 * (1 + rng() % 9);
+    const size_t d = std::vector<size_t>{1, 2, 3, 4, 8}[rng() % 5], ncw = rng() % 2 ? 256 : 4;
+    std::vector<uint32_t> groups{0};
+    while (groups.size() < 2 + rng() % 20) {
+      const size_t len = rng() % 5 == 0 ? 1 + rng() % d : d;  // now and then a short run
+      groups.push_back(groups.back() + static_cast<uint32_t>(len));
+    }
+    const size_t tile_rows = groups.back(), xs = rows + rng() % 3;
+    std::vector<float> x(tile_rows * xs), w(tile_rows * cols), acc(rows * cols);
+    for (auto& v : x) v = normal(rng);
+    for (auto& v : acc) v = normal(rng);
+    for (auto& v : w) {
+      v = normal(rng);
+      if (mode == kGemmMask) {
+        const uint32_t bits = rng() % 2 ? 0xffffffffu : 0u;
+        std::memcpy(&v, &bits, sizeof v);
+      }
+    }
+    std::vector<float> want = acc, got = acc;
+    scalar.decode_gemm(x.data(), xs, rows, groups.data(), groups.size() - 1, tile_rows, w.data(),
+                       cols, mode, d, ncw, want.data());
+    simd.decode_gemm(x.data(), xs, rows, groups.data(), groups.size() - 1, tile_rows, w.data(),
+                     cols, mode, d, ncw, got.data());
+    double scale = 1.0;
+    for (float v : want) scale = std::max(scale, double(std::abs(v)));
+    for (size_t e = 0; e < want.size(); ++e) {
+      const bool ok = mode == kGemmLut
+                          ? std::abs(double(got[e]) - want[e]) <= 1e-5 * scale * std::sqrt(double(tile_rows))
+                          : std::memcmp(&got[e], &want[e], sizeof(float)) == 0;
+      if (!ok) {
+        EXPECT(false, "%s decode_gemm mode=%d rows=%zu cols=%zu d=%zu tile_rows=%zu acc[%zu]=%g "
+               "scalar %g", simd.name, mode, rows, cols, d, tile_rows, e, got[e], want[e]);
+        break;
+      }
+    }
+    ++cases;
+  }
+  std::printf("%s: %d decode-GEMM micro-kernel cases agree with scalar\n", simd.name, cases);
+}
+
 }  // namespace
 
 int main() {
@@ -360,6 +505,7 @@ int main() {
   test_unpack_codes(scalar, rng);
   test_against_oracle(scalar, rng);
   test_threads_do_not_change_bits(scalar, rng);
+  test_decode_gemm(scalar, rng);
   // Every other table this build has and this CPU runs must agree with the scalar one
   // (under qemu on AArch64 that includes NEON; AVX-512 only on CPUs that have it).
   const KernelTable* tables[8];
@@ -371,7 +517,10 @@ int main() {
     test_threads_do_not_change_bits(*tables[i], rng);
     test_fastscan_micro_kernels(*tables[i], rng);
     test_shapes_against_scalar(*tables[i], rng);
+    test_decode_gemm(*tables[i], rng);
+    test_decode_gemm_micro_kernel(*tables[i], rng);
   }
+  std::printf("random oracle cases per table: %d (ONNXVQ_TEST_CASES)\n", oracle_cases());
   for (size_t i = 0; i < count; ++i) std::printf("tested kernel table: %s\n", tables[i]->name);
   std::printf("active kernel table: %s\n", onnxvq::kernels::active_kernel_table().name);
   if (g_failures) std::fprintf(stderr, "%d failure(s)\n", g_failures);

@@ -37,6 +37,10 @@ from onnxvq.ops.reference import reference_ops
 # Outputs are compared relative to their scale: max|a - b| <= RTOL * max(1, max|b|).
 # float32 sums of at most a few hundred terms in different orders stay well inside it.
 RTOL = 1e-5
+# 4-bit axis-in PQ runs the fast-scan kernel, whose default lookup tables are quantized to uint8:
+# against the exact numpy reference it keeps the error budget tests/test_pass.py states (NEON vs
+# scalar vs x86 must still agree bit for bit).
+UINT8_TABLES_RTOL = 3e-2
 BATCHES = (1, 5)
 OPSET = 17
 
@@ -87,6 +91,8 @@ def mlp_model(path: Path, k: int, hidden: int, n: int) -> None:
 MODELS = {
     "gemm37x29": (gemm_model, (37, 29), (37,)),
     "gemm130x67": (gemm_model, (130, 67), (130,)),
+    # enough output rows (> ~300) for 256-codeword PQ codebooks to be smaller than the dense weight
+    "gemm130x400": (gemm_model, (130, 400), (130,)),
     "mlp45x19x11": (mlp_model, (45, 19, 11), (3, 45)),
 }
 
@@ -96,13 +102,15 @@ class Case:
     name: str
     model: str
     flags: tuple[str, ...]
+    reference_rtol: float = RTOL
 
 
 # Every method, both PQ axes, several bit widths (4-bit axis-in PQ may use the fast-scan
 # layout), fp16 codebooks, grouped k-means, residual stages and the SVD baseline.
 CASES = (
-    Case("pq-in-4bit", "gemm37x29", ("--method", "pq", "--bits", "4", "--dim", "3", "--axis", "in")),
-    Case("pq-in-8bit-fp16", "gemm130x67",
+    Case("pq-in-4bit", "gemm37x29", ("--method", "pq", "--bits", "4", "--dim", "3", "--axis", "in"),
+         reference_rtol=UINT8_TABLES_RTOL),
+    Case("pq-in-8bit-fp16", "gemm130x400",
          ("--method", "pq", "--bits", "8", "--dim", "4", "--axis", "in", "--codebook-dtype", "float16")),
     Case("pq-out-5bit", "mlp45x19x11", ("--method", "pq", "--bits", "5", "--dim", "2", "--axis", "out")),
     Case("kmeans-3bit-g5", "gemm37x29", ("--method", "kmeans", "--bits", "3", "--group-size", "5")),
@@ -123,6 +131,7 @@ class Tools:
     x86_runner: Path
     x86_library: Path
     expect_neon: bool
+    kernel_test_cases: int = 300
 
 
 @dataclass
@@ -132,8 +141,10 @@ class RunResult:
     log: str
 
 
-def run_process(command: list[str], *, force_scalar: bool) -> subprocess.CompletedProcess:
+def run_process(command: list[str], *, force_scalar: bool,
+                extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ)
+    env.update(extra_env or {})
     env.pop("ONNXVQ_FORCE_SCALAR", None)
     if force_scalar:
         env["ONNXVQ_FORCE_SCALAR"] = "1"
@@ -189,13 +200,13 @@ def difference(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) / scale if a.size else 0.0
 
 
-def describe(a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
+def describe(a: np.ndarray, b: np.ndarray, rtol: float = RTOL) -> tuple[bool, str]:
     if a.shape == b.shape and np.array_equal(a, b):
         return True, "bitwise"
     error = difference(a, b)
     if error is None:
         return False, f"shape {a.shape} != {b.shape}"
-    return error <= RTOL, f"{error:.1e}"
+    return error <= rtol, f"{error:.1e}"
 
 
 class Tally:
@@ -214,7 +225,10 @@ class Tally:
 def kernel_test(tools: Tools, force_scalar: bool) -> tuple[bool, str, str]:
     """The C++ kernel test binary under qemu: (passed, report line, log)."""
     start = time.monotonic()
-    done = run_process(tools.qemu + [str(tools.arm_kernel_test)], force_scalar=force_scalar)
+    # Quick mode: the random oracle cases scaled down (ONNXVQ_TEST_CASES, default 3000),
+    # since a full run takes ~5 min per path under qemu.
+    done = run_process(tools.qemu + [str(tools.arm_kernel_test)], force_scalar=force_scalar,
+                       extra_env={"ONNXVQ_TEST_CASES": str(tools.kernel_test_cases)})
     found = re.search(r"active kernel table: (\S+)", done.stdout)
     kernel = found.group(1) if found else "unknown"
     summary = done.stdout.strip().splitlines()[0] if done.stdout.strip() else "no output"
@@ -265,7 +279,8 @@ def model_case(tools: Tools, case: Case, batch: int, work: Path, model: Path, ta
     for force_scalar in (False, True):
         arm_run, x86_run = runs["arm", force_scalar], runs["x86", force_scalar]
         y = arm_run.outputs["Y"]
-        checks = [("x86", describe(y, x86_run.outputs["Y"])), ("reference", describe(y, reference_y))]
+        checks = [("x86", describe(y, x86_run.outputs["Y"])),
+                  ("reference", describe(y, reference_y, case.reference_rtol))]
         if not force_scalar:
             checks.insert(0, ("scalar", describe(y, runs["arm", True].outputs["Y"])))
         else:
@@ -285,6 +300,9 @@ def main() -> int:
     parser.add_argument("--arm-runner", type=Path, required=True)
     parser.add_argument("--x86-runner", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True, help="scratch dir for models and outputs")
+    parser.add_argument("--kernel-test-cases", type=int, default=300,
+                        help="random oracle cases per kernel table for the C++ test binary "
+                             "(ONNXVQ_TEST_CASES; the binary's own default is 3000)")
     args = parser.parse_args()
 
     arm_build = args.arm_build.resolve()
@@ -306,6 +324,7 @@ def main() -> int:
         x86_library=x86_library,
         # The top CMakeLists.txt defines ONNXVQ_HAVE_NEON when it compiles a NEON table.
         expect_neon=any("ONNXVQ_HAVE_NEON" in c["command"] for c in commands),
+        kernel_test_cases=args.kernel_test_cases,
     )
     print(f"x86 library: {tools.x86_library}\naarch64 library: {tools.arm_library} "
           f"(NEON table built: {'yes' if tools.expect_neon else 'no'})", flush=True)

@@ -17,6 +17,7 @@ info "setup and builds: $((SECONDS - start)) s"
   --arm-build "$ONNXVQ_ROOT/build/aarch64/ops" \
   --arm-runner "$ONNXVQ_ROOT/build/aarch64/runner/onnxvq_runner" \
   --x86-runner "$ONNXVQ_ROOT/build/x86_64/runner/onnxvq_runner" \
-  --work "$ONNXVQ_ROOT/build/aarch64/cases" || status=$?
+  --work "$ONNXVQ_ROOT/build/aarch64/cases" \
+  --kernel-test-cases "${ONNXVQ_TEST_CASES:-300}" || status=$?
 info "total: $((SECONDS - start)) s"
 exit $status
