@@ -6,7 +6,7 @@ import time
 
 import click
 
-from .cli import _write_json, main
+from .cli import _with, _write_json, main
 from .evaluate import PREPROCESS_HELP
 
 
@@ -24,14 +24,6 @@ _common = [
     click.option("--output", "output_name", default=None, help="Model output to score (default: the first)."),
 ]
 
-
-def _with(options):
-    def wrap(fn):
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return wrap
 
 
 @main.command("eval", epilog="\b\nPreprocessing spec (--preprocess):\n" + PREPROCESS_HELP)

@@ -47,6 +47,15 @@ def _check_axis(axis: str) -> None:
     _require(axis in AXES, f"axis must be one of {AXES}, got {axis!r}")
 
 
+def _check_codeword_options(config) -> None:
+    """The options PQ and RQ share: bits, subvector length, axis, codebook dtype, iterations."""
+    _check_bits(config.bits)
+    _require(isinstance(config.dim, int) and 1 <= config.dim <= 64, f"dim must be an integer in 1..64, got {config.dim!r}")
+    _check_axis(config.axis)
+    _check_codebook_dtype(config.codebook_dtype)
+    _require(isinstance(config.iters, int) and config.iters >= 1, f"iters must be >= 1, got {config.iters!r}")
+
+
 @dataclass(frozen=True)
 class KMeansConfig(MethodConfig):
     """Scalar k-means: one codebook of 2**bits values per tensor or per group of output channels."""
@@ -88,11 +97,7 @@ class PQConfig(MethodConfig):
     iters: int = 20
 
     def __post_init__(self):
-        _check_bits(self.bits)
-        _require(isinstance(self.dim, int) and 1 <= self.dim <= 64, f"dim must be an integer in 1..64, got {self.dim!r}")
-        _check_axis(self.axis)
-        _check_codebook_dtype(self.codebook_dtype)
-        _require(isinstance(self.iters, int) and self.iters >= 1, f"iters must be >= 1, got {self.iters!r}")
+        _check_codeword_options(self)
 
 
 @dataclass(frozen=True)
@@ -108,13 +113,9 @@ class RQConfig(MethodConfig):
     iters: int = 20
 
     def __post_init__(self):
-        _check_bits(self.bits)
-        _require(isinstance(self.dim, int) and 1 <= self.dim <= 64, f"dim must be an integer in 1..64, got {self.dim!r}")
+        _check_codeword_options(self)
         _require(isinstance(self.stages, int) and 1 <= self.stages <= 16,
                  f"stages must be an integer in 1..16, got {self.stages!r}")
-        _check_axis(self.axis)
-        _check_codebook_dtype(self.codebook_dtype)
-        _require(isinstance(self.iters, int) and self.iters >= 1, f"iters must be >= 1, got {self.iters!r}")
 
 
 @dataclass(frozen=True)
