@@ -166,24 +166,10 @@ def bandwidth_runner() -> Runner:
 
 def read_bandwidth(repeats: int = 7) -> float:
     """Bytes per second one thread reads from DRAM (ORT ReduceMax over 256 MiB)."""
-    node = helper.make_node("ReduceMax", ["X"], ["Y"], keepdims=0)
-    graph = helper.make_graph([node], "bw", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    data = np.ones(64 << 20, np.float32)
-    binding = session.io_binding()
-    binding.bind_ortvalue_input("X", ort.OrtValue.ortvalue_from_numpy(data))
-    binding.bind_output("Y")
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run_with_iobinding(binding)
-        times.append(time.perf_counter() - start)
-    return data.nbytes / float(np.median(times))
+    runner = bandwidth_runner()
+    runner.run(1)  # warm-up
+    seconds = float(np.median([runner.run(1) for _ in range(repeats)]))
+    return runner.nbytes / seconds
 
 
 def time_side_by_side(runners: dict[str, Runner], budget_s: float, rounds: int) -> dict[str, float]:

