@@ -44,7 +44,7 @@ class _Group(click.Group):
 @click.group(cls=_Group)
 @click.version_option(package_name="onnxvq")
 def main():
-    """Compress the dense layers of ONNX models with vector quantization (Gong et al. 2014)."""
+    """Compress the weights of ONNX models with vector quantization (Gong et al. 2014)."""
 
 
 def _parse_dims(values) -> dict[str, int]:
@@ -153,21 +153,26 @@ def _with(options):
 @click.option("--min-elements", type=click.IntRange(min=0), default=None, help="Skip weights with fewer elements (default 1024).")
 @click.option("--format", "fmt", type=click.Choice(["custom", "portable"]), default=None,
               help="custom: our VQMatMul op (small at run time); portable: standard ONNX ops only.")
+@click.option("--op-types", "op_types", default=None, metavar="LIST",
+              help="Only these op types, comma-separated (default: all of Conv,ConvTranspose,Gather,Gemm,MatMul).")
+@click.option("--protect", default=None, metavar="LIST",
+              help="Layers kept dense: comma-separated from depthwise,first_conv (default: depthwise; '' for none).")
 @click.option("--jobs", type=click.IntRange(min=-1), default=1, help="Layers fitted in parallel (joblib; -1 = all cores).")
 @click.option("--check/--no-check", "run_check", default=True, help="Compare outputs with the original (default on).")
 @_with(_threshold_options)
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write the full report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
 def compress(model, output, method, bits, dim, axis, stages, group_size, rank, ratio, unscaled, codebook_dtype,
-             config_file, seed, include, exclude, min_elements, fmt, jobs, run_check, data, samples, input_dim,
-             min_cosine, max_rel_err, json_path, quiet):
-    """Compress MODEL's Gemm/MatMul weights into codes + codebooks and write OUTPUT."""
+             config_file, seed, include, exclude, min_elements, fmt, op_types, protect, jobs, run_check, data, samples,
+             input_dim, min_cosine, max_rel_err, json_path, quiet):
+    """Compress MODEL's weights (Conv, ConvTranspose, Gather embeddings, Gemm, MatMul) into codes +
+    codebooks and write OUTPUT."""
     from .check import check_parity
     from .compress import compress_model
     from .config import build_plan, load_config_file
     from .modelio import check_output_path, load_model, save_model
     from .inspect import initializer_bytes
-    from .report import layer_rows, layers_table, totals
+    from .report import layer_rows, layers_table, op_type_totals, totals
 
     dims = _parse_dims(input_dim)
     source = load_model(model)
@@ -176,7 +181,8 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
     cli_options = {"method": method, "bits": bits, "dim": dim, "axis": axis, "stages": stages,
                    "group_size": group_size, "rank": rank, "ratio": ratio, "codebook_dtype": codebook_dtype,
                    "scaled": False if unscaled else None, "seed": seed, "min_elements": min_elements, "format": fmt,
-                   "include": include or None, "exclude": exclude or None}
+                   "include": include or None, "exclude": exclude or None,
+                   "enabled_op_types": op_types, "protect": protect}
     plan = build_plan(load_config_file(config_file) if config_file else None, cli_options)
     # Inputs for the check first: a problem with them (--data, huge declared shapes) stops the
     # run before any work is done or any file is written.
@@ -190,6 +196,8 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
         "input": str(model), "output": str(output), "format": plan.format,
         "layers": rows, "totals": totals(rows),
         "original_file_bytes": _file_bytes(model), "compressed_file_bytes": written,
+        "folded_batchnorms": [{"conv": c, "batchnorm": b} for c, b in result.folded_batchnorms],
+        "by_op_type": op_type_totals(rows),
     }
     report["file_ratio"] = report["original_file_bytes"] / written if written else None
     # What the file holds beyond tensor data: names, attributes, graph structure, protobuf framing.
@@ -206,10 +214,15 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
     if not quiet:
         click.echo(layers_table(rows))
         t = report["totals"]
-        click.echo(f"\ndense layers: {_mb(t['original_bytes'])} -> {_mb(t['compressed_bytes'])}"
+        click.echo(f"\ncompressed layers: {_mb(t['original_bytes'])} -> {_mb(t['compressed_bytes'])}"
                    f" ({t['ratio']:.1f}x, codebooks {_mb(t['codebook_bytes'])})")
-        click.echo(f"file: {_mb(report['original_file_bytes'])} -> {_mb(written)} ({report['file_ratio']:.2f}x)"
-                   f"  written to {output}")
+        for op_type, k in report["by_op_type"].items():
+            click.echo(f"  {op_type:<14} {k['layers']:>4} layer(s): {_mb(k['original_bytes'])} -> "
+                       f"{_mb(k['compressed_bytes'])} ({k['ratio']:.1f}x)")
+        if result.folded_batchnorms:
+            click.echo(f"  folded {len(result.folded_batchnorms)} BatchNormalization node(s) into their convolutions")
+        click.echo(f"whole model file: {_mb(report['original_file_bytes'])} -> {_mb(written)} "
+                   f"({report['file_ratio']:.2f}x)  written to {output}")
         if parity is not None:
             click.echo("\n" + _parity_table(parity))
     if parity is not None:
@@ -274,7 +287,8 @@ def check(original, compressed, data, samples, input_dim, min_cosine, max_rel_er
         click.echo("\n" + format_table(
             ["layer", "codes", "codebooks", "compressed", "original", "ratio", "layer out err"],
             [[s["name"], str(s["code_bytes"]), str(s["codebook_bytes"]), str(s["compressed_bytes"]),
-              str(s["original_bytes"]), f"{s['ratio']:.1f}x",
+              "-" if s["original_bytes"] is None else str(s["original_bytes"]),
+              f"{s['ratio']:.1f}x" if s["ratio"] else "-",
               f"{s['output_rel_err']:.4f}" if "output_rel_err" in s else "-"] for s in sizes]))
     click.echo(f"\nfile: {_mb(report['original_file_bytes'])} -> {_mb(report['compressed_file_bytes'])}")
     problems = parity.failures(min_cosine, max_rel_err)
@@ -297,14 +311,19 @@ def inspect_cmd(model, json_path):
     inv = inventory(load_model(model))
     if json_path:
         _write_json(json_path, inv)
-    rows = [[c["name"], c["op_type"], f"{c['in_features']}x{c['out_features']}", str(c["elements"]),
+    rows = [[c["name"], c["op_type"], "x".join(map(str, c.get("weight_shape") or [])) or "-",
+             f"{c['in_features']}x{c['out_features']}" if c["in_features"] else "-", str(c["elements"]),
              c.get("skipped_reason") or "candidate"] for c in inv["layers"]]
-    click.echo(format_table(["layer", "op", "K x N", "weights", "status"], rows))
-    click.echo(f"\nweights: {inv['total_weight_bytes'] / 1e6:.3f} MB in all, "
-               f"{inv['dense_weight_bytes'] / 1e6:.3f} MB in candidate dense layers "
-               f"({100 * inv['dense_share']:.1f}%)")
+    click.echo(format_table(["layer", "op", "weight shape", "K x N", "weights", "status"], rows))
+    total = inv["total_weight_bytes"]
+    click.echo(f"\nweights: {total / 1e6:.3f} MB in all, {inv['dense_weight_bytes'] / 1e6:.3f} MB in candidate "
+               f"layers ({100 * inv['dense_share']:.1f}%)")
+    for op_type, k in sorted(inv["by_op_type"].items(), key=lambda kv: -kv[1]["weight_bytes"]):
+        click.echo(f"  {op_type:<14} {k['layers']:>4} layer(s) {k['weight_bytes'] / 1e6:9.3f} MB "
+                   f"({100 * k['share']:.1f}% of the weights)")
     cap = inv["max_file_ratio"]
-    click.echo("best whole-file ratio from dense layers alone: " + ("unbounded" if cap is None else f"{cap:.2f}x"))
+    click.echo("best whole-file ratio (candidate layers to nothing, the rest as is): "
+               + ("unbounded" if cap is None else f"{cap:.2f}x"))
 
 
 try:  # `eval` and `sweep` live in their own module

@@ -12,6 +12,7 @@ import onnx
 from . import __version__
 from .config import MethodConfig, Plan
 from .errors import ConfigError, InvalidWeights, NothingToCompress
+from .passes.fold_bn import fold_batchnorm
 from .passes.rewrite import rewrite
 from .ops.schema import DOMAIN
 from .passes.sites import Site, Skipped, find_sites, walk_graphs
@@ -44,6 +45,7 @@ class CompressionResult:
     encoded: dict[tuple, CodedWeight | LowRankWeight]
     skipped: list[Skipped] = field(default_factory=list)
     plan: Plan | None = None
+    folded_batchnorms: list[tuple[str, str]] = field(default_factory=list)  # (conv, bn) node names
 
 
 def layer_seed(seed: int, weight_name: str) -> int:
@@ -51,15 +53,30 @@ def layer_seed(seed: int, weight_name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(weight_name.encode())) % (2**31)
 
 
+def protection(site: Site, plan: Plan) -> str | None:
+    """Why the plan's protections keep ``site`` dense, or None."""
+    if site.kind.name != "conv":
+        return None
+    if "depthwise" in plan.protect and site.params.get("depthwise"):
+        return "depthwise conv kept dense by default (few, sensitive weights; `protect: []` compresses it)"
+    if "first_conv" in plan.protect and site.params.get("reads_graph_input"):
+        return "first conv (reads the model input) kept dense by `protect: [first_conv]`"
+    return None
+
+
 def plan_jobs(model: onnx.ModelProto, plan: Plan) -> tuple[list[WeightJob], list[Skipped]]:
-    scan = find_sites(model)
+    scan = find_sites(model, set(plan.enabled_op_types))
     skipped = list(scan.skipped)
     jobs: dict[tuple, WeightJob] = {}
     for site in scan.sites:
         def skip(reason: str) -> None:
             skipped.append(Skipped(site.display_name, site.op_type, site.graph_path, reason,
-                                   site.weight.name, site.elements))
+                                   site.weight.name, site.elements, site.weight_bytes))
 
+        protected = protection(site, plan)
+        if protected:
+            skip(protected)
+            continue
         if not plan.selected(site.display_name):
             skip("excluded by --include/--exclude")
             continue
@@ -118,17 +135,22 @@ def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progres
         raise NothingToCompress("the model is already compressed by onnxvq; compress the original instead")
     if not inplace:
         model = copy.deepcopy(model)
+    conv_types = {"Conv", "ConvTranspose"} & set(plan.enabled_op_types)
+    folded = fold_batchnorm(model) if conv_types else []
     weight_jobs, skipped = plan_jobs(model, plan)
     if not weight_jobs:
-        reasons = "; ".join(f"{s.display_name}: {s.reason}" for s in skipped[:5]) or "it has no Gemm/MatMul node"
+        kinds = "/".join(plan.enabled_op_types)
+        reasons = "; ".join(f"{s.display_name}: {s.reason}" for s in skipped[:5]) or f"it has no {kinds} weight"
         raise NothingToCompress(f"no layer to compress ({reasons})")
     encoded, kept = {}, []
     for job, (enc, err) in zip(weight_jobs, _run_jobs(weight_jobs, jobs, progress)):
-        stored, dense = enc.code_bytes + enc.codebook_bytes, job.first.elements * 4
+        enc = job.first.kind.stored_encoding(job.first, enc, plan.format)
+        stored, dense = enc.code_bytes + enc.codebook_bytes, job.first.weight_bytes
         if stored >= dense:  # e.g. 256-codeword PQ on a layer with few rows: codebooks outweigh it
             skipped.extend(Skipped(s.display_name, s.op_type, s.graph_path,
                                    f"{job.config.method} would store {stored} bytes, not fewer than the "
-                                   f"dense {dense}; kept dense", s.weight.name, s.elements) for s in job.sites)
+                                   f"dense {dense}; kept dense", s.weight.name, s.elements, s.weight_bytes)
+                           for s in job.sites)
             continue
         encoded[job.first.weight_key] = enc
         job.weight_rel_err = err
@@ -140,7 +162,7 @@ def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progres
     sites = [site for job in weight_jobs for site in job.sites]
     rewrite(model, sites, encoded, plan.format)
     _stamp_metadata(model, plan, weight_jobs)
-    return CompressionResult(model, weight_jobs, encoded, skipped, plan)
+    return CompressionResult(model, weight_jobs, encoded, skipped, plan, folded)
 
 
 def _run_jobs(weight_jobs: list[WeightJob], n_jobs: int, progress: bool):

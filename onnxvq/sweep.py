@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .config import DEFAULT_METHOD, MethodConfig, Plan, load_config_file, make_method_config
+from .config import DEFAULT_METHOD, SUPPORTED_OP_TYPES, MethodConfig, Plan, load_config_file, make_method_config
 from .errors import ConfigError, OutputError
 from .evaluate import Dataset, Evaluator
 from .passes.rewrite import rewrite
@@ -53,7 +53,7 @@ EXTRA_GRID: list[dict[str, Any]] = [
     {"method": "pq", "bits": 4, "dim": 4, "axis": "out", "codebook_dtype": "float16"},
     {"method": "kmeans", "bits": [2, 3], "group_size": 0, "codebook_dtype": "float16"},
 ]
-GRID_KEYS = {"settings", "extra", "per_layer", "min_elements", "include", "exclude", "seed"}
+GRID_KEYS = {"settings", "extra", "per_layer", "min_elements", "include", "exclude", "seed", "op_types"}
 
 
 def expand(entries: Iterable[dict[str, Any]]) -> list[MethodConfig]:
@@ -87,6 +87,7 @@ class Grid:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     seed: int = 0
+    op_types: tuple[str, ...] = SUPPORTED_OP_TYPES   # which site kinds the sweep compresses
 
     def per_layer_configs(self) -> list[MethodConfig]:
         if self.per_layer is True:
@@ -119,7 +120,8 @@ def load_grid(path: str | Path | None = None) -> Grid:
         raise ConfigError(f"grid file {path}: 'per_layer' must be true, false or a list")
     as_tuple = lambda v: (v,) if isinstance(v, str) else tuple(v or ())  # noqa: E731
     grid = Grid(expand(list(entries) + list(extra)), per_layer, int(data.get("min_elements", 1024)),
-                as_tuple(data.get("include")), as_tuple(data.get("exclude")), int(data.get("seed", 0)))
+                as_tuple(data.get("include")), as_tuple(data.get("exclude")), int(data.get("seed", 0)),
+                tuple(data.get("op_types") or SUPPORTED_OP_TYPES))
     return grid
 
 
@@ -156,7 +158,7 @@ def label(config: MethodConfig) -> str:
 
 def stable_key(site: Site) -> tuple:
     """Identifies a weight across copies of the model (Site.weight_key uses object ids)."""
-    return (site.graph_path, site.weight.name, site.transposed, site.alpha)
+    return (site.graph_path, site.weight.name, site.kind.name, site.kind.view_key(site))
 
 
 @dataclass
@@ -177,7 +179,7 @@ def select_layers(model: onnx.ModelProto, grid: Grid) -> list[Layer]:
     from .compress import plan_jobs
 
     plan = Plan(global_options=dict(DEFAULT_METHOD), include=grid.include, exclude=grid.exclude,
-                min_elements=grid.min_elements, seed=grid.seed)
+                min_elements=grid.min_elements, seed=grid.seed, enabled_op_types=grid.op_types)
     jobs, _ = plan_jobs(model, plan)
     return [Layer(stable_key(j.first), j.first.display_name, j.first.weight_array, j.seed,
                   j.first.in_features, j.first.out_features) for j in jobs]
@@ -248,11 +250,9 @@ def build_decoded_model(model: onnx.ModelProto, assignment: dict[tuple, Any]) ->
         if key not in assignment or key in done:
             continue
         done.add(key)
-        w_hat = assignment[key].decode().astype(np.float32)   # [K, N], alpha applied
-        if site.alpha != 1.0:
-            w_hat = w_hat / np.float32(site.alpha)
-        stored = np.ascontiguousarray(w_hat.T if site.transposed else w_hat)
-        site.weight.tensor.CopyFrom(numpy_helper.from_array(stored, site.weight.tensor.name))
+        stored = site.stored_weight(assignment[key].decode())   # the tensor's own shape, float32
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(site.weight.tensor.data_type)
+        site.weight.tensor.CopyFrom(numpy_helper.from_array(stored.astype(dtype), site.weight.tensor.name))
     return out
 
 
@@ -461,6 +461,12 @@ def run_sweep(model: onnx.ModelProto, dataset: Dataset, grid: Grid, *, model_nam
               truncate: bool = True, runtime: str = "dense", op_check: bool = True, progress=None) -> SweepResult:
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
+    if {"Conv", "ConvTranspose"} & set(grid.op_types):
+        from .passes.fold_bn import fold_batchnorm
+
+        model = copy.deepcopy(model)
+        if fold_batchnorm(model):  # as compress does: quantize the weights the model really uses
+            say("folded BatchNormalization nodes into their convolutions")
     layers = select_layers(model, grid)
     if not layers:
         from .errors import NothingToCompress

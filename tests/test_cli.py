@@ -68,7 +68,7 @@ def test_compress_prints_the_table(mlp_path, tmp_path):
     r = invoke("compress", mlp_path, "-o", tmp_path / "o2.onnx", "--method", "kmeans", "--bits", "6",
                "--min-elements", "0")
     assert r.exit_code == 0, r.output
-    for text in ("fc1", "fc2", "kmeans b6", "cosine", "dense layers:", "file:"):
+    for text in ("fc1", "fc2", "kmeans b6", "cosine", "compressed layers:", "whole model file:"):
         assert text in r.output
 
 

@@ -7,23 +7,22 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from onnxvq.compress import CompressionResult
+from onnxvq.passes.fold_bn import fold_batchnorm
 from onnxvq.passes.sites import find_sites
 
 
 def decoded_twin(original: onnx.ModelProto, result: CompressionResult) -> onnx.ModelProto:
     twin = copy.deepcopy(original)
+    if result.folded_batchnorms:
+        fold_batchnorm(twin)  # the compression quantized the folded weights
     sites = {s.weight_key[1:]: s for s in find_sites(twin).sites}
     for job in result.jobs:
-        key = job.first.weight_key[1:]
-        site = sites[key]
-        w_hat = result.encoded[job.first.weight_key].decode()
-        if site.alpha != 1.0:
-            w_hat = w_hat / np.float32(site.alpha)
-        stored = w_hat.T if site.transposed else w_hat
-        site.weight.tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(stored, dtype=np.float32), site.weight.name))
+        site = sites[job.first.weight_key[1:]]
+        stored = site.stored_weight(result.encoded[job.first.weight_key].decode())
+        dtype = helper.tensor_dtype_to_np_dtype(site.weight.tensor.data_type)
+        site.weight.tensor.CopyFrom(numpy_helper.from_array(stored.astype(dtype), site.weight.name))
     return twin

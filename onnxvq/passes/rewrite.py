@@ -1,10 +1,11 @@
-"""Replace each site's node with the compressed form, in place on a model copy.
+"""Replace each site's node with its compressed form, in place on a model copy.
 
-* custom format: one VQMatMul node (our domain) reading codes + codebooks initializers;
-* portable format: a standard-op decoder (see portable.py) feeding a MatMul (+ Add);
-* low-rank results (SVD) are two MatMuls (+ Add) in either format.
-Output names, node order and everything unrelated stay as they were. Weights and biases no
-longer used by any node are removed.
+Each site's kind decides the form (``passes/kinds/``): a custom op of our domain reading codes +
+codebooks (VQMatMul, VQGather), or a decode subgraph of standard ops (``portable.py``) feeding the
+original node, which runtimes fold into a dense constant at load time. This module holds what
+every kind shares: new initializers, decoded weights, node replacement and the cleanup.
+Output names, node order and everything unrelated stay as they were. Weights, biases, Casts and
+Constant nodes no longer used by any node are removed.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import InvalidModel
-from ..ops.schema import DOMAIN, DOMAIN_VERSION, OP_TYPE
+from ..ops.schema import DOMAIN, DOMAIN_VERSION
 from ..quantizers.base import CodedWeight, LowRankWeight
 from .names import NameAllocator
 from .portable import MIN_OPSET, build_decoder
@@ -29,121 +30,150 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 0
 
 
+class RewriteContext:
+    """Shared state of one rewrite: names, the initializers made so far, and node edits."""
+
+    def __init__(self, model: onnx.ModelProto, fmt: str):
+        self.model, self.fmt = model, fmt
+        self.names = NameAllocator(model)
+        self.stored: dict[tuple, list[str]] = {}      # (weight key, what) -> new initializers' names
+        self.decoded: dict[tuple, str] = {}           # (graph id, weight key, what) -> decoded tensor
+        self.before: dict[int, list[onnx.NodeProto]] = defaultdict(list)  # id(node) -> nodes before it
+        self.replace: dict[int, list[onnx.NodeProto]] = {}
+        self.graphs: dict[int, onnx.GraphProto] = {}
+        self.uses_domain = False
+
+    # --- initializers ---------------------------------------------------------------------
+    def coded_initializers(self, site: Site, enc: CodedWeight) -> list[str]:
+        """(codes, codebooks) initializers in the op's layout, added once per weight and layout."""
+        key = (site.weight_key, "coded", enc.layout.format_version)
+        if key not in self.stored:
+            codes = self.names.new(f"{site.weight.name}.vq_codes")
+            codebooks = self.names.new(f"{site.weight.name}.vq_codebooks")
+            site.weight.graph.initializer.extend([
+                numpy_helper.from_array(enc.packed_codes(), codes),
+                numpy_helper.from_array(np.ascontiguousarray(enc.codebooks), codebooks),
+            ])
+            self.stored[key] = [codes, codebooks]
+        return self.stored[key]
+
+    def low_rank_initializers(self, site: Site, enc: LowRankWeight) -> list[str]:
+        key = (site.weight_key, "low_rank")
+        if key not in self.stored:
+            first = self.names.new(f"{site.weight.name}.svd_a")
+            second = self.names.new(f"{site.weight.name}.svd_b")
+            site.weight.graph.initializer.extend([numpy_helper.from_array(enc.first, first),
+                                                  numpy_helper.from_array(enc.second, second)])
+            self.stored[key] = [first, second]
+        return self.stored[key]
+
+    def constant(self, graph: onnx.GraphProto, base: str, array: np.ndarray) -> str:
+        name = self.names.new(base)
+        graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    # --- decoded weights --------------------------------------------------------------------
+    def decoded_matrix(self, site: Site, enc) -> str:
+        """A tensor holding W_hat [K, N] float32, computed by standard ops before the site's node
+        (once per graph and weight). Every input is a constant, so runtimes fold it at load time."""
+        key = (id(site.graph), site.weight_key, "matrix")
+        if key not in self.decoded:
+            if isinstance(enc, LowRankWeight):
+                first, second = self.low_rank_initializers(site, enc)
+                out = self.names.new(f"{site.weight.name}.svd_product")
+                nodes = [helper.make_node("MatMul", [first, second], [out], name=self.names.new(f"{out}_node"))]
+            else:
+                nodes, inits, out = build_decoder(enc, self.names, f"{site.weight.name}.vq")
+                site.graph.initializer.extend(inits)
+            self.insert_before(site, nodes)
+            self.decoded[key] = out
+        return self.decoded[key]
+
+    def decoded_weight(self, site: Site, enc, shape_nodes) -> str:
+        """The decoded weight in the form the node reads: ``shape_nodes(ctx, site, w_name) -> (nodes,
+        name)`` turns W_hat [K, N] into the stored shape; a Cast restores the consumer dtype."""
+        key = (id(site.graph), site.weight_key, "weight")
+        if key not in self.decoded:
+            nodes, out = shape_nodes(self, site, self.decoded_matrix(site, enc))
+            if site.consumer_dtype != onnx.TensorProto.FLOAT:
+                cast = self.names.new(f"{site.weight.name}.vq_cast")
+                nodes.append(helper.make_node("Cast", [out], [cast], name=self.names.new(f"{cast}_node"),
+                                              to=site.consumer_dtype))
+                out = cast
+            self.insert_before(site, nodes)
+            self.decoded[key] = out
+        return self.decoded[key]
+
+    # --- node edits -------------------------------------------------------------------------
+    def insert_before(self, site: Site, nodes: list[onnx.NodeProto]) -> None:
+        self.graphs[id(site.graph)] = site.graph
+        self.before[id(site.node)].extend(nodes)
+
+    def replace_node(self, site: Site, nodes: list[onnx.NodeProto]) -> None:
+        self.graphs[id(site.graph)] = site.graph
+        self.replace[id(site.node)] = nodes
+
+    def rewire_weight(self, site: Site, new_input: str) -> None:
+        """Keep the node; read its weight from ``new_input`` instead."""
+        node = onnx.NodeProto()
+        node.CopyFrom(site.node)
+        node.input[site.weight_input] = new_input
+        self.replace_node(site, [node])
+
+    def node_name(self, site: Site, suffix: str = "") -> str:
+        base = site.node.name or site.node.output[0]
+        return self.names.new(f"{base}{suffix}")
+
+    def apply(self) -> None:
+        for graph in self.graphs.values():
+            new_nodes = []
+            for node in graph.node:
+                new_nodes.extend(self.before.get(id(node), []))
+                new_nodes.extend(self.replace.get(id(node), [node]))
+            del graph.node[:]
+            graph.node.extend(new_nodes)
+        if self.uses_domain and not any(imp.domain == DOMAIN for imp in self.model.opset_import):
+            self.model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+
+
 def rewrite(model: onnx.ModelProto, sites: list[Site], encoded: dict[tuple, CodedWeight | LowRankWeight],
             fmt: str) -> None:
     """Rewrite ``sites`` (found in ``model``) using ``encoded[site.weight_key]``."""
     if fmt == "portable" and default_opset(model) < MIN_OPSET:
         raise InvalidModel(f"--format portable needs opset >= {MIN_OPSET}; the model imports opset "
                            f"{default_opset(model)}")
-    names = NameAllocator(model)
-    stored: dict[tuple, list[str]] = {}            # weight key -> its new initializers' names
-    decoded: dict[tuple, str] = {}                 # (graph id, weight key) -> W_hat name (portable)
-    before: dict[int, list[onnx.NodeProto]] = defaultdict(list)   # id(node) -> nodes to insert before it
-    replace: dict[int, list[onnx.NodeProto]] = {}
-    graphs: dict[int, onnx.GraphProto] = {}
-
+    if any(isinstance(e, CodedWeight) for e in encoded.values()) and default_opset(model) < MIN_OPSET \
+            and any(s.kind.name != "matmul" for s in sites):
+        raise InvalidModel(f"compressing Conv/Gather weights needs opset >= {MIN_OPSET} (standard-op decoder); "
+                           f"the model imports opset {default_opset(model)}")
+    ctx = RewriteContext(model, fmt)
     for site in sites:
-        enc = encoded[site.weight_key]
-        graphs[id(site.graph)] = site.graph
-        base = _base_name(site)
-        bias_name = _bias_input(site, names, base)
-        if isinstance(enc, LowRankWeight):
-            if site.weight_key not in stored:
-                stored[site.weight_key] = _add_low_rank_initializers(site, enc, names)
-            replace[id(site.node)] = _low_rank_nodes(site, stored[site.weight_key], names, base, bias_name)
-        elif fmt == "custom":
-            if site.weight_key not in stored:
-                stored[site.weight_key] = _add_coded_initializers(site, enc, names)
-            codes, codebooks = stored[site.weight_key]
-            inputs = [site.activation, codes, codebooks] + ([bias_name] if bias_name else [])
-            node = helper.make_node(OP_TYPE, inputs, list(site.node.output), name=site.node.name or names.new(base),
-                                    domain=DOMAIN, **enc.layout.attributes())
-            replace[id(site.node)] = [node]
-        else:
-            key = (id(site.graph), site.weight_key)
-            if key not in decoded:
-                nodes, inits, w_name = build_decoder(enc, names, f"{site.weight.name}.vq")
-                site.graph.initializer.extend(inits)
-                before[id(site.node)].extend(nodes)
-                decoded[key] = w_name
-            replace[id(site.node)] = _matmul_nodes(site, site.activation, decoded[key], names, base, bias_name)
-
-    for graph in graphs.values():
-        new_nodes = []
-        for node in graph.node:
-            new_nodes.extend(before.get(id(node), []))
-            new_nodes.extend(replace.get(id(node), [node]))
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-
-    if fmt == "custom" and any(isinstance(e, CodedWeight) for e in encoded.values()):
-        _import_domain(model)
+        site.kind.rewrite(site, site.kind.stored_encoding(site, encoded[site.weight_key], fmt), ctx)
+    ctx.apply()
     _remove_unused(model, sites)
 
 
-def _base_name(site: Site) -> str:
-    return site.node.name or site.node.output[0]
-
-
-def _bias_input(site: Site, names: NameAllocator, base: str) -> str | None:
-    if site.bias_array is None:
-        return None
-    b = site.bias.array()
-    if b.shape == site.bias_array.shape and np.array_equal(b, site.bias_array):
-        return site.bias.name  # reuse the original [N] initializer unchanged
-    name = names.new(f"{base}.bias")
-    site.bias.graph.initializer.append(numpy_helper.from_array(site.bias_array, name))
-    return name
-
-
-def _add_coded_initializers(site: Site, enc: CodedWeight, names: NameAllocator) -> list[str]:
-    codes = names.new(f"{site.weight.name}.vq_codes")
-    codebooks = names.new(f"{site.weight.name}.vq_codebooks")
-    site.weight.graph.initializer.extend([
-        numpy_helper.from_array(enc.packed_codes(), codes),
-        numpy_helper.from_array(np.ascontiguousarray(enc.codebooks), codebooks),
-    ])
-    return [codes, codebooks]
-
-
-def _matmul_nodes(site: Site, activation: str, weight: str, names: NameAllocator, base: str, bias: str | None):
-    """MatMul(activation, weight) (+ bias) producing the site's original output."""
-    out = site.node.output[0]
-    final_name = site.node.name or names.new(base)
-    if bias is None:
-        return [helper.make_node("MatMul", [activation, weight], [out], name=final_name)]
-    hidden = names.new(f"{base}.matmul")
-    return [helper.make_node("MatMul", [activation, weight], [hidden], name=names.new(f"{base}.matmul_node")),
-            helper.make_node("Add", [hidden, bias], [out], name=final_name)]
-
-
-def _add_low_rank_initializers(site: Site, enc: LowRankWeight, names: NameAllocator) -> list[str]:
-    first = names.new(f"{site.weight.name}.svd_a")
-    second = names.new(f"{site.weight.name}.svd_b")
-    site.weight.graph.initializer.extend([numpy_helper.from_array(enc.first, first),
-                                          numpy_helper.from_array(enc.second, second)])
-    return [first, second]
-
-
-def _low_rank_nodes(site: Site, factors: list[str], names: NameAllocator, base: str, bias: str | None):
-    first, second = factors
-    hidden = names.new(f"{base}.svd_hidden")
-    first_node = helper.make_node("MatMul", [site.activation, first], [hidden], name=names.new(f"{base}.svd_first"))
-    return [first_node, *_matmul_nodes(site, hidden, second, names, base, bias)]
-
-
-def _import_domain(model: onnx.ModelProto) -> None:
-    if not any(imp.domain == DOMAIN for imp in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
-
-
 def _remove_unused(model: onnx.ModelProto, sites: list[Site]) -> None:
-    """Drop weights, biases and Constant nodes the rewrite left without a reader."""
-    referenced: set[str] = set()
-    for graph, _ in walk_graphs(model.graph):
-        for node in graph.node:
-            referenced.update(node.input)
-        referenced.update(o.name for o in graph.output)
+    """Drop weights, biases, Casts and Constant nodes the rewrite left without a reader."""
+    def referenced_names() -> set[str]:
+        names: set[str] = set()
+        for graph, _ in walk_graphs(model.graph):
+            for node in graph.node:
+                names.update(node.input)
+            names.update(o.name for o in graph.output)
+        return names
+
+    referenced = referenced_names()
+    casts = {id(s.cast): (s.graph, s.cast) for s in sites if s.cast is not None}
+    removed_cast = False
+    for graph, cast in casts.values():
+        if cast.output[0] not in referenced:
+            kept = [n for n in graph.node if not (n.op_type == "Cast" and list(n.output) == list(cast.output))]
+            del graph.node[:]
+            graph.node.extend(kept)
+            removed_cast = True
+    if removed_cast:
+        referenced = referenced_names()
     candidates = [s.weight for s in sites] + [s.bias for s in sites if s.bias is not None]
     for const in {id(c): c for c in candidates}.values():
         if const.name in referenced:

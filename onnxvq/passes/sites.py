@@ -1,12 +1,16 @@
-"""Find the Gemm/MatMul nodes whose weight is a constant, in the main graph and in every subgraph.
+"""Find the constant weights of weight-bearing nodes, in the main graph and in every subgraph.
 
-A *site* is one node we can rewrite, with its effective weight W[K, N] (transB and alpha
-folded in) and bias. Nodes we cannot handle are returned as *skipped* with the reason, so
-the report can list them.
+A *site* is one node we can rewrite. Its *site kind* (``passes/kinds/``: one file per op family,
+one registration) knows which input holds the weight, how that tensor reads as the matrix
+W[K, N] the quantizers fit (K = reduction length, N = rows of M for ``axis in``), and how to
+rewrite the node. Nodes a kind cannot handle are returned as *skipped* with the reason, so the
+report can list them. This module holds what every kind shares: constants visible in a scope,
+weights stored as float16/bfloat16 or behind a ``Cast``, and the scan itself.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -14,7 +18,7 @@ from onnx import numpy_helper
 
 from ..errors import InvalidModel
 
-SUPPORTED_WEIGHT_DTYPES = {onnx.TensorProto.FLOAT}
+FLOAT_TYPES = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2}
 
 
 @dataclass
@@ -32,6 +36,24 @@ class Constant:
         except Exception as exc:  # noqa: BLE001 - corrupt tensors become one clear line
             raise InvalidModel(f"tensor {self.name!r} cannot be read: {exc}") from None
 
+    def float32(self) -> np.ndarray:
+        """The values as float32 (float16 / bfloat16 storage widened exactly)."""
+        a = self.array()
+        return a if a.dtype == np.float32 else a.astype(np.float32)
+
+    @property
+    def dims(self) -> list[int]:
+        return list(self.tensor.dims)
+
+
+@dataclass
+class WeightSource:
+    """Where a node's weight input comes from: a float constant, possibly through a Cast."""
+
+    constant: Constant
+    cast: onnx.NodeProto | None     # Cast(constant) -> the node's input, when there is one
+    consumer_dtype: int             # element type the node reads (the Cast's `to`, else the constant's)
+
 
 @dataclass
 class Site:
@@ -40,11 +62,14 @@ class Site:
     display_name: str
     graph_path: str
     weight: Constant
-    shape: tuple[int, int]          # (K, N) of the effective weight
-    bias: Constant | None           # the original C (Gemm) if any
-    bias_array: np.ndarray | None   # effective bias [N] (beta applied), float32
-    transposed: bool = False
-    alpha: float = 1.0
+    shape: tuple[int, int]          # (K, N) of the matrix view W the quantizers fit
+    kind: Any                       # the SiteKind that found it
+    weight_input: int = 1           # index of the node input that carries the weight
+    cast: onnx.NodeProto | None = None
+    consumer_dtype: int = onnx.TensorProto.FLOAT
+    bias: Constant | None = None    # the original bias input (Gemm C), if folded by the kind
+    bias_array: np.ndarray | None = None   # effective bias [N] float32 the rewrite adds
+    params: dict = field(default_factory=dict)   # kind-specific (transB, alpha, conv geometry, ...)
 
     @property
     def op_type(self) -> str:
@@ -52,29 +77,33 @@ class Site:
 
     @property
     def activation(self) -> str:
-        return self.node.input[0]
+        return self.kind.activation(self)
 
     @property
     def weight_key(self) -> tuple:
         """Sites with equal keys share one encoding."""
-        return (id(self.weight.graph), self.weight.name, self.transposed, self.alpha)
+        return (id(self.weight.graph), self.weight.name, self.kind.name, self.kind.view_key(self))
 
     @property
     def weight_array(self) -> np.ndarray:
-        """Effective W[K, N] float32 (transB and alpha applied), built on each access.
+        """W[K, N] float32 as the kind views the weight, built on each access.
 
         Not kept on the site: holding every layer's copy at once would multiply peak memory.
         """
-        w = self.weight.array()
-        w = w.T if self.transposed else w
-        if self.alpha != 1.0:
-            with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf: reported as such
-                w = w * np.float32(self.alpha)
-        return np.ascontiguousarray(w, dtype=np.float32)
+        return np.ascontiguousarray(self.kind.to_matrix(self, self.weight.float32()), dtype=np.float32)
+
+    def stored_weight(self, w_hat: np.ndarray) -> np.ndarray:
+        """The weight tensor (original shape, float32) whose matrix view is ``w_hat`` [K, N]."""
+        return np.ascontiguousarray(self.kind.from_matrix(self, np.asarray(w_hat, np.float32)), dtype=np.float32)
 
     @property
     def elements(self) -> int:
         return self.shape[0] * self.shape[1]
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes the original weight occupies in the file (its stored dtype)."""
+        return self.elements * FLOAT_TYPES.get(self.weight.tensor.data_type, 4)
 
     @property
     def in_features(self) -> int:
@@ -83,6 +112,19 @@ class Site:
     @property
     def out_features(self) -> int:
         return self.shape[1]
+
+    @property
+    def weight_shape(self) -> list[int]:
+        return self.weight.dims
+
+    # Kept for callers written for Gemm/MatMul sites.
+    @property
+    def transposed(self) -> bool:
+        return bool(self.params.get("transposed", False))
+
+    @property
+    def alpha(self) -> float:
+        return float(self.params.get("alpha", 1.0))
 
 
 @dataclass
@@ -93,6 +135,11 @@ class Skipped:
     reason: str
     weight_name: str | None = None
     elements: int = 0
+    weight_bytes: int | None = None   # stored bytes when known (else 4 per element)
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.weight_bytes if self.weight_bytes is not None else 4 * self.elements
 
 
 @dataclass
@@ -105,14 +152,17 @@ def display_name(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}_{index}({node.output[0] if node.output else ''})"
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
+def attr(node: onnx.NodeProto, name: str, default):
     for a in node.attribute:
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
     return default
 
 
-def _number_attr(node: onnx.NodeProto, node_name: str, name: str, default, kind: type):
+_attr = attr  # older name
+
+
+def number_attr(node: onnx.NodeProto, node_name: str, name: str, default, kind: type):
     """An int/float attribute, or one clear InvalidModel when the model holds something else."""
     for a in node.attribute:
         if a.name != name:
@@ -128,6 +178,20 @@ def _number_attr(node: onnx.NodeProto, node_name: str, name: str, default, kind:
             raise InvalidModel(f"node {node_name!r}: attribute {name!r} is {value}")
         return value
     return default
+
+
+_number_attr = number_attr  # older name
+
+
+def ints_attr(node: onnx.NodeProto, node_name: str, name: str) -> list[int] | None:
+    """An INTS attribute as a list, None when absent, InvalidModel when it holds something else."""
+    for a in node.attribute:
+        if a.name != name:
+            continue
+        if a.type != onnx.AttributeProto.INTS:
+            raise InvalidModel(f"node {node_name!r}: attribute {name!r} must be a list of ints")
+        return [int(v) for v in a.ints]
+    return None
 
 
 def dtype_name(data_type: int) -> str:
@@ -151,10 +215,66 @@ def _scope_with(graph: onnx.GraphProto, outer: dict[str, Constant]) -> dict[str,
         scope[init.name] = Constant(init.name, init, graph)
     for node in graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
-            value = _attr(node, "value", None)
+            value = attr(node, "value", None)
             if isinstance(value, onnx.TensorProto):
                 scope[node.output[0]] = Constant(node.output[0], value, graph, node)
     return scope
+
+
+def _cast_producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {n.output[0]: n for n in graph.node
+            if n.op_type == "Cast" and n.domain in ("", "ai.onnx") and len(n.input) == 1 and len(n.output) == 1}
+
+
+def resolve_weight(name: str, scope: dict[str, Constant], casts: dict[str, onnx.NodeProto]) -> WeightSource | None:
+    """The float constant behind input ``name`` (directly, or through one Cast between float types)."""
+    if name in scope:
+        const = scope[name]
+        return WeightSource(const, None, const.tensor.data_type)
+    cast = casts.get(name)
+    if cast is not None and cast.input[0] in scope:
+        const = scope[cast.input[0]]
+        to = attr(cast, "to", None)
+        if const.tensor.data_type in FLOAT_TYPES and to in FLOAT_TYPES:
+            return WeightSource(const, cast, int(to))
+    return None
+
+
+def stored_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of data a float tensor really holds, without decoding it."""
+    if tensor.HasField("raw_data"):
+        return len(tensor.raw_data)
+    if tensor.data_type == onnx.TensorProto.FLOAT:
+        return 4 * len(tensor.float_data)
+    return 2 * len(tensor.int32_data)  # float16 / bfloat16 live one per int32 slot
+
+
+_stored_bytes = stored_bytes  # older name
+
+
+def check_weight_tensor(source: WeightSource, node_name: str) -> str | None:
+    """Why a constant cannot serve as a weight (a skip reason), or None; corrupt data raises."""
+    tensor = source.constant.tensor
+    dims = list(tensor.dims)
+    if min(dims, default=0) < 0:
+        raise InvalidModel(f"weight {source.constant.name!r} of node {node_name!r} declares negative dims {dims}")
+    if tensor.data_type not in FLOAT_TYPES:
+        return f"weight {source.constant.name!r} dtype {dtype_name(tensor.data_type)} is not a float type"
+    if source.consumer_dtype not in FLOAT_TYPES:
+        return f"weight {source.constant.name!r} is cast to {dtype_name(source.consumer_dtype)}"
+    elements = int(np.prod(dims, dtype=object)) if dims else 1
+    if elements == 0:
+        return f"weight {source.constant.name!r} is empty (shape {dims})"
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    need = elements * FLOAT_TYPES[tensor.data_type]
+    have = stored_bytes(tensor)
+    if tensor.data_type != onnx.TensorProto.FLOAT and not tensor.HasField("raw_data"):
+        have = 2 * len(tensor.int32_data)
+    if have != need:
+        raise InvalidModel(f"weight {source.constant.name!r} of node {node_name!r}: data holds {have} bytes, "
+                           f"dims {dims} need {need}")
+    return None
 
 
 def walk_graphs(graph: onnx.GraphProto, path: str = "main"):
@@ -167,82 +287,59 @@ def walk_graphs(graph: onnx.GraphProto, path: str = "main"):
                 yield from walk_graphs(sub, f"{path}/{display_name(node, index)}.{a.name}")
 
 
-def find_sites(model: onnx.ModelProto) -> SiteScan:
+@dataclass
+class NodeContext:
+    """What a site kind gets to inspect one node."""
+
+    graph: onnx.GraphProto
+    path: str
+    node: onnx.NodeProto
+    index: int
+    scope: dict[str, Constant]
+    casts: dict[str, onnx.NodeProto]
+
+    @property
+    def name(self) -> str:
+        return display_name(self.node, self.index)
+
+    def weight(self, input_index: int) -> WeightSource | None:
+        if len(self.node.input) <= input_index or not self.node.input[input_index]:
+            return None
+        return resolve_weight(self.node.input[input_index], self.scope, self.casts)
+
+    def skip(self, reason: str, source: WeightSource | Constant | None = None, elements: int = 0) -> Skipped:
+        const = source.constant if isinstance(source, WeightSource) else source
+        nbytes = None
+        if const is not None and const.tensor.data_type in FLOAT_TYPES and elements:
+            nbytes = elements * FLOAT_TYPES[const.tensor.data_type]
+        return Skipped(self.name, self.node.op_type, self.path, reason, const.name if const else None, elements, nbytes)
+
+    def site(self, source: WeightSource, shape: tuple[int, int], kind, weight_input: int, **extra) -> Site:
+        return Site(self.graph, self.node, self.name, self.path, source.constant, shape, kind,
+                    weight_input=weight_input, cast=source.cast, consumer_dtype=source.consumer_dtype, **extra)
+
+
+def find_sites(model: onnx.ModelProto, op_types: set[str] | None = None) -> SiteScan:
+    """Every site of the registered kinds (restricted to ``op_types`` when given)."""
+    from .kinds import kind_for
+
     scan = SiteScan()
-    _scan_graph(model.graph, "main", {}, scan)
+    _scan_graph(model.graph, "main", {}, scan, kind_for, op_types)
     return scan
 
 
-def _scan_graph(graph: onnx.GraphProto, path: str, outer: dict[str, Constant], scan: SiteScan) -> None:
+def _scan_graph(graph, path, outer, scan, kind_for, op_types) -> None:
     scope = _scope_with(graph, outer)
+    casts = _cast_producers(graph)
     for index, node in enumerate(graph.node):
-        if node.domain in ("", "ai.onnx") and node.op_type in ("MatMul", "Gemm"):
-            result = _inspect_node(graph, path, node, index, scope)
-            (scan.sites if isinstance(result, Site) else scan.skipped).append(result)
+        kind = kind_for(node)
+        if kind is not None and (op_types is None or node.op_type in op_types):
+            result = kind.inspect(NodeContext(graph, path, node, index, scope, casts))
+            if isinstance(result, Site):
+                scan.sites.append(result)
+            elif isinstance(result, Skipped):
+                scan.skipped.append(result)
         for a in node.attribute:
             subgraphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
             for sub in subgraphs:
-                _scan_graph(sub, f"{path}/{display_name(node, index)}.{a.name}", scope, scan)
-
-
-def _inspect_node(graph, path, node, index, scope) -> Site | Skipped:
-    name = display_name(node, index)
-
-    def skip(reason: str, weight: Constant | None = None, elements: int = 0) -> Skipped:
-        return Skipped(name, node.op_type, path, reason, weight.name if weight else None, elements)
-
-    if len(node.input) < 2:
-        return skip(f"{node.op_type} has {len(node.input)} input(s)")
-    weight = scope.get(node.input[1])
-    if weight is None:
-        return skip("weight (input B) is not a constant initializer")
-    dims = list(weight.tensor.dims)
-    if len(dims) != 2:
-        return skip(f"weight {weight.name!r} has rank {len(dims)}, not 2", weight)
-    if min(dims) < 0:
-        raise InvalidModel(f"weight {weight.name!r} of node {name!r} declares negative dims {dims}")
-    elements = dims[0] * dims[1]
-    if weight.tensor.data_type not in SUPPORTED_WEIGHT_DTYPES:
-        dtype = dtype_name(weight.tensor.data_type)
-        return skip(f"weight {weight.name!r} dtype {dtype} is not supported yet (float32 only)", weight, elements)
-    if elements == 0:
-        return skip(f"weight {weight.name!r} is empty (shape {dims})", weight, elements)
-
-    transposed, alpha, beta = False, 1.0, 1.0
-    bias = None
-    if node.op_type == "Gemm":
-        if _number_attr(node, name, "transA", 0, int):
-            return skip("Gemm with transA=1 is not supported", weight, elements)
-        transposed = bool(_number_attr(node, name, "transB", 0, int))
-        alpha = _number_attr(node, name, "alpha", 1.0, float)
-        beta = _number_attr(node, name, "beta", 1.0, float)
-        if len(node.input) > 2 and node.input[2]:
-            bias = scope.get(node.input[2])
-            if bias is None:
-                return skip("Gemm bias C is not a constant", weight, elements)
-    n_out = dims[0] if transposed else dims[1]
-
-    stored = _stored_bytes(weight.tensor)
-    if stored != elements * 4:
-        raise InvalidModel(f"weight {weight.name!r} of node {name!r}: data holds {stored} bytes, dims {dims} "
-                           f"need {elements * 4}")
-    bias_array = None
-    if bias is not None:
-        b = bias.array()
-        if b.dtype != np.float32:
-            return skip(f"Gemm bias {bias.name!r} has dtype {b.dtype}, not float32", weight, elements)
-        if b.size == 1:
-            b = np.full(n_out, b.reshape(-1)[0], dtype=np.float32)
-        elif b.shape in ((n_out,), (1, n_out)):
-            b = b.reshape(n_out)
-        else:
-            return skip(f"Gemm bias {bias.name!r} has shape {list(b.shape)}; only [N], [1, N] or a scalar fold", weight, elements)
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf: reported as such
-            bias_array = (b * np.float32(beta)).astype(np.float32) if beta != 1.0 else b.astype(np.float32)
-    shape = (dims[1], dims[0]) if transposed else (dims[0], dims[1])
-    return Site(graph, node, name, path, weight, shape, bias, bias_array, transposed, alpha)
-
-
-def _stored_bytes(tensor: onnx.TensorProto) -> int:
-    """Bytes of float32 data a weight tensor really holds, without decoding it."""
-    return len(tensor.raw_data) if tensor.HasField("raw_data") else 4 * len(tensor.float_data)
+                _scan_graph(sub, f"{path}/{display_name(node, index)}.{a.name}", scope, scan, kind_for, op_types)
