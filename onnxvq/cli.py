@@ -97,12 +97,20 @@ def _json_default(value):
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def _feeds(model, data, samples, seed, dims):
-    from .check import load_inputs, make_inputs
+def _feeds(model, data, samples, seed, dims, rules=None):
+    """Check inputs from --data, or generated; ``rules`` (a list) receives how each generated one was made."""
+    from .check import generate_inputs, load_inputs
 
     if data:
         return load_inputs(model, data, samples)
-    return make_inputs(model, samples=samples or 8, seed=seed, dims=dims)
+    generated = generate_inputs(model, samples=samples or 8, seed=seed, dims=dims)
+    if rules is not None:
+        rules.extend(generated.rules)
+    return generated.feeds
+
+
+def _input_rules_text(rules) -> str:
+    return "generated inputs (pass --data for real ones):\n" + "\n".join(f"  {r}" for r in rules)
 
 
 def _parity_table(parity) -> str:
@@ -186,7 +194,8 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
     plan = build_plan(load_config_file(config_file) if config_file else None, cli_options)
     # Inputs for the check first: a problem with them (--data, huge declared shapes) stops the
     # run before any work is done or any file is written.
-    feeds = _feeds(source, data, samples, plan.seed, dims) if run_check else None
+    input_rules = []
+    feeds = _feeds(source, data, samples, plan.seed, dims, input_rules) if run_check else None
     # In place: the source model becomes the output, so peak memory is one model, not two.
     result = compress_model(source, plan, jobs=jobs, progress=not quiet, inplace=True)
     del source
@@ -208,7 +217,9 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
         parity = check_parity(model, output, feeds)
         report["parity"] = parity.summary()
         report["parity_outputs"] = parity.to_dict()["outputs"]
-        _attach_layer_errors(rows, load_model(model), result.model, feeds)
+        report["generated_inputs"] = [r.to_dict() for r in input_rules]  # empty with --data
+        outputs = {site.display_name: site.node.output[0] for job in result.jobs for site in job.sites}
+        _attach_layer_errors(rows, load_model(model), result.model, feeds, outputs)
     if json_path:
         _write_json(json_path, report)
     if not quiet:
@@ -224,6 +235,8 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
         click.echo(f"whole model file: {_mb(report['original_file_bytes'])} -> {_mb(written)} "
                    f"({report['file_ratio']:.2f}x)  written to {output}")
         if parity is not None:
+            if input_rules:
+                click.echo("\n" + _input_rules_text(input_rules))
             click.echo("\n" + _parity_table(parity))
     if parity is not None:
         problems = parity.failures(min_cosine, max_rel_err)
@@ -233,14 +246,14 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
             sys.exit(int(ExitCode.CHECK_FAILED))
 
 
-def _attach_layer_errors(rows: list[dict], original, compressed, feeds) -> None:
+def _attach_layer_errors(rows: list[dict], original, compressed, feeds, outputs=None) -> None:
     """Add each layer's own output error (``output_rel_err``) so a user sees which layer hurts."""
     from .check import layer_output_errors
     from .modelio import EXTERNAL_DATA_THRESHOLD
 
     if original.ByteSize() > EXTERNAL_DATA_THRESHOLD:
         return  # too large to re-serialize with extra outputs; the end-to-end parity still stands
-    errors = {e["name"]: e for e in layer_output_errors(original, compressed, feeds)}
+    errors = {e["name"]: e for e in layer_output_errors(original, compressed, feeds, outputs)}
     for row in rows:
         if row["name"] in errors:
             row["output_rel_err"] = errors[row["name"]]["rel_err"]
@@ -271,15 +284,19 @@ def check(original, compressed, data, samples, input_dim, min_cosine, max_rel_er
     source = load_model(original)
     target = load_model(compressed)
     _check_json_path(json_path, original, compressed)
-    feeds = _feeds(source, data, samples, seed, _parse_dims(input_dim))
+    input_rules = []
+    feeds = _feeds(source, data, samples, seed, _parse_dims(input_dim), input_rules)
     parity = check_parity(original, compressed, feeds)
     sizes = size_by_layer(target)
     _attach_layer_errors(sizes, source, target, feeds)
     report = {"original": str(original), "compressed": str(compressed), "parity": parity.summary(),
               "outputs": parity.to_dict()["outputs"], "layers": sizes,
+              "generated_inputs": [r.to_dict() for r in input_rules],
               "original_file_bytes": _file_bytes(original), "compressed_file_bytes": _file_bytes(compressed)}
     if json_path:
         _write_json(json_path, report)
+    if input_rules:
+        click.echo(_input_rules_text(input_rules) + "\n")
     click.echo(_parity_table(parity))
     if sizes:
         from .report import format_table

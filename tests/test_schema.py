@@ -59,3 +59,17 @@ def test_layout_rejects_inconsistent_attributes(change, message):
     attrs.update(change)
     with pytest.raises(ValueError, match=message):
         VQLayout.from_attributes(attrs)
+
+
+def test_header_has_the_vq_gather_contract():
+    text = schema.render_cpp_header()
+    assert f'kGatherOpType = "{schema.GATHER_OP_TYPE}"' in text
+    for spec in schema.GATHER_INPUTS:
+        assert f"kGatherInput_{spec.name} = {spec.index};" in text
+    assert [s.name for s in schema.GATHER_INPUTS] == ["indices", "codes", "codebooks"]
+    assert f"kGatherNumInputs = {len(schema.GATHER_INPUTS)};" in text
+
+
+def test_table_shape_is_w_hat_transposed():
+    lay = VQLayout.for_weight(10, 6, bits=3, subvector_len=4)  # W_hat [K=10, N=6] -> table [V=6, D=10]
+    assert lay.table_shape == (6, 10)

@@ -1,8 +1,8 @@
-// Fuzz harness for the VQMatMul custom op, driven through the real ONNX Runtime.
+// Fuzz harness for the VQMatMul and VQGather custom ops, driven through the real ONNX Runtime.
 //
 // Every input (bytes from libFuzzer, or from a seeded generator in standalone mode) is
-// decoded into one *case*: a valid VQMatMul layout (attributes and exactly sized tensors)
-// to which 0..4 mutations are applied (attribute values from an "interesting" set,
+// decoded into one *case*: VQMatMul or (about a third of the cases) VQGather, a valid layout
+// (attributes and exactly sized tensors) to which 0..4 mutations are applied (attribute values from an "interesting" set,
 // missing or wrongly typed attributes, tensor shapes off by one, wrong ranks, wrong
 // dtypes, absent inputs, NaN/Inf codebooks, empty batches, initializer vs graph input).
 // The case is serialized as a one-node ONNX model, loaded with the library under test
@@ -12,7 +12,9 @@
 //   * a sanitizer report or a crash (the process dies);
 //   * an invalid case that onnxruntime accepts (a validation gap);
 //   * a valid case that is rejected (a validation bug);
-//   * a valid case whose output differs from a double-precision decode-then-matmul oracle;
+//   * a valid case whose output differs from a double-precision decode-then-matmul oracle
+//     (VQGather: decode-then-index; its indices are mostly valid, sometimes out of range or
+//     extreme, which makes the case invalid);
 //   * an error message from our op that does not say which tensor/attribute is wrong.
 // Findings abort(), so libFuzzer saves the reproducer and the standalone driver exits
 // non-zero. The validity oracle below restates onnxvq/ops/schema.py independently.
@@ -98,6 +100,8 @@ struct Tensor {
 };
 
 struct Case {
+  bool gather = false;  // VQGather: x is the indices tensor, there is no bias
+  int bad_index = 0;    // VQGather: 0 valid indices, 1 one just out of range, 2 an extreme value
   std::array<Attr, schema::kNumAttributes> attrs;
   Tensor x, codes, codebooks, bias;
   bool has_bias = false;
@@ -167,13 +171,37 @@ Derived derive(const Case& c) {
   return d;
 }
 
-// Whether onnxruntime must accept and run the case.
-bool expect_valid(const Case& c, const Derived& d) {
+uint64_t element_count(const std::vector<int64_t>& shape);
+
+// VQGather's index i (indices data as the case's dtype).
+int64_t index_value(const Case& c, const std::vector<uint8_t>& data, uint64_t i) {
+  if (c.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32) {
+    int32_t v;
+    std::memcpy(&v, &data[i * 4], 4);
+    return v;
+  }
+  int64_t v;
+  std::memcpy(&v, &data[i * 8], 8);
+  return v;
+}
+
+// Whether onnxruntime must accept and run the case (`indices`: VQGather's index bytes).
+bool expect_valid(const Case& c, const Derived& d, const std::vector<uint8_t>& indices) {
   if (!d.ok) return false;
   if (!c.x.present || !c.codes.present || !c.codebooks.present) return false;
-  if (c.x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || c.x.shape.empty() ||
-      c.x.shape.back() != attr(c, kK))
+  if (c.gather) {
+    if (c.has_bias) return false;  // a fourth input
+    if (c.x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 && c.x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64)
+      return false;
+    const int64_t V = attr(c, kN);
+    for (uint64_t i = 0, n = element_count(c.x.shape); i < n; ++i) {
+      const int64_t v = index_value(c, indices, i);
+      if (v < -V || v >= V) return false;
+    }
+  } else if (c.x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || c.x.shape.empty() ||
+             c.x.shape.back() != attr(c, kK)) {
     return false;
+  }
   if (c.codes.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 || c.codes.shape.size() != 1 ||
       static_cast<uint64_t>(c.codes.shape[0]) != d.packed)
     return false;
@@ -234,6 +262,7 @@ void mutate_shape(Reader& in, std::vector<int64_t>* shape, std::string* log, con
 
 Case make_case(Reader& in) {
   Case c;
+  c.gather = in.coin(35);
   const int64_t axis = in.range(0, 1);
   int64_t bits = in.range(1, 8);
   int64_t version = 1;
@@ -252,11 +281,18 @@ Case make_case(Reader& in) {
   const int rank = static_cast<int>(in.range(1, 4));
   for (int i = 0; i + 1 < rank; ++i) c.x.shape.push_back(in.range(0, 4) == 0 ? in.range(0, 1) : in.range(1, 5));
   c.x.shape.push_back(K);
+  if (c.gather) {  // indices: int64 or int32, rank 0..3, dimensions 0..6
+    c.x.type = in.coin(60) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+    c.x.shape.clear();
+    const int index_rank = static_cast<int>(in.range(0, 3));
+    for (int i = 0; i < index_rank; ++i) c.x.shape.push_back(in.range(0, 9) == 0 ? 0 : in.range(1, 6));
+    c.bad_index = in.coin(15) ? static_cast<int>(in.range(1, 2)) : 0;
+  }
   c.codes.type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
   c.codes.shape = {static_cast<int64_t>(d.packed)};
   c.codebooks.type = in.coin(25) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   c.codebooks.shape = d.codebooks_shape;
-  c.has_bias = in.coin(50);
+  c.has_bias = !c.gather && in.coin(50);
   c.bias.shape = {N};
   c.codes.initializer = in.coin(60);
   c.codebooks.initializer = in.coin(60);
@@ -434,6 +470,30 @@ struct Model {
   std::vector<std::vector<uint8_t>> data;  // per tensor: X, codes, codebooks, bias
 };
 
+// VQGather's indices: uniform in [-V, V-1] (V as the attribute says, within reason), then
+// with bad_index one value just outside (-V-1 or V) or an extreme one.
+void fill_indices(const Case& c, std::mt19937_64& rng, std::vector<uint8_t>* bytes) {
+  const bool wide = c.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+  if (!wide && c.x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32) return;  // keep the random bytes
+  const size_t size = wide ? 8 : 4, count = bytes->size() / size;
+  const int64_t V = std::clamp<int64_t>(attr(c, kN), 1, int64_t{1} << 30);
+  auto put = [&](size_t i, int64_t v) {
+    if (wide) {
+      std::memcpy(&(*bytes)[i * 8], &v, 8);
+    } else {
+      const int32_t n = static_cast<int32_t>(std::clamp<int64_t>(v, INT32_MIN, INT32_MAX));
+      std::memcpy(&(*bytes)[i * 4], &n, 4);
+    }
+  };
+  for (size_t i = 0; i < count; ++i) put(i, static_cast<int64_t>(rng() % (2 * V)) - V);
+  if (c.bad_index && count) {
+    const int64_t extremes[] = {std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(),
+                                INT32_MIN, INT32_MAX, int64_t{1} << 32, -(int64_t{1} << 32) - 1};
+    const int64_t bad = c.bad_index == 1 ? (rng() % 2 ? V : -V - 1) : extremes[rng() % std::size(extremes)];
+    put(rng() % count, bad);
+  }
+}
+
 Model build_model(const Case& c) {
   Model model;
   std::mt19937_64 rng(c.data_seed);
@@ -443,6 +503,7 @@ Model build_model(const Case& c) {
   const int inputs = c.has_bias ? 4 : 3;
   for (int i = 0; i < 4; ++i)
     model.data.push_back(make_data(*tensors[i], rng, (i == 2 && c.nonfinite == 1) || (i == 0 && c.nonfinite == 2)));
+  if (c.gather) fill_indices(c, rng, &model.data[0]);
   for (int i = 0; i < inputs; ++i) {
     const Tensor& t = *tensors[i];
     node.bytes(1, t.present ? names[i] : "");
@@ -458,7 +519,7 @@ Model build_model(const Case& c) {
   }
   node.bytes(2, "Y");
   node.bytes(3, "vq_node");
-  node.bytes(4, schema::kOpType);
+  node.bytes(4, c.gather ? schema::kGatherOpType : schema::kOpType);
   for (int i = 0; i < schema::kNumAttributes; ++i) {
     const Attr& a = c.attrs[i];
     if (a.kind == AttrKind::kMissing) continue;
@@ -597,10 +658,42 @@ void check_output(const Case& c, const Derived& d, const Model& model, const flo
   }
 }
 
+// VQGather: Y[i, k] = T_hat[idx[i], k], T_hat = W_hat^T decoded in double.
+void check_gather_output(const Case& c, const Derived& d, const Model& model, const float* y,
+                         size_t y_count) {
+  const uint64_t K = static_cast<uint64_t>(attr(c, kK)), V = static_cast<uint64_t>(attr(c, kN));
+  const uint64_t count = element_count(c.x.shape);
+  if (y_count != count * K) finding(c, "gather output has " + std::to_string(y_count) + " values, expected count*D");
+  if (c.nonfinite == 1) return;  // NaN/Inf codebooks
+  const uint64_t sub = static_cast<uint64_t>(attr(c, kD)), group = static_cast<uint64_t>(attr(c, kGroup));
+  const uint64_t T = static_cast<uint64_t>(attr(c, kT));
+  const bool axis0 = attr(c, kAxis) == 0;
+  for (uint64_t i = 0; i < count; ++i) {
+    const int64_t raw = index_value(c, model.data[0], i);
+    const uint64_t v = static_cast<uint64_t>(raw < 0 ? raw + static_cast<int64_t>(V) : raw);
+    for (uint64_t k = 0; k < K; ++k) {
+      const uint64_t r = axis0 ? v : k, pos = axis0 ? k : v, s = pos / sub, j = pos % sub;
+      double ref = 0.0, scale = 0.0;
+      for (uint64_t t = 0; t < T; ++t) {
+        const unsigned code = code_at(c, model.data[1], t, r, s, d.R);
+        const uint64_t flat = ((((t * d.Gs + (d.Gs > 1 ? s : 0)) * d.Gr + r / group) * d.ncw + code) * sub) + j;
+        const double w = codebook_value(c, model.data[2], flat);
+        ref += w, scale += std::fabs(w);
+      }
+      const double got = y[i * K + k];
+      if (!(std::fabs(got - ref) <= 1e-6 * scale))
+        finding(c, "wrong gather output at [" + std::to_string(i) + ", " + std::to_string(k) + "] (row " +
+                       std::to_string(v) + "): got " + std::to_string(got) + ", oracle " + std::to_string(ref));
+    }
+  }
+}
+
 // Our op's messages name the node and the tensor or attribute at fault.
 void check_message(const Case& c, const std::string& message) {
-  if (message.find("VQMatMul node") == std::string::npos) return;  // onnxruntime's own checks
-  static const char* kNames[] = {"X ", "codes", "codebooks", "bias", "attribute", "format_version",
+  if (message.find("VQMatMul node") == std::string::npos &&
+      message.find("VQGather node") == std::string::npos)
+    return;  // onnxruntime's own checks
+  static const char* kNames[] = {"X ", "indices", "codes", "codebooks", "bias", "attribute", "format_version",
                                  "in_features", "out_features", "bits", "subvector_len",
                                  "num_subspaces", "stages", "axis", "group_size",
                                  "codebook_per_subspace", "too large"};
@@ -655,6 +748,7 @@ Runtime& runtime() {
 
 struct Stats {
   uint64_t cases = 0, valid = 0, ran = 0, rejected_at_load = 0, rejected_at_run = 0;
+  uint64_t gather_cases = 0, gather_ran = 0, gather_bad_index = 0;
 } g_stats;
 
 }  // namespace
@@ -662,10 +756,14 @@ struct Stats {
 extern "C" void onnxvq_fuzz_print_stats() {
   std::fprintf(stderr,
                "onnxvq fuzz: %llu cases (%llu valid and run through the oracle, %llu invalid "
-               "rejected at load, %llu invalid rejected at run), 0 findings\n",
+               "rejected at load, %llu invalid rejected at run), 0 findings; VQGather: %llu cases, "
+               "%llu valid and run, %llu with an out-of-range index rejected\n",
                static_cast<unsigned long long>(g_stats.cases), static_cast<unsigned long long>(g_stats.ran),
                static_cast<unsigned long long>(g_stats.rejected_at_load),
-               static_cast<unsigned long long>(g_stats.rejected_at_run));
+               static_cast<unsigned long long>(g_stats.rejected_at_run),
+               static_cast<unsigned long long>(g_stats.gather_cases),
+               static_cast<unsigned long long>(g_stats.gather_ran),
+               static_cast<unsigned long long>(g_stats.gather_bad_index));
 }
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -680,9 +778,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (const Tensor* t : {&c.x, &c.codes, &c.codebooks, &c.bias})
     if (element_count(t->shape) > (uint64_t{1} << 22)) return 0;  // keep every case small
   const Derived d = derive(c);
-  const bool valid = expect_valid(c, d);
-  g_stats.valid += valid;
   const Model model = build_model(c);
+  const bool valid = expect_valid(c, d, model.data[0]);
+  g_stats.valid += valid;
+  g_stats.gather_cases += c.gather;
   Runtime& rt = runtime();
 
   std::unique_ptr<Ort::Session> session;
@@ -717,11 +816,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                 output_names, 1);
     if (!valid) finding(c, "invalid model accepted and run");
     auto info = outputs[0].GetTensorTypeAndShapeInfo();
-    check_output(c, d, model, outputs[0].GetTensorData<float>(), info.GetElementCount());
+    if (c.gather)
+      check_gather_output(c, d, model, outputs[0].GetTensorData<float>(), info.GetElementCount());
+    else
+      check_output(c, d, model, outputs[0].GetTensorData<float>(), info.GetElementCount());
     ++g_stats.ran;
+    g_stats.gather_ran += c.gather;
   } catch (const Ort::Exception& e) {
     if (valid) finding(c, std::string("valid model failed to run: ") + e.what());
     check_message(c, e.what());
+    if (c.gather && c.bad_index && std::string(e.what()).find("out of range") != std::string::npos)
+      ++g_stats.gather_bad_index;
     ++g_stats.rejected_at_run;
   }
   return 0;

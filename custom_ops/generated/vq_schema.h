@@ -30,6 +30,15 @@ inline constexpr int kInput_bias = 3;  // float32, shape [N]; absent or empty na
 inline constexpr int kNumInputs = 4;
 inline constexpr int kNumRequiredInputs = 3;
 
+// VQGather: embedding lookup on a compressed table (same attributes as VQMatMul).
+inline constexpr const char* kGatherOpType = "VQGather";
+inline constexpr int kGatherInput_indices = 0;  // int32 or int64, any shape (rank >= 0), values in [-V, V-1], V = out_features
+inline constexpr int kGatherInput_codes = 1;  // uint8 packed codes, exactly as VQMatMul's codes
+inline constexpr int kGatherInput_codebooks = 2;  // float32 or float16, shape [T, Gs, Gr, 2**bits, d], as VQMatMul's
+inline constexpr int kGatherNumInputs = 3;
+inline constexpr int kGatherNumOutputs = 1;
+inline constexpr int64_t kGatherSupportedFormatVersions[] = {1, 2};
+
 // Attributes: ONNX name, minimum value, and field of struct Attributes.
 struct AttributeSpec { const char* name; int64_t minimum; };
 inline constexpr AttributeSpec kAttributes[] = {

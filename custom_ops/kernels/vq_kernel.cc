@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "vq_kernel.h"
+#include "vq_tasks.h"
 
 namespace onnxvq::kernels {
 
@@ -29,65 +30,18 @@ const KernelTable& neon_kernel_table();
 
 namespace {
 
-// --- tuning constants (shape-only; changing them never changes results) ---------------
-constexpr size_t kMinTaskWork = size_t{1} << 15;  // ~inner-loop steps worth one task
-constexpr size_t kMaxTasks = 64;                  // more tasks than this only adds overhead
+// --- tuning constants (shape-only; changing them never changes results; task plumbing
+// and its constants in vq_tasks.h) ------------------------------------------------------
+using detail::Blocks;
+using detail::ceil_div;
+using detail::run_tasks;
+using detail::task_count;
 constexpr size_t kLutBudgetBytes = size_t{1} << 20;     // LUTs of one chunk of input rows
 constexpr size_t kCodeTileBudgetBytes = size_t{1} << 20;  // unpacked codes kept per task
 constexpr size_t kBucketBudgetBytes = size_t{256} << 10;  // bucket sums kept per task
 constexpr size_t kGatherGroups = 16;                      // 8-output groups sharing a table slice
 constexpr size_t kGatherSliceBytes = size_t{32} << 10;   // table bytes walked per slice
 constexpr size_t kNever = static_cast<size_t>(-1);
-
-size_t ceil_div(size_t a, size_t b) { return a / b + (a % b != 0); }
-
-// --- task plumbing -------------------------------------------------------------------
-
-// Runs body(i) for i < num_tasks through the runner. Exceptions thrown by a task are
-// caught on the worker (they must not cross the runner's C boundary) and the first one is
-// rethrown here after all tasks finished.
-template <typename Body>
-void run_tasks(const TaskRunner& runner, size_t num_tasks, const Body& body) {
-  if (num_tasks == 0) return;
-  if (num_tasks == 1 || runner.run == nullptr) {
-    for (size_t i = 0; i < num_tasks; ++i) body(i);
-    return;
-  }
-  struct Shared {
-    const Body* body;
-    std::mutex mutex;
-    std::exception_ptr error;
-  } shared{&body, {}, nullptr};
-  TaskRunner::TaskFn trampoline = [](void* data, size_t i) {
-    auto* s = static_cast<Shared*>(data);
-    try {
-      (*s->body)(i);
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(s->mutex);
-      if (!s->error) s->error = std::current_exception();
-    }
-  };
-  runner.run(runner.runner_context, trampoline, num_tasks, &shared);
-  if (shared.error) std::rethrow_exception(shared.error);
-}
-
-size_t task_count(double total_work) {
-  const double tasks = total_work / static_cast<double>(kMinTaskWork);
-  if (tasks <= 1.0) return 1;
-  return tasks >= static_cast<double>(kMaxTasks) ? kMaxTasks : static_cast<size_t>(tasks);
-}
-
-// `total` items cut into `count` contiguous blocks of `size` items (the last may be short).
-struct Blocks {
-  size_t total, size, count;
-  static Blocks split(size_t total, size_t parts) {
-    parts = std::max<size_t>(1, std::min(parts, total));
-    const size_t size = std::max<size_t>(1, ceil_div(total, parts));
-    return {total, size, ceil_div(total, size)};
-  }
-  size_t begin(size_t i) const { return i * size; }
-  size_t end(size_t i) const { return std::min(total, (i + 1) * size); }
-};
 
 // Input rows x output units (outputs n on axis 0, subspaces s on axis 1).
 struct Grid {
@@ -127,17 +81,7 @@ struct Context {
 
   /// Codes (t, r, s0 .. s0+count) into out[0 .. count).
   void unpack(size_t t, size_t r, size_t s0, size_t count, uint8_t* out) const {
-    if (p.format_version == 2) {  // fast-scan blocks: one nibble per 16-byte group
-      const size_t block = r / kFastScanBlockRows, lane = r % kFastScanBlockRows;
-      const unsigned shift = lane < 16 ? 0 : 4;
-      const uint8_t* group =
-          p.codes + ((block * p.T + t) * p.S + s0) * kFastScanGroupBytes + lane % 16;
-      for (size_t i = 0; i < count; ++i)
-        out[i] = static_cast<uint8_t>((group[i * kFastScanGroupBytes] >> shift) & 0x0fu);
-      return;
-    }
-    const uint64_t first = (static_cast<uint64_t>(t) * R + r) * p.S + s0;
-    k.unpack_codes(p.codes, first, count, p.bits, out);
+    detail::unpack_codes_of_row(p, k, t, r, s0, count, out);
   }
   /// All codes of row r of M: out[t*S + s].
   void unpack_row(size_t r, uint8_t* out) const {

@@ -178,6 +178,18 @@ struct KernelTable {
                       const uint32_t* group_begin, size_t groups, size_t tile_rows,
                       const float* w, size_t cols, int mode, size_t d, size_t num_codewords,
                       float* acc);
+
+  // --- VQGather (vq_gather.cc) ---------------------------------------------------------------
+
+  /// Decodes one row of M (axis 0: one table row). codes holds the row's T*S codes, stage
+  /// major (codes[t*S + s]); book(t, s) = books + t*stage_stride + s*subspace_stride is the
+  /// codebook (2^bits codewords of d floats) of stage t, subspace s. For s < S, j < d with
+  /// s*d + j < L:
+  ///   out[s*d + j] = book(0, s)[codes[s]*d + j] + book(1, s)[codes[S + s]*d + j] + ...
+  /// summed t ascending from the stage-0 value (one float add per further stage), so every
+  /// table is bit-identical to scalar. Writes exactly out[0 .. L).
+  void (*decode_row)(const uint8_t* codes, size_t T, size_t S, size_t d, size_t L,
+                     const float* books, size_t stage_stride, size_t subspace_stride, float* out);
 };
 
 /// KernelTable::decode_gemm modes.
@@ -233,6 +245,30 @@ const char* path_name(VQPath path);
 
 /// Computes problem.y. Throws std::bad_alloc (or whatever runner.run throws) on failure.
 void vq_matmul(const VQProblem& problem, const TaskRunner& runner = {},
+               const KernelTable& kernels = active_kernel_table());
+
+/// One VQGather evaluation: rows of the table T_hat[V, D] = W_hat^T, V = layout.N rows of
+/// D = layout.K floats, where W_hat is what vq_matmul() decodes from the same layout.
+/// axis 0: table row v is row v of M; axis 1: it is column v of M (M = W_hat [D, V]).
+struct VQGatherProblem {
+  VQProblem layout;  ///< codes, codebooks and every layout field; M, x, bias and y are unused
+  size_t count = 0;  ///< number of indices (every dimension of the indices tensor flattened)
+  const int32_t* indices32 = nullptr;  ///< exactly one of indices32 / indices64: count values,
+  const int64_t* indices64 = nullptr;  ///< each in [-V, V-1] (negative: counted from the end)
+  float* y = nullptr;                  ///< size count*D, layout (count, D); fully overwritten
+
+  size_t table_rows() const { return layout.N; }  ///< V
+  size_t row_length() const { return layout.K; }  ///< D
+};
+
+/// Position of the first index outside [-V, V-1] (its value in *value), or count when every
+/// index is valid.
+size_t vq_gather_first_invalid(const VQGatherProblem& problem, int64_t* value);
+
+/// Computes problem.y. Checks every index first and throws std::out_of_range (writing
+/// nothing) if one is invalid; otherwise throws only std::bad_alloc or what runner.run throws.
+/// Each output row is decoded by one task in a fixed order: results never depend on threads.
+void vq_gather(const VQGatherProblem& problem, const TaskRunner& runner = {},
                const KernelTable& kernels = active_kernel_table());
 
 }  // namespace onnxvq::kernels

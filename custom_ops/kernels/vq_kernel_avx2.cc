@@ -10,11 +10,15 @@
 //   decode_gemm  bit-identical for kGemmExact / kGemmMask / kGemmFma; kGemmLut sums whole
 //                subvectors of d = 4, 8 pairwise like build_lut_avx2, so the decode path
 //                equals this table's LUT path bit for bit
+//   decode_row (VQGather)  bit-identical: the same adds per element; d = 1 gathers 8
+//                          subspaces per instruction, d >= 4 adds whole codeword chunks
 //   everything else: the scalar functions.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "vq_kernel.h"
@@ -421,6 +425,60 @@ void decode_gemm_avx2(const float* x, size_t xs, size_t rows, const uint32_t* gr
     }
 }
 
+// --- VQGather ---------------------------------------------------------------------------
+
+// One subspace: out[j] = w0[j] + w1[j] + ... (stage order), 8 then 4 floats per step.
+inline void decode_chunk_avx2(const uint8_t* codes, size_t T, size_t S, size_t s, size_t d,
+                              size_t len, const float* book, size_t stage_stride, float* out) {
+  const float* first = book + codes[s] * d;
+  size_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    __m256 acc = _mm256_loadu_ps(first + j);
+    for (size_t t = 1; t < T; ++t)
+      acc = _mm256_add_ps(acc, _mm256_loadu_ps(book + t * stage_stride + codes[t * S + s] * d + j));
+    _mm256_storeu_ps(out + j, acc);
+  }
+  for (; j + 4 <= len; j += 4) {
+    __m128 acc = _mm_loadu_ps(first + j);
+    for (size_t t = 1; t < T; ++t)
+      acc = _mm_add_ps(acc, _mm_loadu_ps(book + t * stage_stride + codes[t * S + s] * d + j));
+    _mm_storeu_ps(out + j, acc);
+  }
+  for (; j < len; ++j) {
+    float acc = first[j];
+    for (size_t t = 1; t < T; ++t) acc += book[t * stage_stride + codes[t * S + s] * d + j];
+    out[j] = acc;
+  }
+}
+
+void decode_row_avx2(const uint8_t* codes, size_t T, size_t S, size_t d, size_t L,
+                     const float* books, size_t stage_stride, size_t subspace_stride, float* out) {
+  size_t s = 0;
+  // d = 1 (scalar k-means, binary): 8 subspaces per gather, when every offset fits in int32.
+  const bool gather = d == 1 && S >= 8 &&
+                      S * subspace_stride + 256 <= static_cast<size_t>(std::numeric_limits<int32_t>::max());
+  if (gather) {
+    const __m256i lanes = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                             _mm256_set1_epi32(static_cast<int32_t>(subspace_stride)));
+    for (; s + 8 <= S; s += 8) {
+      const __m256i base = _mm256_add_epi32(
+          lanes, _mm256_set1_epi32(static_cast<int32_t>(s * subspace_stride)));
+      auto load = [&](size_t t) {
+        uint64_t bytes;
+        std::memcpy(&bytes, codes + t * S + s, sizeof bytes);
+        const __m256i code = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(bytes)));
+        return _mm256_i32gather_ps(books + t * stage_stride, _mm256_add_epi32(base, code), 4);
+      };
+      __m256 acc = load(0);
+      for (size_t t = 1; t < T; ++t) acc = _mm256_add_ps(acc, load(t));
+      _mm256_storeu_ps(out + s, acc);
+    }
+  }
+  for (; s < S; ++s)
+    decode_chunk_avx2(codes, T, S, s, d, std::min(d, L - s * d), books + s * subspace_stride,
+                      stage_stride, out + s * d);
+}
+
 }  // namespace
 
 const KernelTable& avx2_kernel_table() {
@@ -434,6 +492,7 @@ const KernelTable& avx2_kernel_table() {
     t.fastscan_u8 = fastscan_u8_avx2;
     t.fastscan_f32 = fastscan_f32_avx2;
     t.decode_gemm = decode_gemm_avx2;
+    t.decode_row = decode_row_avx2;
     return t;
   }();
   return table;

@@ -198,6 +198,22 @@ void decode_gemm_scalar(const float* x, size_t x_stride, size_t rows,
   }
 }
 
+void decode_row_scalar(const uint8_t* codes, size_t T, size_t S, size_t d, size_t L,
+                       const float* books, size_t stage_stride, size_t subspace_stride,
+                       float* out) {
+  for (size_t s = 0; s < S; ++s) {
+    const size_t len = std::min(d, L - s * d);
+    const float* book = books + s * subspace_stride;
+    float* chunk = out + s * d;
+    const float* first = book + codes[s] * d;
+    for (size_t j = 0; j < len; ++j) chunk[j] = first[j];
+    for (size_t t = 1; t < T; ++t) {
+      const float* word = book + t * stage_stride + codes[t * S + s] * d;
+      for (size_t j = 0; j < len; ++j) chunk[j] += word[j];
+    }
+  }
+}
+
 }  // namespace
 
 const KernelTable& scalar_kernel_table() {
@@ -206,7 +222,7 @@ const KernelTable& scalar_kernel_table() {
       lut_gather8_scalar, scatter_add_scalar,  bucket_dot_scalar,    dot_scalar,
       axpy_scalar,
       quantize_luts_scalar, fastscan_u8_scalar, fastscan_f32_scalar,
-      decode_gemm_scalar,
+      decode_gemm_scalar, decode_row_scalar,
   };
   return table;
 }

@@ -499,6 +499,9 @@ void test_decode_gemm_micro_kernel(const KernelTable& simd, std::mt19937& rng) {
 
 }  // namespace
 
+// custom_ops/tests/test_vq_gather.cc: the VQGather kernels (failure count).
+int run_gather_tests(const KernelTable* const* tables, size_t count);
+
 int main() {
   std::mt19937 rng(12345);
   const KernelTable& scalar = onnxvq::kernels::scalar_kernel_table();
@@ -520,6 +523,7 @@ int main() {
     test_decode_gemm(*tables[i], rng);
     test_decode_gemm_micro_kernel(*tables[i], rng);
   }
+  g_failures += run_gather_tests(tables, count);
   std::printf("random oracle cases per table: %d (ONNXVQ_TEST_CASES)\n", oracle_cases());
   for (size_t i = 0; i < count; ++i) std::printf("tested kernel table: %s\n", tables[i]->name);
   std::printf("active kernel table: %s\n", onnxvq::kernels::active_kernel_table().name);

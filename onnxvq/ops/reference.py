@@ -1,14 +1,14 @@
-"""Plain numpy implementation of VQMatMul: the oracle for every test.
+"""Plain numpy implementations of VQMatMul and VQGather: the oracles for every test.
 
-Deliberately simple (decode W_hat, then a dense matmul); speed is the C++ kernel's job.
-``VQMatMulRef`` exposes it to ``onnx.reference.ReferenceEvaluator(new_ops=[...])``.
+Deliberately simple (decode W_hat, then a dense matmul or an index); speed is the C++
+kernel's job. ``reference_ops()`` exposes both to ``onnx.reference.ReferenceEvaluator``.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .packing import unpack_from_op
-from .schema import AXIS_IN, DOMAIN, OP_TYPE, VQLayout
+from .schema import AXIS_IN, DOMAIN, GATHER_OP_TYPE, GATHER_SUPPORTED_FORMAT_VERSIONS, OP_TYPE, VQLayout
 
 
 def decode_rows(layout: VQLayout, codes: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
@@ -48,6 +48,30 @@ def vq_matmul_ref(x: np.ndarray, packed_codes: np.ndarray, codebooks: np.ndarray
     return y.astype(np.float32)
 
 
+def gather_rows(indices, rows: int) -> np.ndarray:
+    """ONNX Gather's index rule: int32/int64 values in [-rows, rows - 1], negatives count from
+    the end. Returns int64 indices in [0, rows); raises ValueError naming the first bad value."""
+    idx = np.asarray(indices)
+    if idx.dtype not in (np.int32, np.int64):
+        raise ValueError(f"indices must be int32 or int64, got {idx.dtype}")
+    idx = idx.astype(np.int64)
+    bad = (idx < -rows) | (idx >= rows)
+    if bad.any():
+        value = int(idx[bad].reshape(-1)[0])
+        raise ValueError(f"index {value} is out of range [-{rows}, {rows - 1}] for a table of V = {rows} rows")
+    return np.where(idx < 0, idx + rows, idx)
+
+
+def vq_gather_ref(indices, packed_codes: np.ndarray, codebooks: np.ndarray, layout: VQLayout) -> np.ndarray:
+    """Y[i..., :] = T_hat[idx[i...], :], T_hat = W_hat^T [V, D]; float32, shape indices.shape + [D]."""
+    if layout.format_version not in GATHER_SUPPORTED_FORMAT_VERSIONS:
+        raise ValueError(f"VQGather does not read format_version {layout.format_version}")
+    rows = gather_rows(indices, layout.out_features)
+    codes = unpack_from_op(packed_codes, layout)
+    table = decode_weight(layout, codes, codebooks).T  # [V, D]
+    return table[rows].astype(np.float32)
+
+
 def _make_onnx_reference_op():
     from onnx.reference.op_run import OpRun
 
@@ -62,6 +86,20 @@ def _make_onnx_reference_op():
     return VQMatMulRef
 
 
+def _make_onnx_gather_reference_op():
+    from onnx.reference.op_run import OpRun
+
+    class VQGatherRef(OpRun):
+        op_domain = DOMAIN
+
+        def _run(self, indices, codes, codebooks, **attrs):
+            layout = VQLayout.from_attributes({k: v for k, v in attrs.items() if v is not None})
+            return (vq_gather_ref(indices, codes, codebooks, layout),)
+
+    VQGatherRef.__name__ = GATHER_OP_TYPE
+    return VQGatherRef
+
+
 def reference_ops() -> list:
     """The custom ops to pass as ``ReferenceEvaluator(model, new_ops=reference_ops())``."""
-    return [_make_onnx_reference_op()]
+    return [_make_onnx_reference_op(), _make_onnx_gather_reference_op()]

@@ -1,4 +1,4 @@
-"""The single definition of the VQMatMul operator.
+"""The single definition of the VQMatMul and VQGather operators.
 
 Everything else — the numpy reference, the graph pass, the portable emitter and the
 C++ kernel (through the generated header ``custom_ops/generated/vq_schema.h``) — reads
@@ -50,6 +50,33 @@ low nibble and row 32b+16+j in its high nibble. Padding nibbles must be 0 when w
 are ignored when read. Version 1 stays valid for every layout; version 2 is chosen by
 setting ``format_version=2`` on the layout (``VQLayout.for_weight(..., format_version=None)``
 picks 2 where it is valid).
+
+VQGather: embedding lookup on a compressed table
+------------------------------------------------
+``ai.onnxvq::VQGather`` (domain version 1) replaces ``Gather(table, indices)`` (axis 0) for a
+constant table [V, D]; the table stays compressed and only the gathered rows are decoded.
+
+Inputs (GATHER_INPUTS): ``indices`` (int32 or int64, any shape, rank >= 0), ``codes`` and
+``codebooks`` (exactly as for VQMatMul). Attributes: exactly VQMatMul's (ATTRIBUTES, same
+names, same meaning, same validation). The table is::
+
+    T_hat[V, D] = W_hat^T,   D = in_features (K),  V = out_features (N)
+
+where W_hat[K, N] is what VQMatMul decodes from the same codes, codebooks and attributes.
+So with axis = 0 a table row is a row of M (M = W_hat^T, R = V, L = D: the common case);
+with axis = 1 M = W_hat [D, V] (R = D, L = V) and table row v is column v of M. Every stage
+count, group_size, codebook_per_subspace, bits 1..8, float32/float16 codebooks and both
+format versions (1, and 2 under its usual constraints: axis 0, 4-bit codes) are supported.
+
+Output (GATHER_OUTPUTS): ``Y``, float32, shape ``indices.shape + [D]``::
+
+    Y[i..., :] = T_hat[idx[i...] + (V if idx[i...] < 0 else 0), :]
+
+Indices follow ONNX Gather: a value in [-V, -1] counts from the end; any value outside
+[-V, V - 1] is an error (the kernel names the node, the value and V) and nothing is read.
+Decoded values are float32 sums over stages, t ascending from the stage-0 codeword (the
+numpy reference sums in float64, which is the same for T <= 2 and within float32 rounding
+for more stages).
 """
 from __future__ import annotations
 
@@ -59,6 +86,8 @@ from pathlib import Path
 DOMAIN = "ai.onnxvq"
 DOMAIN_VERSION = 1
 OP_TYPE = "VQMatMul"
+#: Embedding lookup on a compressed table (same layout attributes as VQMatMul): see GATHER_INPUTS.
+GATHER_OP_TYPE = "VQGather"
 
 #: Version of the packed layout. Bump it whenever the meaning of the bytes changes;
 #: the kernel refuses versions it does not know.
@@ -91,6 +120,16 @@ INPUTS = (
     InputSpec("bias", 3, True, "float32, shape [N]; absent or empty name for no bias"),
 )
 OUTPUTS = (InputSpec("Y", 0, False, "float32, shape [..., N]"),)
+
+#: VQGather's inputs and outputs (its attributes are ATTRIBUTES, shared with VQMatMul).
+GATHER_INPUTS = (
+    InputSpec("indices", 0, False, "int32 or int64, any shape (rank >= 0), values in [-V, V-1], V = out_features"),
+    InputSpec("codes", 1, False, "uint8 packed codes, exactly as VQMatMul's codes"),
+    InputSpec("codebooks", 2, False, "float32 or float16, shape [T, Gs, Gr, 2**bits, d], as VQMatMul's"),
+)
+GATHER_OUTPUTS = (InputSpec("Y", 0, False, "float32, shape indices.shape + [D], D = in_features"),)
+#: Packed-layout versions VQGather reads (the graph pass emits format_version 1).
+GATHER_SUPPORTED_FORMAT_VERSIONS = SUPPORTED_FORMAT_VERSIONS
 
 
 @dataclass(frozen=True)
@@ -194,6 +233,11 @@ class VQLayout:
         return axis == AXIS_IN and bits == FASTSCAN_BITS
 
     @property
+    def table_shape(self) -> tuple[int, int]:
+        """VQGather's table [V, D] = W_hat^T: (out_features, in_features)."""
+        return (self.out_features, self.in_features)
+
+    @property
     def codebooks_shape(self) -> tuple[int, int, int, int, int]:
         return (self.stages, self.subspace_groups, self.row_groups, self.codebook_size, self.subvector_len)
 
@@ -287,6 +331,14 @@ def render_cpp_header() -> str:
         lines.append(f"inline constexpr int kInput_{spec.name} = {spec.index};  // {spec.doc}")
     lines.append(f"inline constexpr int kNumInputs = {len(INPUTS)};")
     lines.append(f"inline constexpr int kNumRequiredInputs = {sum(not s.optional for s in INPUTS)};")
+    lines += ["", "// VQGather: embedding lookup on a compressed table (same attributes as VQMatMul).",
+              f'inline constexpr const char* kGatherOpType = "{GATHER_OP_TYPE}";']
+    for spec in GATHER_INPUTS:
+        lines.append(f"inline constexpr int kGatherInput_{spec.name} = {spec.index};  // {spec.doc}")
+    lines.append(f"inline constexpr int kGatherNumInputs = {len(GATHER_INPUTS)};")
+    lines.append(f"inline constexpr int kGatherNumOutputs = {len(GATHER_OUTPUTS)};")
+    lines.append("inline constexpr int64_t kGatherSupportedFormatVersions[] = {"
+                 + ", ".join(str(v) for v in GATHER_SUPPORTED_FORMAT_VERSIONS) + "};")
     lines += ["", "// Attributes: ONNX name, minimum value, and field of struct Attributes."]
     lines.append("struct AttributeSpec { const char* name; int64_t minimum; };")
     lines.append("inline constexpr AttributeSpec kAttributes[] = {")

@@ -9,6 +9,10 @@ the `onnxvq compress` CLI, and runs it at batch 1 and batch > 1:
   * on x86_64: the same runner, both ways, and onnxvq.session (the Python API);
   * in numpy: onnx's ReferenceEvaluator with onnxvq.ops.reference's VQMatMul.
 
+VQGather cases (embedding lookup on a compressed table) are built directly with onnx.helper
+from quantized tables (the CLI's Gather rewrite is not needed for them) and run the same way,
+fed int64 indices (negatives included).
+
 One line per (case, aarch64 kernel path) compares that aarch64 output with the x86 runner's
 output of the same path, with the reference and (default path) with the forced-scalar path.
 Prints `N passed, N failed` last; exits 1 on any failure.
@@ -32,6 +36,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxvq
+from onnxvq.ops.packing import pack_for_op
 from onnxvq.ops.reference import reference_ops
 
 # Outputs are compared relative to their scale: max|a - b| <= RTOL * max(1, max|b|).
@@ -87,6 +92,39 @@ def mlp_model(path: Path, k: int, hidden: int, n: int) -> None:
          numpy_helper.from_array(_weights(rng, hidden, n), "W2")]), path)
 
 
+def gather_model(path: Path, v: int, d: int, config_name: str, format_version: int = 1) -> None:
+    """Y[batch, 3, d] = VQGather(indices[batch, 3]) on a [v, d] table quantized by `config_name`."""
+    import dataclasses
+
+    from onnxvq.config import KMeansConfig, PQConfig, RQConfig
+    from onnxvq.ops.schema import DOMAIN, DOMAIN_VERSION, GATHER_OP_TYPE
+    from onnxvq.quantizers import quantize
+
+    configs = {
+        "kmeans4": KMeansConfig(bits=4),
+        "pq-in-8bit-d8-fp16": PQConfig(bits=8, dim=8, axis="in", codebook_dtype="float16"),
+        "pq-in-4bit-d4": PQConfig(bits=4, dim=4, axis="in"),
+        "rq-in-3x4bit-d5": RQConfig(bits=4, dim=5, stages=3, axis="in"),
+        "pq-out-5bit-d2": PQConfig(bits=5, dim=2, axis="out"),
+    }
+    rng = np.random.default_rng(v * 1000 + d)
+    coded = quantize(_weights(rng, v, d).T, configs[config_name], seed=0)  # W = table^T
+    layout = dataclasses.replace(coded.layout, format_version=format_version)
+    node = helper.make_node(GATHER_OP_TYPE, ["indices", "codes", "codebooks"], ["Y"], domain=DOMAIN,
+                            name="embed", **layout.attributes())
+    graph = helper.make_graph(
+        [node], "gather", [helper.make_tensor_value_info("indices", TensorProto.INT64, ["batch", 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 3, d])],
+        [numpy_helper.from_array(pack_for_op(coded.codes, layout), "codes"),
+         numpy_helper.from_array(coded.codebooks, "codebooks")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
+                              producer_name="onnxvq-aarch64-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+
+
 # name -> (builder, its arguments, input shape without the batch)
 MODELS = {
     "gemm37x29": (gemm_model, (37, 29), (37,)),
@@ -94,6 +132,14 @@ MODELS = {
     # enough output rows (> ~300) for 256-codeword PQ codebooks to be smaller than the dense weight
     "gemm130x400": (gemm_model, (130, 400), (130,)),
     "mlp45x19x11": (mlp_model, (45, 19, 11), (3, 45)),
+}
+# VQGather models: name -> (builder, its arguments, indices shape without the batch, V)
+GATHER_MODELS = {
+    "gather33x40-kmeans4": (gather_model, (33, 40, "kmeans4"), (3,), 33),
+    "gather31x21-pq8-fp16": (gather_model, (31, 21, "pq-in-8bit-d8-fp16"), (3,), 31),
+    "gather65x18-pq4-v2": (gather_model, (65, 18, "pq-in-4bit-d4", 2), (3,), 65),
+    "gather33x17-rq3": (gather_model, (33, 17, "rq-in-3x4bit-d5"), (3,), 33),
+    "gather31x11-pq-out": (gather_model, (31, 11, "pq-out-5bit-d2"), (3,), 31),
 }
 
 
@@ -117,7 +163,7 @@ CASES = (
     Case("binary", "mlp45x19x11", ("--method", "binary",)),
     Case("rq-2x3bit", "gemm37x29", ("--method", "rq", "--bits", "3", "--dim", "2", "--stages", "2")),
     Case("svd-rank5", "mlp45x19x11", ("--method", "svd", "--rank", "5")),
-)
+) + tuple(Case(name, name, ()) for name in GATHER_MODELS)
 
 
 # --- running ----------------------------------------------------------------------------
@@ -152,11 +198,11 @@ def run_process(command: list[str], *, force_scalar: bool,
 
 
 def run_runner(prefix: list[str], runner: Path, library: Path, model: Path, inputs: Path,
-               out_dir: Path, *, force_scalar: bool) -> RunResult:
+               out_dir: Path, *, force_scalar: bool, input_name: str = "X") -> RunResult:
     """One onnxvq_runner process; raises RuntimeError with its log when it fails."""
     out_dir.mkdir(parents=True, exist_ok=True)
     command = prefix + [str(runner), "--model", str(model), "--ops-library", str(library),
-                        "--input", f"X={inputs}", "--output-dir", str(out_dir),
+                        "--input", f"{input_name}={inputs}", "--output-dir", str(out_dir),
                         "--warmup", "0", "--repeat", "1", "--threads", "1"]
     done = run_process(command, force_scalar=force_scalar)
     log = done.stdout + done.stderr
@@ -168,6 +214,11 @@ def run_runner(prefix: list[str], runner: Path, library: Path, model: Path, inpu
 
 
 def compress(case: Case, work: Path) -> Path:
+    if case.model in GATHER_MODELS:  # built compressed, no CLI involved
+        target = work / f"{case.name}.vq.onnx"
+        builder, args, _, _ = GATHER_MODELS[case.model]
+        builder(target, *args)
+        return target
     source = work / f"{case.model}.onnx"
     if not source.exists():
         builder, args, _ = MODELS[case.model]
@@ -181,12 +232,12 @@ def compress(case: Case, work: Path) -> Path:
     return target
 
 
-def python_outputs(model: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(onnxvq.session on x86, the numpy reference) outputs for input X = x."""
+def python_outputs(model: Path, x: np.ndarray, input_name: str = "X") -> tuple[np.ndarray, np.ndarray]:
+    """(onnxvq.session on x86, the numpy reference) outputs for input `input_name` = x."""
     from onnx.reference import ReferenceEvaluator
 
-    session_y = onnxvq.session(model).run(None, {"X": x})[0]
-    reference_y = ReferenceEvaluator(str(model), new_ops=reference_ops()).run(None, {"X": x})[0]
+    session_y = onnxvq.session(model).run(None, {input_name: x})[0]
+    reference_y = ReferenceEvaluator(str(model), new_ops=reference_ops()).run(None, {input_name: x})[0]
     return session_y, np.asarray(reference_y, dtype=np.float32)
 
 
@@ -250,21 +301,27 @@ def model_case(tools: Tools, case: Case, batch: int, work: Path, model: Path, ta
     """All runs of one (case, batch), then one line per aarch64 kernel path."""
     tag = f"{case.name}-b{batch}"
     rng = np.random.default_rng(batch)
-    x = rng.uniform(-1, 1, (batch, *MODELS[case.model][2])).astype(np.float32)
-    inputs = work / f"{tag}.X.npy"
+    if case.model in GATHER_MODELS:  # int64 indices in [-V, V-1]
+        _, _, shape, rows = GATHER_MODELS[case.model]
+        x, input_name = rng.integers(-rows, rows, (batch, *shape)).astype(np.int64), "indices"
+    else:
+        x, input_name = rng.uniform(-1, 1, (batch, *MODELS[case.model][2])).astype(np.float32), "X"
+    inputs = work / f"{tag}.{input_name}.npy"
     np.save(inputs, x)
 
     def arm(force_scalar):
         return run_runner(tools.qemu, tools.arm_runner, tools.arm_library, model, inputs,
-                          work / tag / ("arm-scalar" if force_scalar else "arm"), force_scalar=force_scalar)
+                          work / tag / ("arm-scalar" if force_scalar else "arm"), force_scalar=force_scalar,
+                          input_name=input_name)
 
     def x86(force_scalar):
         return run_runner([], tools.x86_runner, tools.x86_library, model, inputs,
-                          work / tag / ("x86-scalar" if force_scalar else "x86"), force_scalar=force_scalar)
+                          work / tag / ("x86-scalar" if force_scalar else "x86"), force_scalar=force_scalar,
+                          input_name=input_name)
 
     futures = {(arch, s): pool.submit(fn, s) for arch, fn in (("arm", arm), ("x86", x86))
                for s in (False, True)}
-    session_y, reference_y = python_outputs(model, x)
+    session_y, reference_y = python_outputs(model, x, input_name)
     runs = {}
     for key, future in futures.items():
         try:
