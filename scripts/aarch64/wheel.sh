@@ -38,26 +38,33 @@ build_wheel() {
     -C "cmake.define.ONNXRUNTIME_INCLUDE_DIR=$ORT_INCLUDE" "${cross[@]}" "$ONNXVQ_ROOT"
   local wheel
   wheel="$(wheel_path "$arch")"
-  check_library_arch "$wheel" "$arch"
+  check_wheel_contents "$wheel" "$arch"
   info "built $wheel"
 }
 
-# The op library inside the wheel must be built for the wheel's architecture.
-check_library_arch() {
-  local wheel="$1" arch="$2" out
-  out="$(mktemp -d)"
-  "$VENV_PY" -m zipfile -e "$wheel" "$out"
-  local machine
-  machine="$("$VENV_PY" - "$out/onnxvq/libonnxvq_ops.so" <<'PY'
-import sys
-header = open(sys.argv[1], "rb").read(20)
+# The wheel must carry the op library, built for the wheel's architecture, and declare the
+# `onnxvq` console script (the x86 smoke test also checks both once installed).
+check_wheel_contents() {
+  local wheel="$1" arch="$2" machine
+  machine="$("$VENV_PY" - "$wheel" <<'PY'
+import configparser, sys, zipfile
+wheel = zipfile.ZipFile(sys.argv[1])
+names = wheel.namelist()
+if "onnxvq/libonnxvq_ops.so" not in names:
+    sys.exit(f"{sys.argv[1]}: no onnxvq/libonnxvq_ops.so in the wheel")
+entry_points = configparser.ConfigParser()
+for name in names:
+    if name.endswith(".dist-info/entry_points.txt"):
+        entry_points.read_string(wheel.read(name).decode())
+if entry_points.get("console_scripts", "onnxvq", fallback=None) != "onnxvq.cli:main":
+    sys.exit(f"{sys.argv[1]}: declares no `onnxvq = onnxvq.cli:main` console script")
+header = wheel.read("onnxvq/libonnxvq_ops.so")[:20]
 machines = {62: "x86_64", 183: "aarch64"}  # ELF e_machine, little-endian at offset 18
 print(machines.get(int.from_bytes(header[18:20], "little"), "unknown"))
 PY
-)"
-  rm -rf "$out"
+)" || die "$wheel is incomplete"
   [[ "$machine" == "$arch" ]] || die "$wheel: onnxvq/libonnxvq_ops.so is $machine, expected $arch"
-  info "$(basename "$wheel"): onnxvq/libonnxvq_ops.so is an $machine library"
+  info "$(basename "$wheel"): onnxvq/libonnxvq_ops.so is an $machine library; console script onnxvq declared"
 }
 
 # A brand-new venv in /tmp: the wheel and its dependencies from the package index (pinned
@@ -65,6 +72,7 @@ PY
 check_x86_64() {
   local wheel work
   wheel="$(wheel_path x86_64)"
+  check_wheel_contents "$wheel" x86_64
   work="$(mktemp -d "${TMPDIR:-/tmp}/onnxvq-wheel-check.XXXXXX")"
   python3 -m venv "$work/venv"
   # --no-compile: the smoke test imports little; byte-compiling scipy & co. would cost more.
@@ -79,7 +87,7 @@ check_x86_64() {
 check_aarch64() {
   local wheel work
   wheel="$(wheel_path aarch64)"
-  check_library_arch "$wheel" aarch64
+  check_wheel_contents "$wheel" aarch64
   [[ -x "$ONNXVQ_ROOT/build/aarch64/runner/onnxvq_runner" && -x "$ONNXVQ_ROOT/build/x86_64/runner/onnxvq_runner" ]] \
     || bash "$ONNXVQ_ROOT/scripts/aarch64/build.sh" all
   work="$(mktemp -d "${TMPDIR:-/tmp}/onnxvq-wheel-check.XXXXXX")"
