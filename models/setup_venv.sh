@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create the torch venv used by build_mnist.py and build_mobilenet.py (default .venv-models
+# Create the torch venv used by build_mnist.py, build_mobilenet.py and build_minilm.py (default .venv-models
 # at the repository root). The core .venv is never touched.
 # Usage: bash models/setup_venv.sh [VENV_DIR]
 set -euo pipefail

@@ -103,3 +103,53 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     lo, hi, w = _linear_weights(img.shape[1], width)
     w = w.reshape(1, -1, *([1] * (img.ndim - 2)))
     return img[:, lo] * (1 - w) + img[:, hi] * w
+
+
+# ---------------------------------------------------------------- augmentation (seeded, numpy only)
+
+def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
+                            scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a crop covering `scale` of the area at aspect `ratio`, as torchvision's
+    RandomResizedCrop picks it (10 tries, then the largest centred crop that fits the ratio range)."""
+    area = height * width
+    log_ratio = np.log(ratio)
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(*log_ratio))
+        w = int(round(np.sqrt(target * aspect)))
+        h = int(round(np.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif aspect > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float = 0.15) -> np.ndarray:
+    """Brightness, contrast and saturation each scaled by a factor in [1-s, 1+s]; values 0..255."""
+    x = image.astype(np.float32)
+    x = x * rng.uniform(1 - strength, 1 + strength)
+    gray = x.mean(axis=-1, keepdims=True) if x.ndim == 3 else x
+    x = gray.mean() + (x - gray.mean()) * rng.uniform(1 - strength, 1 + strength)
+    if x.ndim == 3:
+        gray = x.mean(axis=-1, keepdims=True)
+        x = gray + (x - gray) * rng.uniform(1 - strength, 1 + strength)
+    return np.clip(x, 0, 255)
+
+
+def augment(image: np.ndarray, rng: np.random.Generator, height: int, width: int,
+            scale=(0.35, 1.0), jitter: float = 0.15) -> np.ndarray:
+    """Random resized crop to (height, width), horizontal flip with p = 0.5, small colour jitter.
+
+    `image` is (H, W) or (H, W, C) with values 0..255; returns float32 in 0..255.
+    """
+    top, left, h, w = random_resized_crop_box(image.shape[0], image.shape[1], rng, scale)
+    out = resize_bilinear(image[top:top + h, left:left + w], height, width)
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    return color_jitter(out, rng, jitter).astype(np.float32)

@@ -26,28 +26,54 @@ _common = [
 
 
 
-@main.command("eval", epilog="\b\nPreprocessing spec (--preprocess):\n" + PREPROCESS_HELP)
+_TASK_HELP = """\
+Tasks (--task):
+  classify   top-1/top-5 accuracy on labels y; with --against, argmax agreement (per sample, or
+             per position for sequence outputs) and the output's relative error
+  embedding  one vector per input [N, D], no labels; with --against, the cosine between the
+             original's and MODEL's embedding of each input (mean, and the minimum with its
+             index) and nearest-neighbour agreement: for each input, its most cosine-similar
+             other input of the set under the original and under MODEL; the share that match
+  auto       embedding when the data has no labels (y >= 0), the output is 2-D float and
+             its name contains "embed" or its rows have unit L2 norm (|norm - 1| < 1e-3) and
+             are not probabilities (>= 0 and summing to 1: a confident softmax); otherwise
+             classify
+Example: onnxvq eval minilm.vq.onnx --data minilm_eval.npz --against minilm.onnx --task embedding"""
+
+
+@main.command("eval", epilog="\b\nPreprocessing spec (--preprocess):\n" + PREPROCESS_HELP
+              + "\n\n\b\n" + _TASK_HELP)
 @click.argument("model", type=click.Path())
 @click.option("--data", required=True, type=click.Path(),
               help=".npz with the inputs (input names, or `x`) and optional int labels `y` (-1 = unlabeled).")
 @click.option("--against", type=click.Path(), default=None,
-              help="Original model: also report top-1/top-5 agreement with its predictions.")
+              help="Original model: also report top-1/top-5 agreement with its predictions (embedding "
+                   "models: cosine and nearest-neighbour agreement).")
 @_with(_common)
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="onnxruntime threads (0 = its default).")
+@click.option("--task", type=click.Choice(["auto", "classify", "embedding"]), default="auto", show_default=True,
+              help="What the output is: class scores, or an embedding compared by cosine and nearest "
+                   "neighbours (see below).")
 @click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="PATH",
               help="Write the report as JSON to PATH (`--json -` prints it instead of the summary).")
-def eval_cmd(model, data, against, preprocess, batch_size, samples, output_name, threads, json_out):
-    """Top-1/top-5 accuracy of MODEL on labeled data, and agreement with an original model."""
+def eval_cmd(model, data, against, preprocess, batch_size, samples, output_name, threads, task, json_out):
+    """Top-1/top-5 accuracy of MODEL on labeled data, and agreement with an original model.
+
+    For an embedding model (see --task): cosine to the original's embeddings and nearest-neighbour
+    agreement."""
     from .evaluate import evaluate_model, parse_preprocess
 
     report = evaluate_model(model, data, against=against, preprocess=parse_preprocess(preprocess),
-                            batch_size=batch_size, samples=samples, output=output_name, threads=threads)
+                            batch_size=batch_size, samples=samples, output=output_name, threads=threads, task=task)
     if json_out == "-":
         click.echo(json.dumps(report, indent=2))
         return
     if json_out:
         _write_json(json_out, report)
     r = report["result"]
+    if r.get("task") == "embedding":
+        _echo_embedding(report)
+        return
     click.echo(f"samples: {r['samples']} ({r['labeled']} labeled)")
     if "original" in report:
         o = report["original"]
@@ -60,6 +86,21 @@ def eval_cmd(model, data, against, preprocess, batch_size, samples, output_name,
                    f"output rel err {r['output_rel_err']:.4g}")
     if r["top1"] is None and "original" not in report:
         click.echo("no labels (y >= 0) in the data: pass --against ORIGINAL to measure agreement")
+
+
+def _echo_embedding(report) -> None:
+    r = report["result"]
+    click.echo(f"samples: {r['samples']} (embeddings of {r['embedding_dim']} values, mean norm {r['norm_mean']:.4g})")
+    if "cosine_mean" not in r:
+        click.echo("embedding output: pass --against ORIGINAL to compare embeddings")
+        return
+    click.echo(f"cosine to original  mean {r['cosine_mean']:.6f}  min {r['cosine_min']:.6f} "
+               f"(sample {r['cosine_min_index']})")
+    if r["nn_agreement"] is not None:
+        click.echo(f"nearest-neighbour agreement {_pct(r['nn_agreement'])} ({r['nn_matches']}/{r['samples']})  "
+                   f"output rel err {r['output_rel_err']:.4g}")
+    else:
+        click.echo(f"nearest-neighbour agreement - (needs 2 samples)  output rel err {r['output_rel_err']:.4g}")
 
 
 @main.command("sweep")

@@ -7,6 +7,12 @@ agreement). Raw data can be normalized on the fly with a small preprocessing spe
 
 Top-1 agreement compares the candidate's argmax with the reference's argmax over the last axis
 of the output, for every sample (and every position, for sequence outputs such as a CTC head).
+
+For a model whose output is an embedding (``task="embedding"``: one float vector per input, no
+labels) the comparison is instead the cosine between the original's and the candidate's
+embedding of each input (mean and minimum), and nearest-neighbour agreement: the share of inputs
+whose nearest other input of the set, by cosine, is the same under both models. See
+:func:`resolve_task` for when ``auto`` picks it.
 """
 from __future__ import annotations
 
@@ -271,9 +277,80 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     return out
 
 
+TASKS = ("auto", "classify", "embedding")
+
+
+def resolve_task(task: str, outputs: np.ndarray, labels: np.ndarray | None, output_name: str | None = None) -> str:
+    """``classify`` or ``embedding``. ``auto`` picks embedding when the data has no labels (y >= 0),
+    the output is 2-D float [N, D], and either its rows have unit L2 norm (|norm - 1| < 1e-3, as a
+    normalized sentence embedding has) or the output's name contains "embed"; else classify.
+    Rows that are probability distributions (>= 0, summing to 1) are class scores even when a
+    confident softmax has a norm close to 1."""
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task != "auto":
+        return task
+    if labels is not None and (labels >= 0).any():
+        return "classify"
+    if outputs.ndim != 2 or not np.issubdtype(outputs.dtype, np.floating) or outputs.shape[0] == 0:
+        return "classify"
+    rows = outputs.astype(np.float64)
+    if "embed" in (output_name or "").lower():
+        return "embedding"
+    if bool(np.all(rows >= 0)) and bool(np.all(np.abs(rows.sum(axis=1) - 1.0) < 1e-3)):
+        return "classify"  # softmax scores
+    norms = np.linalg.norm(rows, axis=1)
+    return "embedding" if bool(np.all(np.abs(norms - 1.0) < 1e-3)) else "classify"
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = x.reshape(x.shape[0], -1).astype(np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def nearest_neighbours(embeddings: np.ndarray, block: int = 1024) -> np.ndarray:
+    """For each row, the index of the most cosine-similar *other* row (blockwise: no N x N matrix)."""
+    e = _unit_rows(embeddings)
+    n = e.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    for start in range(0, n, block):
+        sims = e[start:start + block] @ e.T
+        rows = np.arange(sims.shape[0])
+        sims[rows, start + rows] = -np.inf  # an input is not its own neighbour
+        out[start:start + block] = sims.argmax(axis=1)
+    return out
+
+
+def embedding_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
+    """Per-input cosine between reference and candidate embeddings (mean, min and where), and
+    nearest-neighbour agreement over the set (None with fewer than 2 inputs)."""
+    if reference.shape != candidate.shape:
+        raise RuntimeFailure(f"output shapes differ: reference {list(reference.shape)}, "
+                             f"candidate {list(candidate.shape)}")
+    if reference.ndim < 2 or reference.shape[0] == 0:
+        raise InvalidModel(f"an embedding output must be [N, D], got shape {list(reference.shape)}")
+    cosine = np.sum(_unit_rows(reference) * _unit_rows(candidate), axis=1)
+    worst = int(cosine.argmin())
+    out: dict[str, Any] = {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine[worst]),
+                           "cosine_min_index": worst, "nn_agreement": None, "nn_matches": None}
+    if reference.shape[0] >= 2:
+        same = nearest_neighbours(reference) == nearest_neighbours(candidate)
+        out["nn_agreement"] = float(same.mean())
+        out["nn_matches"] = int(same.sum())
+    diff = candidate.astype(np.float64) - reference
+    norm = float(np.linalg.norm(reference))
+    out["output_rel_err"] = float(np.linalg.norm(diff) / norm) if norm > 0 else float(np.linalg.norm(diff))
+    return out
+
+
 @dataclass
 class Evaluator:
-    """Evaluates candidate models on one dataset, against one reference model's outputs."""
+    """Evaluates candidate models on one dataset, against one reference model's outputs.
+
+    ``task`` is ``classify`` (accuracy, argmax agreement), ``embedding`` (cosine and
+    nearest-neighbour agreement) or ``auto`` (decided on the first outputs seen, see resolve_task).
+    """
 
     dataset: Dataset
     reference: np.ndarray | None = None
@@ -282,11 +359,15 @@ class Evaluator:
     threads: int = 0
     fixed_batch: int | None = None
     baseline: dict[str, Any] = field(default_factory=dict)
+    task: str = "classify"
+    output_name: str | None = None  # the scored output's name, for resolve_task
 
     @classmethod
     def for_model(cls, reference_model: onnx.ModelProto, dataset: Dataset, *, output: str | None = None,
-                  batch_size: int = 256, threads: int = 0) -> "Evaluator":
-        ev = cls(dataset, None, output, batch_size, threads, _fixed_batch(reference_model))
+                  batch_size: int = 256, threads: int = 0, task: str = "classify") -> "Evaluator":
+        ev = cls(dataset, None, output, batch_size, threads, _fixed_batch(reference_model), task=task,
+                 output_name=output or (reference_model.graph.output[0].name if reference_model.graph.output
+                                        else None))
         start = time.perf_counter()
         ev.reference = ev.predict(reference_model, "original")
         ev.baseline = {**ev.scores(ev.reference), "eval_seconds": time.perf_counter() - start}
@@ -297,10 +378,15 @@ class Evaluator:
                        threads=self.threads, label=label, fixed_batch=self.fixed_batch)
 
     def scores(self, outputs: np.ndarray) -> dict[str, Any]:
+        self.task = resolve_task(self.task, outputs, self.dataset.labels, self.output_name)
         out: dict[str, Any] = {"samples": self.dataset.samples, "labeled": self.dataset.labeled,
-                               "top1": None, "top5": None}
+                               "top1": None, "top5": None, "task": self.task}
         labels = self.dataset.labels
-        if labels is not None and self.dataset.labeled:
+        if self.task == "embedding":
+            out["embedding_dim"] = int(np.prod(outputs.shape[1:]))
+            norms = np.linalg.norm(outputs.reshape(outputs.shape[0], -1).astype(np.float64), axis=1)
+            out["norm_mean"] = float(norms.mean()) if norms.size else None
+        elif labels is not None and self.dataset.labeled:
             if outputs.shape[:-1] != labels.shape:
                 raise InvalidModel(f"labels y of shape {list(labels.shape)} do not match the output's "
                                    f"shape {list(outputs.shape)} (expected y of shape {list(outputs.shape[:-1])})")
@@ -314,15 +400,17 @@ class Evaluator:
         outputs = self.predict(model, label)
         result = self.scores(outputs)
         if self.reference is not None:
-            result.update(agreement(self.reference, outputs))
+            compare = embedding_agreement if self.task == "embedding" else agreement
+            result.update(compare(self.reference, outputs))
         result["eval_seconds"] = time.perf_counter() - start
         return result
 
 
 def evaluate_model(model_path: str | Path, data_path: str | Path, *, against: str | Path | None = None,
                    preprocess: Preprocess | None = None, batch_size: int = 256, samples: int | None = None,
-                   output: str | None = None, threads: int = 0) -> dict[str, Any]:
-    """What ``onnxvq eval`` reports: accuracy of MODEL, and its agreement with AGAINST if given."""
+                   output: str | None = None, threads: int = 0, task: str = "auto") -> dict[str, Any]:
+    """What ``onnxvq eval`` reports: accuracy of MODEL, and its agreement with AGAINST if given
+    (for an embedding output: cosine and nearest-neighbour agreement, see resolve_task)."""
     from .modelio import load_model
 
     model = load_model(model_path)
@@ -332,11 +420,13 @@ def evaluate_model(model_path: str | Path, data_path: str | Path, *, against: st
         original = load_model(against)
         if [v.name for v in graph_inputs(original)] != [v.name for v in graph_inputs(model)]:
             raise InvalidModel(f"{against} and {model_path} have different inputs")
-        ev = Evaluator.for_model(original, dataset, output=output, batch_size=batch_size, threads=threads)
+        ev = Evaluator.for_model(original, dataset, output=output, batch_size=batch_size, threads=threads,
+                                 task=task)
         report["against"] = str(against)
         report["original"] = ev.baseline
         report["result"] = ev.evaluate(model)
     else:
-        ev = Evaluator(dataset, None, output, batch_size, threads, _fixed_batch(model))
+        ev = Evaluator(dataset, None, output, batch_size, threads, _fixed_batch(model), task=task,
+                       output_name=output or (model.graph.output[0].name if model.graph.output else None))
         report["result"] = ev.evaluate(model, "evaluated")
     return report

@@ -146,7 +146,8 @@ def test_truncated_and_dense_twin_evaluation_match_the_real_compressed_model(con
     model_path, data, _ = convnet
     model = onnx.load(model_path)
     dataset = load_dataset(model, data)
-    layers = select_layers(model, Grid([KMeansConfig(bits=2)], min_elements=0))
+    # dense layers only: the conv trunk stays frozen, so the sweep can run it once
+    layers = select_layers(model, Grid([KMeansConfig(bits=2)], min_elements=0, op_types=("Gemm", "MatMul")))
     assert [layer.name for layer in layers] == ["fc1", "fc2"]
     runner = SweepRunner(model, layers, dataset)
     assert runner.truncation is not None and "f" in runner.truncation.values  # the conv trunk ran once
@@ -169,7 +170,8 @@ def test_encodings_are_fitted_once_per_layer_and_config(convnet, monkeypatch):
 
     model_path, data, _ = convnet
     model = onnx.load(model_path)
-    grid = sweep.Grid([KMeansConfig(bits=2), SVDConfig(ratio=4)], per_layer=True, min_elements=0)
+    grid = sweep.Grid([KMeansConfig(bits=2), SVDConfig(ratio=4)], per_layer=True, min_elements=0,
+                      op_types=("Gemm", "MatMul"))
     calls = []
     real_fit = sweep._fit
     monkeypatch.setattr(sweep, "_fit", lambda w, c, s: calls.append((w.shape, c)) or real_fit(w, c, s))
@@ -207,7 +209,7 @@ def test_sweep_cli_writes_csv_json_and_plots(convnet, tmp_path):
     model, data, _ = convnet
     grid = tmp_path / "g.yaml"
     grid.write_text("settings:\n  - {method: kmeans, bits: [2, 4]}\n  - {method: pq, bits: 3, dim: 2, axis: out}\n"
-                    "  - {method: binary}\nmin_elements: 0\n")
+                    "  - {method: binary}\nmin_elements: 0\nop_types: [Gemm, MatMul]\n")
     out = tmp_path / "sweep"
     r = invoke("sweep", model, "--data", data, "--out", out, "--grid", grid, "--quiet")
     assert r.exit_code == 0, r.output
@@ -260,3 +262,129 @@ def test_sweep_on_unlabeled_data_uses_agreement(tmp_path):
     assert result.metric == "top1_agreement" and result.rows[0]["top1"] is None
     assert result.rows[0]["top1_agreement"] > 0.5
     assert isinstance(result.baseline, dict) and isinstance(Dataset, type)
+
+
+# ---------------------------------------------------------------- embedding outputs
+
+def sentence_encoder(table, w):
+    """Gather(table) -> MatMul(w) -> Tanh -> mean over attention_mask -> L2 normalize, like a tiny
+    sentence-transformers model: inputs input_ids/attention_mask int64 [batch, seq]."""
+    i64 = TensorProto.INT64
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["e"], name="embed"),
+             helper.make_node("MatMul", ["e", "w"], ["h0"], name="proj"),
+             helper.make_node("Tanh", ["h0"], ["h"]),
+             helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["m", "axis2"], ["m3"]),
+             helper.make_node("Mul", ["h", "m3"], ["hm"]),
+             helper.make_node("ReduceSum", ["hm", "axis1"], ["s"], keepdims=0),
+             helper.make_node("ReduceSum", ["m3", "axis1"], ["c"], keepdims=0),
+             helper.make_node("Div", ["s", "c"], ["pooled"]),
+             helper.make_node("LpNormalization", ["pooled"], ["sentence_embedding"], axis=1, p=2)]
+    graph = helper.make_graph(
+        nodes, "encoder",
+        [helper.make_tensor_value_info("input_ids", i64, ["batch", "seq"]),
+         helper.make_tensor_value_info("attention_mask", i64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", w.shape[1]])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w"),
+         numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+         numpy_helper.from_array(np.array([1], np.int64), "axis1")])
+    return builders._model(graph)
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    """The encoder, a slightly and a strongly perturbed copy, and 60 padded 'sentences'."""
+    folder = tmp_path_factory.mktemp("encoder")
+    rng = np.random.default_rng(3)
+    table, w = builders.rand(rng, 50, 16), builders.rand(rng, 16, 12, scale=0.4)
+    paths = {}
+    for name, noise in (("original", 0.0), ("slight", 0.02), ("strong", 0.6)):
+        t = table + noise * builders.rand(rng, *table.shape)
+        v = w + noise * 0.4 * builders.rand(rng, *w.shape)
+        paths[name] = folder / f"{name}.onnx"
+        onnx.save(sentence_encoder(t, v), paths[name])
+    lengths = rng.integers(2, 9, size=60)
+    ids = np.zeros((60, 8), np.int64)
+    mask = (np.arange(8)[None] < lengths[:, None]).astype(np.int64)
+    ids[mask == 1] = rng.integers(1, 50, size=int(mask.sum()))
+    np.savez(folder / "sentences.npz", input_ids=ids, attention_mask=mask, text=np.array([f"s{i}" for i in range(60)]))
+    return paths, folder / "sentences.npz"
+
+
+def test_embedding_agreement_math():
+    from onnxvq.evaluate import embedding_agreement, nearest_neighbours
+
+    # three pairs of close vectors: (0, 1) along x, (2, 3) along y, (4, 5) along z
+    ref = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0.1, 0.9, 0], [0, 0, 1], [0, 0.1, 0.9]], np.float32)
+    same = embedding_agreement(ref, ref * 3)  # scale does not matter to a cosine
+    assert same["cosine_mean"] == pytest.approx(1) and same["cosine_min"] == pytest.approx(1)
+    assert same["nn_agreement"] == 1.0 and same["nn_matches"] == 6
+    assert nearest_neighbours(ref).tolist() == [1, 0, 3, 2, 5, 4]
+    cand = ref.copy()
+    cand[1] = [0.3, 0, 1]  # input 1 moves next to 4, though less close to it than 5 is
+    r = embedding_agreement(ref, cand)
+    cos1 = 0.9 * 0.3 / (np.hypot(0.9, 0.1) * np.hypot(0.3, 1.0))
+    assert r["cosine_min"] == pytest.approx(cos1, rel=1e-6) and r["cosine_min_index"] == 1
+    assert r["cosine_mean"] == pytest.approx((5 + cos1) / 6, rel=1e-6)
+    # only input 1 changes its nearest neighbour (0 -> 4); 0 still finds 1 nearest, 4 and 5 each other
+    assert nearest_neighbours(cand).tolist() == [1, 4, 3, 2, 5, 4]
+    assert r["nn_agreement"] == pytest.approx(5 / 6) and r["nn_matches"] == 5
+    # blockwise search gives the same neighbours as one block
+    big = np.random.default_rng(0).standard_normal((50, 7))
+    assert (nearest_neighbours(big, block=3) == nearest_neighbours(big)).all()
+    assert embedding_agreement(ref[:1], cand[:1])["nn_agreement"] is None
+
+
+def test_auto_task_picks_embedding_only_for_unlabeled_unit_vectors():
+    from onnxvq.evaluate import resolve_task
+
+    unit = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    logits = np.arange(16, dtype=np.float32).reshape(4, 4)
+    assert resolve_task("auto", unit, None) == "embedding"
+    assert resolve_task("auto", unit, np.array([0, 1, -1, 2])) == "classify"
+    assert resolve_task("auto", unit, np.full(4, -1)) == "embedding"  # -1 = unlabeled
+    assert resolve_task("auto", logits, None) == "classify"
+    assert resolve_task("auto", logits, None, "image_embeds") == "embedding"
+    assert resolve_task("auto", unit[None], None) == "classify"  # 3-D: a sequence output
+    confident = np.array([[0.9999, 0.0001, 0, 0], [0, 0, 0.00005, 0.99995]], np.float32)  # softmax, norm ~1
+    assert resolve_task("auto", confident, None) == "classify"
+    assert resolve_task("auto", np.eye(4, dtype=np.float32), None) == "classify"  # one-hot: probabilities
+    assert resolve_task("embedding", logits, None) == "embedding"
+    with pytest.raises(ConfigError):
+        resolve_task("regress", unit, None)
+
+
+def test_eval_embedding_identical_model_scores_perfectly(encoders):
+    paths, data = encoders
+    r = invoke("eval", paths["original"], "--data", data, "--against", paths["original"], "--json", "-")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)["result"]
+    assert res["task"] == "embedding" and res["embedding_dim"] == 12  # picked by auto
+    assert res["cosine_mean"] == pytest.approx(1, abs=1e-6) and res["cosine_min"] == pytest.approx(1, abs=1e-6)
+    assert res["nn_agreement"] == 1.0 and res["nn_matches"] == 60 and res["top1"] is None
+    assert "top1_agreement" not in res
+
+
+def test_eval_embedding_perturbed_models_score_lower(encoders):
+    paths, data = encoders
+    slight = json.loads(invoke("eval", paths["slight"], "--data", data, "--against", paths["original"],
+                               "--task", "embedding", "--json", "-").output)["result"]
+    strong = json.loads(invoke("eval", paths["strong"], "--data", data, "--against", paths["original"],
+                               "--json", "-").output)["result"]
+    assert 0.99 < slight["cosine_mean"] < 1 - 1e-5 and slight["cosine_min"] < slight["cosine_mean"]
+    assert strong["cosine_mean"] < slight["cosine_mean"] - 0.05 and strong["cosine_min"] < strong["cosine_mean"]
+    assert strong["nn_agreement"] < 0.9 and strong["nn_agreement"] <= slight["nn_agreement"]
+    assert strong["nn_matches"] == round(strong["nn_agreement"] * 60)
+    r = invoke("eval", paths["strong"], "--data", data, "--against", paths["original"])
+    assert r.exit_code == 0 and "cosine to original" in r.output and "nearest-neighbour agreement" in r.output
+    # --task classify keeps the argmax report on the same data
+    r = json.loads(invoke("eval", paths["strong"], "--data", data, "--against", paths["original"],
+                          "--task", "classify", "--json", "-").output)["result"]
+    assert r["task"] == "classify" and "top1_agreement" in r and "cosine_mean" not in r
+
+
+def test_eval_embedding_without_reference_says_what_to_pass(encoders):
+    paths, data = encoders
+    r = invoke("eval", paths["original"], "--data", data)
+    assert r.exit_code == 0 and "--against" in r.output and "12 values" in r.output
