@@ -244,3 +244,110 @@ def test_sizes_count_every_kind():
     assert by_name["conv2"]["weight_shape"] == [16, 8, 3, 3]
     t = totals(rows)
     assert t["original_bytes"] == sum(r["original_bytes"] for r in rows if not r.get("skipped_reason"))
+
+
+# --- portable Gather: gather over the codes, then decode ---------------------------------------
+RUNTIME_DECODE_OPS = {"Shape", "Concat", "Gather", "Cast", "Add", "Less", "Where", "Div", "Mul", "Reshape",
+                      "MatMul", "Slice"}
+
+
+def _lookup_model(ids_dtype=np.int64, ids_shape=("batch", 8), *, vocab=64, dim=24, opset=builders.OPSET,
+                  table_dtype=np.float32, seed=0):
+    """Just Gather(table, ids): ids of any dtype and rank (() is a scalar id)."""
+    rng = np.random.default_rng(seed)
+    table = builders.rand(rng, vocab, dim, scale=0.5).astype(table_dtype)
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(table_dtype))
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Gather", ["tok.table", "ids"], ["tok"], name="tok_embed", axis=0)], "lookup",
+        [onnx.helper.make_tensor_value_info("ids", onnx.helper.np_dtype_to_tensor_dtype(np.dtype(ids_dtype)),
+                                            list(ids_shape))],
+        [onnx.helper.make_tensor_value_info("tok", elem, [*ids_shape, dim])],
+        [onnx.numpy_helper.from_array(table, "tok.table")])
+    return builders._model(graph, opset)
+
+
+def _ids(shape, dtype, vocab=64, seed=1):
+    """Ids over [-V, V-1], both ends included (negatives count from the end, as in Gather)."""
+    ids = np.random.default_rng(seed).integers(-vocab, vocab, shape).astype(dtype)
+    if ids.ndim:
+        ids.flat[0], ids.flat[-1] = -vocab, vocab - 1
+    return ids
+
+
+def _assert_close(got, want, atol):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    scale = max(float(np.abs(want.astype(np.float64)).max()), 1e-6)
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=0, atol=atol * scale)
+
+
+@pytest.mark.parametrize("ids_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("ids_shape", [(3, 8), (), (2, 3, 4)], ids=["rank2", "scalar", "rank3"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_portable_gather_matches_its_twin_for_any_ids(method, ids_shape, ids_dtype):
+    model = _lookup_model(ids_dtype, ids_shape)
+    result = compress_model(model, build_plan({**METHODS[method], "min_elements": 0, "format": "portable"}))
+    onnx.checker.check_model(result.model, full_check=True)
+    assert not any(n.domain == DOMAIN for n in result.model.graph.node)
+    feeds = {"ids": _ids(ids_shape, ids_dtype)}
+    (got,), (want,) = run(result.model, feeds, False), run(decoded_twin(model, result), feeds, False)
+    _assert_close(got, want, TWIN_ATOL)
+
+
+@pytest.mark.parametrize("method", ["kmeans4", "kmeans3_g4", "rq", "pq3_d3_out"])
+def test_portable_gather_of_a_float16_table_stays_float16(method):
+    model = _lookup_model(table_dtype=np.float16)
+    result = compress_model(model, build_plan({**METHODS[method], "min_elements": 0, "format": "portable",
+                                               "codebook_dtype": "float16"}))
+    onnx.checker.check_model(result.model, full_check=True)
+    feeds = {"ids": _ids((3, 8), np.int64)}
+    (got,), (want,) = run(result.model, feeds, False), run(decoded_twin(model, result), feeds, False)
+    assert got.dtype == np.float16
+    _assert_close(got, want, 2e-3)
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+@pytest.mark.parametrize("method", ["kmeans4", "kmeans3_g4", "pq2_d4", "pq3_d3_out", "rq", "binary"])
+def test_portable_gather_is_valid_at_opset_11_and_17(method, opset):
+    model = builders.embedding_model()
+    model.opset_import[0].version = opset  # ReduceMean keeps its axes attribute up to opset 17
+    onnx.checker.check_model(model, full_check=True)
+    result = compress_model(model, build_plan({**METHODS[method], "min_elements": 0, "format": "portable"}))
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_matches_twin(model, result, "portable")
+
+
+@pytest.mark.parametrize("method", ["kmeans4", "kmeans3_g4", "pq2_d4", "rq", "binary"])
+def test_runtime_keeps_uint8_codes_not_a_float_table(method, tmp_path):
+    vocab, dim = 256, 24
+    model = _lookup_model(vocab=vocab, dim=dim)
+    result = compress_model(model, build_plan({**METHODS[method], "min_elements": 0, "format": "portable"}))
+    layout = result.encoded[result.jobs[0].first.weight_key].layout
+    T, R, S = layout.codes_shape
+    optimized = optimized_graph(result.model, tmp_path, custom=False)
+    inits = {t.name: t for t in optimized.graph.initializer}
+    # The unpacking is folded into 1 byte per code ...
+    codes = [t for t in inits.values() if t.data_type == onnx.TensorProto.UINT8]
+    assert [list(t.dims) for t in codes] == [[R, T, S]]
+    assert onnx.numpy_helper.to_array(codes[0]).nbytes == T * R * S
+    # ... and no dense table exists (nor anything near its size).
+    floats = [t for t in inits.values() if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert all(int(np.prod(t.dims)) < vocab * dim // 2 for t in floats), [(t.name, list(t.dims)) for t in floats]
+    # What runs per call is the lookup: the two Gathers (codes, codewords) and the decode around them.
+    ops = [n.op_type for n in optimized.graph.node]
+    assert set(ops) <= RUNTIME_DECODE_OPS and ops.count("Gather") == 2, ops
+    assert not {"Mod", "Transpose"} & set(ops)  # the unpacking ran once, at session creation
+    assert all(n.name.startswith("tok_embed") for n in optimized.graph.node)
+    feeds = {"ids": _ids((3, 8), np.int64, vocab)}
+    (got,), (want,) = run(result.model, feeds, False), run(decoded_twin(model, result), feeds, False)
+    _assert_close(got, want, TWIN_ATOL)
+
+
+def test_axis_out_gather_keeps_the_full_decode(tmp_path):
+    """With axis out a table row is a column of M, so portable decodes the table (folded to dense)."""
+    vocab, dim = 256, 24
+    model = _lookup_model(vocab=vocab, dim=dim)
+    result = compress_model(model, build_plan({**METHODS["pq3_d3_out"], "min_elements": 0, "format": "portable"}))
+    optimized = optimized_graph(result.model, tmp_path, custom=False)
+    assert [n.op_type for n in optimized.graph.node] == ["Gather"]
+    table = next(t for t in optimized.graph.initializer if t.name == optimized.graph.node[0].input[0])
+    assert list(table.dims) == [vocab, dim]

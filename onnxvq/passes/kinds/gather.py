@@ -3,7 +3,10 @@
 W[K, N] = table^T (K = D, the row length; N = V, the rows), so ``axis in`` splits each row into
 subvectors and per-group codebooks cover groups of rows.
 * custom: a VQGather node decodes only the gathered rows; the table stays compressed in RAM;
-* portable: a standard-op decoder feeding the original Gather (folded at load time);
+* portable (axis in): the packed codes are unpacked by constant ops that runtimes fold once into
+  uint8 codes [V, T, S]; at run time a Gather picks the ids' codes and only those rows are decoded,
+  so RAM holds 1 byte per code plus the codebooks, never the float table;
+* portable (axis out): a full standard-op decoder feeding the original Gather (folded to dense at load);
 * low rank (SVD): table ~ B^T A^T, so Gather(B^T, ids) @ A^T: small in RAM and fast.
 """
 from __future__ import annotations
@@ -12,8 +15,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ...ops.schema import DOMAIN, GATHER_OP_TYPE
+from ...ops.schema import AXIS_IN, DOMAIN, GATHER_OP_TYPE
 from ...quantizers.base import CodedWeight, LowRankWeight
+from ..portable import build_row_codes, gather_rows
 from ..sites import NodeContext, Site, check_weight_tensor, number_attr
 from .base import SiteKind, register_kind
 
@@ -67,8 +71,27 @@ class GatherKind(SiteKind):
             ctx.replace_node(site, _cast_to_consumer(site, ctx, GATHER_OP_TYPE, [indices, codes, codebooks], out,
                                                      domain=DOMAIN, **enc.layout.attributes()))
             ctx.uses_domain = True
+        elif isinstance(enc, CodedWeight) and enc.layout.axis == AXIS_IN:
+            codes, books = _row_codes(site, enc, ctx)
+            nodes, inits, rows, shape = gather_rows(enc, codes, books, indices, ctx.names,
+                                                    f"{site.node.name or out}.vq_gather")
+            site.graph.initializer.extend(inits)
+            ctx.replace_node(site, [*nodes, *_cast_to_consumer(site, ctx, "Reshape", [rows, shape], out)])
         else:
+            # axis out: M = W_hat [D, V], so a table row is a column of M and its codes are spread over
+            # every row of M; no row-wise gather exists. Decode the whole table (folded to dense at load).
             ctx.rewire_weight(site, ctx.decoded_weight(site, enc, _table_from_matrix))
+
+
+def _row_codes(site: Site, enc: CodedWeight, ctx) -> tuple[str, str]:
+    """uint8 codes [V, T, S] (folded from the packed stream at load) and flat codebooks, once per graph."""
+    key = (id(site.graph), site.weight_key, "row_codes")
+    if key not in ctx.decoded:
+        nodes, inits, codes, books = build_row_codes(enc, ctx.names, f"{site.weight.name}.vq")
+        site.graph.initializer.extend(inits)
+        ctx.insert_before(site, nodes)
+        ctx.decoded[key] = (codes, books)
+    return ctx.decoded[key]
 
 
 def _low_rank_tables(site: Site, enc: LowRankWeight, ctx) -> tuple[str, str]:
