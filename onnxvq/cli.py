@@ -165,13 +165,17 @@ def _with(options):
               help="Only these op types, comma-separated (default: all of Conv,ConvTranspose,Gather,Gemm,MatMul).")
 @click.option("--protect", default=None, metavar="LIST",
               help="Layers kept dense: comma-separated from depthwise,first_conv (default: depthwise; '' for none).")
+@click.option("--matmul-runtime", type=click.Choice(["auto", "op", "decode"]), default=None,
+              help="custom format, Gemm/MatMul: op = VQMatMul on the codes; decode = a decoder ONNX Runtime folds "
+                   "into the dense weight at load (original speed); auto (default) = op for 2-D activations, "
+                   "decode for sequence (rank >= 3) activations.")
 @click.option("--jobs", type=click.IntRange(min=-1), default=1, help="Layers fitted in parallel (joblib; -1 = all cores).")
 @click.option("--check/--no-check", "run_check", default=True, help="Compare outputs with the original (default on).")
 @_with(_threshold_options)
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write the full report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
 def compress(model, output, method, bits, dim, axis, stages, group_size, rank, ratio, unscaled, codebook_dtype,
-             config_file, seed, include, exclude, min_elements, fmt, op_types, protect, jobs, run_check, data, samples,
+             config_file, seed, include, exclude, min_elements, fmt, op_types, protect, matmul_runtime, jobs, run_check, data, samples,
              input_dim, min_cosine, max_rel_err, json_path, quiet):
     """Compress MODEL's weights (Conv, ConvTranspose, Gather embeddings, Gemm, MatMul) into codes +
     codebooks and write OUTPUT."""
@@ -190,7 +194,7 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
                    "group_size": group_size, "rank": rank, "ratio": ratio, "codebook_dtype": codebook_dtype,
                    "scaled": False if unscaled else None, "seed": seed, "min_elements": min_elements, "format": fmt,
                    "include": include or None, "exclude": exclude or None,
-                   "enabled_op_types": op_types, "protect": protect}
+                   "enabled_op_types": op_types, "protect": protect, "matmul_runtime": matmul_runtime}
     plan = build_plan(load_config_file(config_file) if config_file else None, cli_options)
     # Inputs for the check first: a problem with them (--data, huge declared shapes) stops the
     # run before any work is done or any file is written.

@@ -64,8 +64,37 @@ def protection(site: Site, plan: Plan) -> str | None:
     return None
 
 
+def activation_ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Rank of every tensor shape inference can tell (main graph); empty when it cannot run."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001 - too large, or a model inference rejects: ranks stay unknown
+        return {}
+    ranks = {}
+    for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"):
+            ranks[v.name] = len(v.type.tensor_type.shape.dim)
+    return ranks
+
+
+def matmul_runtime(site: Site, plan: Plan, ranks: dict[str, int]) -> str:
+    """`op` (VQMatMul) or `decode` (standard-op decoder, folded at load) for a Gemm/MatMul site."""
+    if plan.matmul_runtime != "auto":
+        return plan.matmul_runtime
+    rank = 2 if site.op_type == "Gemm" else ranks.get(site.activation)
+    return "decode" if rank is not None and rank >= 3 else "op"
+
+
 def plan_jobs(model: onnx.ModelProto, plan: Plan) -> tuple[list[WeightJob], list[Skipped]]:
     scan = find_sites(model, set(plan.enabled_op_types))
+    if plan.format == "custom" and plan.matmul_runtime == "auto" \
+            and any(s.kind.name == "matmul" and s.op_type == "MatMul" for s in scan.sites):
+        ranks = activation_ranks(model) if model.ByteSize() < 1_800_000_000 else {}
+    else:
+        ranks = {}
+    for site in scan.sites:
+        if site.kind.name == "matmul":
+            site.params["runtime"] = matmul_runtime(site, plan, ranks)
     skipped = list(scan.skipped)
     jobs: dict[tuple, WeightJob] = {}
     for site in scan.sites:

@@ -170,8 +170,13 @@ SUPPORTED_OP_TYPES = ("Conv", "ConvTranspose", "Gather", "Gemm", "MatMul")
 #: Layers the default keeps dense (each a measured choice; README "Defaults").
 PROTECTIONS = ("depthwise", "first_conv")
 DEFAULT_PROTECT = ("depthwise",)
+#: How a compressed Gemm/MatMul runs in --format custom: `op` = the VQMatMul kernel on the codes,
+#: `decode` = a standard-op decoder ONNX Runtime folds into the dense weight at load (original speed,
+#: dense RAM), `auto` = op where the activation is 2-D (rows = batch: the kernel's fast regime) and
+#: decode for sequence activations (rows = batch x tokens, where bench/ measures the kernel slower).
+MATMUL_RUNTIMES = ("auto", "op", "decode")
 PLAN_KEYS = {"include", "exclude", "min_elements", "op_types", "nodes", "seed", "format", "enabled_op_types",
-             "protect"}
+             "protect", "matmul_runtime"}
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,7 @@ class Plan:
     format: str = "custom"
     enabled_op_types: tuple[str, ...] = SUPPORTED_OP_TYPES   # --op-types
     protect: tuple[str, ...] = DEFAULT_PROTECT
+    matmul_runtime: str = "auto"
     kind_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -195,6 +201,8 @@ class Plan:
         unknown = sorted(set(self.enabled_op_types) - set(SUPPORTED_OP_TYPES))
         _require(not unknown, f"op types {unknown} cannot be compressed; choose from {list(SUPPORTED_OP_TYPES)}")
         _require(bool(self.enabled_op_types), "enabled_op_types is empty: nothing would be compressed")
+        _require(self.matmul_runtime in MATMUL_RUNTIMES,
+                 f"matmul_runtime must be one of {list(MATMUL_RUNTIMES)}, got {self.matmul_runtime!r}")
         bad = sorted(set(self.protect) - set(PROTECTIONS))
         _require(not bad, f"protect: unknown value(s) {bad}; choose from {list(PROTECTIONS)}")
         _require(isinstance(self.min_elements, int) and self.min_elements >= 0,
@@ -238,7 +246,7 @@ class Plan:
             "nodes": {k: dict(v) for k, v in self.nodes.items()}, "include": list(self.include),
             "exclude": list(self.exclude), "min_elements": self.min_elements, "seed": self.seed,
             "format": self.format, "enabled_op_types": list(self.enabled_op_types), "protect": list(self.protect),
-            "kind_defaults": {k: dict(v) for k, v in self.kind_defaults.items()},
+            "matmul_runtime": self.matmul_runtime, "kind_defaults": {k: dict(v) for k, v in self.kind_defaults.items()},
         }
 
 

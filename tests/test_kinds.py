@@ -351,3 +351,19 @@ def test_axis_out_gather_keeps_the_full_decode(tmp_path):
     assert [n.op_type for n in optimized.graph.node] == ["Gather"]
     table = next(t for t in optimized.graph.initializer if t.name == optimized.graph.node[0].input[0])
     assert list(table.dims) == [vocab, dim]
+
+
+def test_matmul_runtime_auto_decodes_sequence_layers():
+    """auto: the 2-D Gemm head runs on VQMatMul, the 3-D (sequence) MatMul on the folded decoder."""
+    model = builders.mlp_model()  # fc1: MatMul on [batch, 3, K]; fc2: Gemm on [batch, hidden]
+    plan = {"method": "kmeans", "bits": 4, "min_elements": 0}
+    result = compress_model(model, build_plan(plan))
+    by_site = {s.display_name: s.params["runtime"] for j in result.jobs for s in j.sites}
+    assert by_site == {"fc1": "decode", "fc2": "op"}
+    ops = {n.name: n.op_type for n in result.model.graph.node}
+    assert ops["fc2"] == "VQMatMul" and ops["fc1"] != "VQMatMul"
+    assert_matches_twin(model, result, "custom")
+    forced = compress_model(model, build_plan({**plan, "matmul_runtime": "op"}))
+    assert {n.op_type for n in forced.model.graph.node if n.name in ("fc1", "fc2")} == {"VQMatMul"}
+    with pytest.raises(ConfigError, match="matmul_runtime"):
+        build_plan({**plan, "matmul_runtime": "fast"})

@@ -66,7 +66,7 @@ def test_every_method_matches_its_decoded_twin(builder, plan_name, fmt):
         "mlp": lambda: builders.mlp_model(),
     }[builder]()
     before = model.SerializeToString()
-    plan = build_plan({**PLANS[plan_name], "min_elements": 0, "format": fmt})
+    plan = build_plan({"matmul_runtime": "op", **PLANS[plan_name], "min_elements": 0, "format": fmt})
     result = compress_model(model, plan)
     assert model.SerializeToString() == before, "the input model was modified"
     onnx.checker.check_model(result.model, full_check=True)
@@ -85,8 +85,8 @@ def test_every_method_matches_its_decoded_twin(builder, plan_name, fmt):
 def test_custom_and_portable_agree():
     model = builders.mlp_model()
     feeds = feeds_for(model, batch=9)
-    custom = compress_model(model, build_plan({"method": "pq", "bits": 5, "dim": 3, "min_elements": 0}))
-    portable = compress_model(model, build_plan({"method": "pq", "bits": 5, "dim": 3, "min_elements": 0,
+    custom = compress_model(model, build_plan({"matmul_runtime": "op", "method": "pq", "bits": 5, "dim": 3, "min_elements": 0}))
+    portable = compress_model(model, build_plan({"matmul_runtime": "op", "method": "pq", "bits": 5, "dim": 3, "min_elements": 0,
                                                  "format": "portable"}))
     for a, b in zip(run_vq(custom.model, feeds), run_plain(portable.model, feeds)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
@@ -94,7 +94,7 @@ def test_custom_and_portable_agree():
 
 def test_shared_weight_is_encoded_once():
     model = builders.shared_weight_model()
-    result = compress_model(model, build_plan({"method": "pq", "bits": 4, "dim": 2, "min_elements": 0}))
+    result = compress_model(model, build_plan({"matmul_runtime": "op", "method": "pq", "bits": 4, "dim": 2, "min_elements": 0}))
     assert len(result.jobs) == 1 and len(result.jobs[0].sites) == 2
     codes = [t.name for t in result.model.graph.initializer if t.name.endswith("vq_codes")]
     assert len(codes) == 1
@@ -103,7 +103,7 @@ def test_shared_weight_is_encoded_once():
 
 
 def test_shared_weight_with_conflicting_configs_names_both_nodes():
-    plan = build_plan({"method": "pq", "bits": 4, "dim": 2, "min_elements": 0, "nodes": {"right": {"bits": 3}}})
+    plan = build_plan({"matmul_runtime": "op", "method": "pq", "bits": 4, "dim": 2, "min_elements": 0, "nodes": {"right": {"bits": 3}}})
     with pytest.raises(ConfigError, match="'left'.*'right'"):
         compress_model(builders.shared_weight_model(), plan)
 
@@ -111,7 +111,7 @@ def test_shared_weight_with_conflicting_configs_names_both_nodes():
 @pytest.mark.parametrize("fmt", ["custom", "portable"])
 def test_weights_inside_if_branches(fmt):
     model = builders.if_model()
-    result = compress_model(model, build_plan({"method": "kmeans", "bits": 4, "min_elements": 0, "format": fmt}))
+    result = compress_model(model, build_plan({"matmul_runtime": "op", "method": "kmeans", "bits": 4, "min_elements": 0, "format": fmt}))
     assert sorted(s.display_name for j in result.jobs for s in j.sites) == ["else_fc", "then_fc"]
     onnx.checker.check_model(result.model, full_check=True)
     twin = decoded_twin(model, result)
@@ -122,7 +122,7 @@ def test_weights_inside_if_branches(fmt):
 
 def test_constant_node_weight_is_compressed_and_removed():
     model = builders.constant_node_model()
-    result = compress_model(model, build_plan({"method": "pq", "bits": 4, "dim": 4, "min_elements": 0}))
+    result = compress_model(model, build_plan({"matmul_runtime": "op", "method": "pq", "bits": 4, "dim": 4, "min_elements": 0}))
     assert not any(n.op_type == "Constant" for n in result.model.graph.node)
     assert_close_to_twin(result.model, decoded_twin(model, result), feeds_for(model), "custom")
 
@@ -130,10 +130,10 @@ def test_constant_node_weight_is_compressed_and_removed():
 def test_unhandled_sites_are_listed_with_reasons():
     model = builders.gemm_model(k=8, n=4)
     with pytest.raises(NothingToCompress, match="min-elements"):
-        compress_model(model, build_plan({"method": "pq", "min_elements": 1024}))
+        compress_model(model, build_plan({"matmul_runtime": "op", "method": "pq", "min_elements": 1024}))
     with pytest.raises(NothingToCompress, match="not a constant"):
-        compress_model(builders.non_constant_model(), build_plan({"method": "pq"}))
-    plan = build_plan({"method": "pq", "bits": 4, "dim": 2, "min_elements": 0, "exclude": ["fc2"]})
+        compress_model(builders.non_constant_model(), build_plan({"matmul_runtime": "op", "method": "pq"}))
+    plan = build_plan({"matmul_runtime": "op", "method": "pq", "bits": 4, "dim": 2, "min_elements": 0, "exclude": ["fc2"]})
     result = compress_model(builders.mlp_model(), plan)
     assert [s.display_name for s in result.skipped] == ["fc2"] and "exclude" in result.skipped[0].reason
 
@@ -144,18 +144,18 @@ def test_nan_weight_is_rejected_with_the_tensor_name():
     w[0, 0] = np.nan
     model.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(w, "W"))
     with pytest.raises(InvalidWeights, match="'W'.*'fc'"):
-        compress_model(model, build_plan({"method": "pq", "min_elements": 0}))
+        compress_model(model, build_plan({"matmul_runtime": "op", "method": "pq", "min_elements": 0}))
 
 
 def test_already_compressed_model_is_refused():
-    result = compress_model(builders.mlp_model(), build_plan({"method": "kmeans", "bits": 4, "min_elements": 0}))
+    result = compress_model(builders.mlp_model(), build_plan({"matmul_runtime": "op", "method": "kmeans", "bits": 4, "min_elements": 0}))
     with pytest.raises(NothingToCompress, match="already compressed"):
-        compress_model(result.model, build_plan({"method": "kmeans", "bits": 4, "min_elements": 0}))
+        compress_model(result.model, build_plan({"matmul_runtime": "op", "method": "kmeans", "bits": 4, "min_elements": 0}))
 
 
 def test_same_seed_same_bytes_and_seed_matters():
     model = builders.mlp_model()
-    make = lambda seed: compress_model(model, build_plan({"method": "pq", "bits": 4, "dim": 2, "min_elements": 0,  # noqa: E731
+    make = lambda seed: compress_model(model, build_plan({"matmul_runtime": "op", "method": "pq", "bits": 4, "dim": 2, "min_elements": 0,  # noqa: E731
                                                           "seed": seed})).model.SerializeToString()
     assert make(3) == make(3)
     assert make(3) != make(4)
@@ -163,7 +163,7 @@ def test_same_seed_same_bytes_and_seed_matters():
 
 def test_jobs_do_not_change_the_output():
     model = builders.mlp_model()
-    plan = build_plan({"method": "pq", "bits": 4, "dim": 2, "min_elements": 0})
+    plan = build_plan({"matmul_runtime": "op", "method": "pq", "bits": 4, "dim": 2, "min_elements": 0})
     one = compress_model(model, plan, jobs=1).model.SerializeToString()
     two = compress_model(model, plan, jobs=2).model.SerializeToString()
     assert one == two
@@ -177,7 +177,7 @@ def test_pq_8bit_dim2_meets_the_cosine_bar():
     feeds = feeds_for(model, batch=32)
     want = run_plain(model, feeds)
     for options in ({"method": "pq", "bits": 8, "dim": 2}, {"method": "kmeans", "bits": 6}):
-        result = compress_model(model, build_plan({**options, "min_elements": 0}))
+        result = compress_model(model, build_plan({"matmul_runtime": "op", **options, "min_elements": 0}))
         assert not result.skipped, result.skipped
         got = run_vq(result.model, feeds)
         assert compare_outputs("logits", want[0], got[0]).cosine >= 0.99, options
@@ -191,7 +191,7 @@ from onnxvq.check import make_inputs, compare_outputs
 from tests import builders
 from tests.twin import decoded_twin
 model = builders.mlp_model(k=256, hidden=128, n=10)
-result = compress_model(model, build_plan({"method": "pq", "bits": 4, "dim": 4, "min_elements": 0}))
+result = compress_model(model, build_plan({"matmul_runtime": "op", "method": "pq", "bits": 4, "dim": 4, "min_elements": 0}))
 assert result.jobs[0].first and any(a.name == "format_version" and a.i == 2
                                     for n in result.model.graph.node for a in n.attribute), "not fast-scan"
 feeds = make_inputs(model, samples=64, seed=1)
@@ -219,10 +219,10 @@ def test_default_uint8_tables_stay_within_their_error_budget():
 def test_layers_that_would_grow_stay_dense():
     """256 codewords of 4 floats per subspace outweigh a 10-output layer: it is kept dense, with the reason."""
     model = builders.mlp_model(hidden=1024)  # fc1: 96 -> 1024 shrinks; fc2: 1024 -> 10 would grow
-    result = compress_model(model, build_plan({"method": "pq", "bits": 8, "dim": 4, "min_elements": 0}))
+    result = compress_model(model, build_plan({"matmul_runtime": "op", "method": "pq", "bits": 8, "dim": 4, "min_elements": 0}))
     reasons = {s.display_name: s.reason for s in result.skipped}
     assert "fc2" in reasons and "kept dense" in reasons["fc2"]
     assert all(n.domain != DOMAIN for n in result.model.graph.node if n.name == "fc2")
     with pytest.raises(NothingToCompress, match="larger than its dense weight"):
-        compress_model(builders.gemm_model(k=16, n=8), build_plan({"method": "pq", "bits": 8, "dim": 4,
+        compress_model(builders.gemm_model(k=16, n=8), build_plan({"matmul_runtime": "op", "method": "pq", "bits": 8, "dim": 4,
                                                                    "min_elements": 0}))

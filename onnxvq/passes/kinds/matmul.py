@@ -81,8 +81,14 @@ class MatMulKind(SiteKind):
     def view_key(self, site: Site) -> tuple:
         return (site.transposed, site.alpha)
 
+    @staticmethod
+    def runs_on_op(site: Site, fmt: str) -> bool:
+        """VQMatMul computes float32; the plan may also prefer the folded decoder (``matmul_runtime``)."""
+        return fmt == "custom" and site.consumer_dtype == onnx.TensorProto.FLOAT \
+            and site.params.get("runtime", "op") == "op"
+
     def stored_encoding(self, site: Site, encoded, fmt: str):
-        if fmt == "custom" and site.consumer_dtype == onnx.TensorProto.FLOAT:
+        if self.runs_on_op(site, fmt):
             return encoded  # VQMatMul computes with the layout the quantizer chose (fast-scan where valid)
         return row_major(encoded)
 
@@ -94,7 +100,7 @@ class MatMulKind(SiteKind):
             first_node = helper.make_node("MatMul", [site.activation, first], [hidden],
                                           name=ctx.node_name(site, ".svd_first"))
             ctx.replace_node(site, [first_node, *_matmul_nodes(site, hidden, second, ctx, bias_name)])
-        elif ctx.fmt == "custom" and site.consumer_dtype == onnx.TensorProto.FLOAT:
+        elif self.runs_on_op(site, ctx.fmt):
             codes, codebooks = ctx.coded_initializers(site, enc)
             inputs = [site.activation, codes, codebooks] + ([bias_name] if bias_name else [])
             node = helper.make_node(OP_TYPE, inputs, list(site.node.output), name=site.node.name or ctx.node_name(site),
@@ -102,7 +108,7 @@ class MatMulKind(SiteKind):
             ctx.replace_node(site, [node])
             ctx.uses_domain = True
         else:
-            # Standard ops: portable, or activations of another float type than the op's float32.
+            # Standard ops: portable, the folded decoder by choice, or activations that are not float32.
             w_name = ctx.decoded_matrix(site, enc)
             if site.consumer_dtype != onnx.TensorProto.FLOAT:
                 w_name = ctx.decoded_weight(site, enc, lambda c, s, w: ([], w))
