@@ -164,7 +164,11 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
 # subspace only pays off on layers with thousands of rows; per-group codebooks are slow to run.
 DEFAULT_METHOD = {"method": "kmeans", "bits": 4}
 #: Per-op-type defaults, used only when the user names no global method options (see build_plan).
-DEFAULT_KIND_OPTIONS: dict[str, dict[str, Any]] = {}
+#: Convolutions: one 32-value float16 codebook per output channel. BatchNorm-folded channels differ in
+#: range and shape, and one codebook per tensor loses 4-20% top-1 agreement per layer on MobileNetV2
+#: (docs/RESULTS.md, "Defaults"); the codebooks cost nothing at run time (the decoder is folded at load).
+_PER_CHANNEL_5BIT = {"method": "kmeans", "bits": 5, "group_size": 1, "codebook_dtype": "float16"}
+DEFAULT_KIND_OPTIONS: dict[str, dict[str, Any]] = {"Conv": _PER_CHANNEL_5BIT, "ConvTranspose": _PER_CHANNEL_5BIT}
 #: Op types the pass can compress (each served by a site kind in onnxvq/passes/kinds/).
 SUPPORTED_OP_TYPES = ("Conv", "ConvTranspose", "Gather", "Gemm", "MatMul")
 #: Layers the default keeps dense (each a measured choice; README "Defaults").

@@ -367,3 +367,17 @@ def test_matmul_runtime_auto_decodes_sequence_layers():
     assert {n.op_type for n in forced.model.graph.node if n.name in ("fc1", "fc2")} == {"VQMatMul"}
     with pytest.raises(ConfigError, match="matmul_runtime"):
         build_plan({**plan, "matmul_runtime": "fast"})
+
+
+def test_the_default_gives_convolutions_per_channel_codebooks():
+    """No method options: convs get per-output-channel 5-bit codebooks; any global method option means
+    every layer follows it (the built-in per-kind defaults step aside)."""
+    model = builders.cnn_model()
+    default = compress_model(model, build_plan({"min_elements": 0}))
+    options = {s.display_name: j.config.options() for j in default.jobs for s in j.sites}
+    assert options["conv2"]["group_size"] == 1 and options["conv2"]["bits"] == 5
+    assert options["conv2"]["codebook_dtype"] == "float16"
+    assert options["fc"]["group_size"] == 0 and options["fc"]["bits"] == 4  # Gemm keeps kmeans b4 per tensor
+    explicit = compress_model(model, build_plan({"method": "kmeans", "bits": 4, "min_elements": 0}))
+    assert all(j.config.options()["group_size"] == 0 for j in explicit.jobs)
+    assert_matches_twin(model, default, "custom")
