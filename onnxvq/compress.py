@@ -78,11 +78,12 @@ def activation_ranks(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def matmul_runtime(site: Site, plan: Plan, ranks: dict[str, int]) -> str:
-    """`op` (VQMatMul) or `decode` (standard-op decoder, folded at load) for a Gemm/MatMul site."""
+    """`op` (VQMatMul), `decode` (standard-op decoder, folded at load) or `auto` for a Gemm/MatMul site:
+    auto is settled once the layout is known (MatMulKind.runs_on_op)."""
     if plan.matmul_runtime != "auto":
         return plan.matmul_runtime
     rank = 2 if site.op_type == "Gemm" else ranks.get(site.activation)
-    return "decode" if rank is not None and rank >= 3 else "op"
+    return "decode" if rank is not None and rank >= 3 else "auto"
 
 
 def plan_jobs(model: onnx.ModelProto, plan: Plan) -> tuple[list[WeightJob], list[Skipped]]:

@@ -167,8 +167,16 @@ DEFAULT_METHOD = {"method": "kmeans", "bits": 4}
 #: Convolutions: one 32-value float16 codebook per output channel. BatchNorm-folded channels differ in
 #: range and shape, and one codebook per tensor loses 4-20% top-1 agreement per layer on MobileNetV2
 #: (docs/RESULTS.md, "Defaults"); the codebooks cost nothing at run time (the decoder is folded at load).
+#: Embedding tables: one 16-value float16 codebook per row (token): 4.7 bits per weight on a 384-wide
+#: table. MatMul: 5 bits per tensor; a transformer's MatMuls at 4 bits cost MiniLM 0.04 of embedding
+#: cosine, and its sequence MatMuls run on the folded decoder (matmul_runtime auto), so bits cost no speed.
+#: Gemm (classifier heads) keeps the global kmeans b4, which the fast-scan kernel runs.
 _PER_CHANNEL_5BIT = {"method": "kmeans", "bits": 5, "group_size": 1, "codebook_dtype": "float16"}
-DEFAULT_KIND_OPTIONS: dict[str, dict[str, Any]] = {"Conv": _PER_CHANNEL_5BIT, "ConvTranspose": _PER_CHANNEL_5BIT}
+DEFAULT_KIND_OPTIONS: dict[str, dict[str, Any]] = {
+    "Conv": _PER_CHANNEL_5BIT, "ConvTranspose": _PER_CHANNEL_5BIT,
+    "Gather": {"method": "kmeans", "bits": 4, "group_size": 1, "codebook_dtype": "float16"},
+    "MatMul": {"method": "kmeans", "bits": 5},
+}
 #: Op types the pass can compress (each served by a site kind in onnxvq/passes/kinds/).
 SUPPORTED_OP_TYPES = ("Conv", "ConvTranspose", "Gather", "Gemm", "MatMul")
 #: Layers the default keeps dense (each a measured choice; README "Defaults").

@@ -359,7 +359,7 @@ def test_matmul_runtime_auto_decodes_sequence_layers():
     plan = {"method": "kmeans", "bits": 4, "min_elements": 0}
     result = compress_model(model, build_plan(plan))
     by_site = {s.display_name: s.params["runtime"] for j in result.jobs for s in j.sites}
-    assert by_site == {"fc1": "decode", "fc2": "op"}
+    assert by_site == {"fc1": "decode", "fc2": "auto"}  # auto: VQMatMul when the layout is fast-scan
     ops = {n.name: n.op_type for n in result.model.graph.node}
     assert ops["fc2"] == "VQMatMul" and ops["fc1"] != "VQMatMul"
     assert_matches_twin(model, result, "custom")
@@ -367,6 +367,10 @@ def test_matmul_runtime_auto_decodes_sequence_layers():
     assert {n.op_type for n in forced.model.graph.node if n.name in ("fc1", "fc2")} == {"VQMatMul"}
     with pytest.raises(ConfigError, match="matmul_runtime"):
         build_plan({**plan, "matmul_runtime": "fast"})
+    # A layout without a fast kernel (5-bit codes) runs on the folded decoder under auto.
+    five = compress_model(model, build_plan({**plan, "bits": 5}))
+    assert not any(n.op_type == "VQMatMul" for n in five.model.graph.node)
+    assert_matches_twin(model, five, "custom")
 
 
 def test_the_default_gives_convolutions_per_channel_codebooks():
@@ -381,3 +385,8 @@ def test_the_default_gives_convolutions_per_channel_codebooks():
     explicit = compress_model(model, build_plan({"method": "kmeans", "bits": 4, "min_elements": 0}))
     assert all(j.config.options()["group_size"] == 0 for j in explicit.jobs)
     assert_matches_twin(model, default, "custom")
+    embedding = builders.embedding_model()
+    options = {s.display_name: j.config.options()
+               for j in compress_model(embedding, build_plan({"min_elements": 0})).jobs for s in j.sites}
+    assert options["tok_embed"]["group_size"] == 1 and options["tok_embed"]["bits"] == 4  # a codebook per row
+    assert options["proj"]["bits"] == 5 and options["proj"]["group_size"] == 0

@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ...ops.schema import DOMAIN, OP_TYPE
-from ...quantizers.base import LowRankWeight
+from ...ops.schema import DOMAIN, FASTSCAN_FORMAT_VERSION, OP_TYPE
+from ...quantizers.base import CodedWeight, LowRankWeight
 from ..sites import NodeContext, Site, check_weight_tensor, number_attr
 from .base import SiteKind, register_kind, row_major
 
@@ -82,13 +82,19 @@ class MatMulKind(SiteKind):
         return (site.transposed, site.alpha)
 
     @staticmethod
-    def runs_on_op(site: Site, fmt: str) -> bool:
-        """VQMatMul computes float32; the plan may also prefer the folded decoder (``matmul_runtime``)."""
-        return fmt == "custom" and site.consumer_dtype == onnx.TensorProto.FLOAT \
-            and site.params.get("runtime", "op") == "op"
+    def runs_on_op(site: Site, fmt: str, encoded) -> bool:
+        """Whether VQMatMul computes this site. It computes float32 only; `matmul_runtime` auto keeps it
+        to the 4-bit fast-scan layouts on 2-D activations, the regime where bench/kernels.py measures it
+        faster than ONNX Runtime's dense MatMul; elsewhere the folded decoder runs at the dense speed."""
+        if fmt != "custom" or site.consumer_dtype != onnx.TensorProto.FLOAT or not isinstance(encoded, CodedWeight):
+            return False
+        runtime = site.params.get("runtime", "op")
+        if runtime == "auto":
+            return encoded.layout.format_version == FASTSCAN_FORMAT_VERSION
+        return runtime == "op"
 
     def stored_encoding(self, site: Site, encoded, fmt: str):
-        if self.runs_on_op(site, fmt):
+        if self.runs_on_op(site, fmt, encoded):
             return encoded  # VQMatMul computes with the layout the quantizer chose (fast-scan where valid)
         return row_major(encoded)
 
@@ -100,7 +106,7 @@ class MatMulKind(SiteKind):
             first_node = helper.make_node("MatMul", [site.activation, first], [hidden],
                                           name=ctx.node_name(site, ".svd_first"))
             ctx.replace_node(site, [first_node, *_matmul_nodes(site, hidden, second, ctx, bias_name)])
-        elif self.runs_on_op(site, ctx.fmt):
+        elif self.runs_on_op(site, ctx.fmt, enc):
             codes, codebooks = ctx.coded_initializers(site, enc)
             inputs = [site.activation, codes, codebooks] + ([bias_name] if bias_name else [])
             node = helper.make_node(OP_TYPE, inputs, list(site.node.output), name=site.node.name or ctx.node_name(site),
