@@ -4,10 +4,13 @@
 // order fixed by the layout alone (never by the tiling or the thread count), so results do
 // not depend on intra_op_num_threads or on the batch size.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -396,7 +399,10 @@ void run_direct_axis1(const Context& c) {
 //   y[m][n] = scale[m] * Q[m][n] + offset[m] (+ bias[n])   (uint8 tables)
 //   y[m][n] = F[m][n] (+ bias[n])                           (float tables)
 // A row whose tables are not finite (inf/NaN inputs) takes the float tables, so non-finite
-// values propagate as in the other paths.
+// values propagate as in the other paths; so does a row whose uint8 tables the guard
+// (fastscan_uint8_error, vq_kernel.h) estimates too coarse.
+
+std::atomic<uint64_t> g_uint8_rows{0}, g_exact_rows{0};  // onnxvq_fastscan_row_counts
 
 bool fastscan_covers(const VQProblem& p) {
   return p.format_version == 2 && p.axis == 0 && p.bits == 4 &&
@@ -422,12 +428,21 @@ void run_fastscan_path(const Context& c, bool exact) {
     for (size_t g = 0; g < c.Gr; ++g) {
       build_luts(c, m0, rows, g, luts.data());
       if (!exact) {
+        // The guard decides per row from its own tables (the same on every table and
+        // thread count); a row it rejects is never quantized and takes the float tables.
+        const double limit = fastscan_max_rel_error();
         run_tasks(c.runner, task_count(double(rows) * lut_row * 4), [&](size_t task) {
           const Blocks b = Blocks::split(rows, task_count(double(rows) * lut_row * 4));
-          for (size_t m = b.begin(task); m < b.end(task); ++m)
-            quantized[m] = c.k.quantize_luts(luts.data() + m * lut_row, E,
-                                             qluts.data() + m * q_stride, &scale[m], &offset[m]);
+          for (size_t m = b.begin(task); m < b.end(task); ++m) {
+            const float* row = luts.data() + m * lut_row;
+            quantized[m] = fastscan_uint8_error(row, E) <= limit &&
+                           c.k.quantize_luts(row, E, qluts.data() + m * q_stride, &scale[m],
+                                             &offset[m]);
+          }
         });
+        const size_t fast = static_cast<size_t>(std::count(quantized.begin(), quantized.begin() + rows, 1));
+        g_uint8_rows.fetch_add(fast, std::memory_order_relaxed);
+        g_exact_rows.fetch_add(rows - fast, std::memory_order_relaxed);
       }
       const size_t first_block = g * blocks_per_group;
       const size_t num_blocks = std::min(blocks_per_group, p.fastscan_blocks() - first_block);
@@ -702,6 +717,71 @@ bool exact_lut_requested() {
   return exact;
 }
 
+namespace {
+// Four lanes of one generic type: SSE2 / NEON / scalar code from the same source, and only
+// exact operations (min, max, v - v), so every build gives the same values.
+typedef float Vec4 __attribute__((vector_size(16)));
+inline Vec4 vmin(Vec4 a, Vec4 b) { return a < b ? a : b; }
+inline Vec4 vmax(Vec4 a, Vec4 b) { return a < b ? b : a; }
+
+struct EntryStats {  // per lane: largest, 3rd largest, smallest, 3rd smallest; v - v sums
+  Vec4 a1, a3, b1, b3, bad;
+};
+
+// Top-3 / bottom-3 of the 16 values of four tables at once (lane l: table tables[l]).
+inline EntryStats entry_stats(const float* const tables[4]) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  Vec4 a1 = {-kInf, -kInf, -kInf, -kInf}, a2 = a1, a3 = a1;
+  Vec4 b1 = {kInf, kInf, kInf, kInf}, b2 = b1, b3 = b1, bad = {0, 0, 0, 0};
+  for (size_t c = 0; c < kFastScanCodewords; ++c) {
+    const Vec4 v = {tables[0][c], tables[1][c], tables[2][c], tables[3][c]};
+    bad += v - v;  // 0 for finite values, NaN otherwise
+    const Vec4 ta = vmin(a1, v), ua = vmin(a2, ta);
+    a1 = vmax(a1, v), a2 = vmax(a2, ta), a3 = vmax(a3, ua);
+    const Vec4 tb = vmax(b1, v), ub = vmax(b2, tb);
+    b1 = vmin(b1, v), b2 = vmin(b2, tb), b3 = vmin(b3, ub);
+  }
+  return {a1, a3, b1, b3, bad};
+}
+}  // namespace
+
+double fastscan_uint8_error(const float* lut, size_t entries) {
+  constexpr double kInfD = std::numeric_limits<double>::infinity();
+  float range = 0.0f;
+  double spread = 0.0;  // sum_e r_e^2, e ascending
+  size_t varying = 0;
+  for (size_t e = 0; e < entries; e += 4) {
+    const size_t lanes = std::min<size_t>(4, entries - e);
+    const float* tables[4];
+    for (size_t l = 0; l < 4; ++l) tables[l] = lut + (e + std::min(l, lanes - 1)) * kFastScanCodewords;
+    const EntryStats st = entry_stats(tables);
+    for (size_t l = 0; l < lanes; ++l) {
+      if (!(st.bad[l] == 0.0f)) return kInfD;
+      const float r = st.a1[l] - st.b1[l];
+      range = std::max(range, r);
+      varying += r > 0.0f;
+      const double r3 = static_cast<double>(st.a3[l]) - static_cast<double>(st.b3[l]);
+      spread += r3 * r3;
+    }
+  }
+  if (!(range - range == 0.0f)) return kInfD;  // a range overflowed to inf
+  if (range == 0.0f) return 0.0;                // constant tables: uint8 is exact
+  if (!(spread > 0.0)) return kInfD;
+  const double step = static_cast<double>(range) / 255.0;
+  return step * std::sqrt(static_cast<double>(varying) / spread);
+}
+
+double fastscan_max_rel_error() {
+  static const double limit = [] {
+    const char* value = std::getenv("ONNXVQ_LUT_GUARD");
+    if (value == nullptr || value[0] == '\0') return kFastScanMaxRelError;
+    char* end = nullptr;
+    const double v = std::strtod(value, &end);
+    return end != value ? v : kFastScanMaxRelError;
+  }();
+  return limit;
+}
+
 const KernelTable& active_kernel_table() {
   static const KernelTable& table = select_kernel_table();
   return table;
@@ -810,6 +890,15 @@ void vq_matmul(const VQProblem& problem, const TaskRunner& runner, const KernelT
 
 extern "C" const char* onnxvq_kernel_name(void) {
   return onnxvq::kernels::active_kernel_table().name;
+}
+
+extern "C" void onnxvq_fastscan_row_counts(uint64_t* uint8_rows, uint64_t* exact_rows, int reset) {
+  using onnxvq::kernels::g_exact_rows;
+  using onnxvq::kernels::g_uint8_rows;
+  const uint64_t fast = reset ? g_uint8_rows.exchange(0) : g_uint8_rows.load();
+  const uint64_t exact = reset ? g_exact_rows.exchange(0) : g_exact_rows.load();
+  if (uint8_rows) *uint8_rows = fast;
+  if (exact_rows) *exact_rows = exact;
 }
 
 extern "C" const char* onnxvq_kernel_tables(void) {

@@ -210,6 +210,36 @@ size_t supported_kernel_tables(const KernelTable** tables, size_t capacity);
 /// variable ONNXVQ_EXACT_LUT=1, read once, selects the exact float path.
 bool exact_lut_requested();
 
+/// The uint8 fast-scan guard. One scale per row (step = largest table range / 255) leaves
+/// tables whose values span a small part of that range with a few levels: activation
+/// outlier channels (LayerNorm outputs) or outlier codewords (per-tensor k-means) make the
+/// error large. Per input row (and row group) the driver estimates the relative RMS error
+/// the uint8 tables add to the row's outputs from its own float tables and takes the exact
+/// float tables when it exceeds kFastScanMaxRelError:
+///   est^2 = step^2 * E' / sum_e r_e^2
+/// (rounding noise step^2/12 per entry, E' = entries with a nonzero range, over an output
+/// variance estimated as sum_e r_e^2 / 12, r_e = 3rd largest - 3rd smallest value of
+/// table e: a spread that ignores the two most extreme codewords, which trained weights
+/// rarely use; plain variances let one outlier codeword hide the loss). On MiniLM rows
+/// this tracks the measured error within 2x for 90% of rows (median ratio 1.0).
+/// The threshold: ordinary rows already sit at 1.5-3.4% (gaussian, uniform or ReLU inputs
+/// with random codebooks; MiniLM LayerNorm rows 2-4%), the error the uint8 tier of the
+/// tests (3%) allows, so a 1% limit would send nearly every row to the float tables. The
+/// rows that broke MiniLM (outlier codewords, FFN outputs) estimate 10% to 20x. At 4%
+/// MiniLM keeps cosine 0.9434 (exact tables 0.9437, unguarded 0.52) with 31% of its rows on
+/// uint8 tables.
+inline constexpr double kFastScanMaxRelError = 0.04;
+
+/// The estimate above for `entries` tables of 16 floats (lut + e*16), in double from exact
+/// min / max selections: one scalar function shared by every kernel table, so the choice
+/// is the same on every ISA for the same tables. Returns +inf when a value is not finite
+/// (those rows take the float tables) and 0 when every table is constant.
+double fastscan_uint8_error(const float* lut, size_t entries);
+
+/// The threshold vq_matmul() applies: kFastScanMaxRelError, or ONNXVQ_LUT_GUARD=x (read
+/// once; a relative error, e.g. 0.03; "inf" disables the guard) for measurements.
+double fastscan_max_rel_error();
+
 /// The table vq_matmul() uses: the best one this CPU supports, or the scalar table when
 /// the environment variable ONNXVQ_FORCE_SCALAR=1 was set when it was first asked for.
 const KernelTable& active_kernel_table();
@@ -297,6 +327,13 @@ ONNXVQ_EXPORT const char* onnxvq_kernel_path_m(
     int64_t rows, int64_t format_version, int64_t in_features, int64_t out_features,
     int64_t bits, int64_t subvector_len, int64_t stages, int64_t axis, int64_t group_size,
     int64_t codebook_per_subspace);
+
+/// Rows (input row x row group) that the uint8 fast-scan path (kFastScan) ran with uint8
+/// tables and with exact float tables (the guard, or non-finite tables), counted by every
+/// vq_matmul() in this process since it started (or since the last reset, when `reset` is
+/// nonzero: the counts are returned, then zeroed). Either pointer may be null.
+ONNXVQ_EXPORT void onnxvq_fastscan_row_counts(uint64_t* uint8_rows, uint64_t* exact_rows,
+                                              int reset);
 
 /// Comma-separated names of the kernel tables this build has and this CPU supports,
 /// e.g. "scalar,avx2" (independent of ONNXVQ_FORCE_SCALAR).

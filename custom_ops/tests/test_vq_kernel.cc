@@ -497,6 +497,136 @@ void test_decode_gemm_micro_kernel(const KernelTable& simd, std::mt19937& rng) {
   std::printf("%s: %d decode-GEMM micro-kernel cases agree with scalar\n", simd.name, cases);
 }
 
+// --- the uint8 fast-scan guard ------------------------------------------------------------
+
+// A format-2 problem (4-bit, axis 0) whose inputs have `outliers` channels `factor` times the
+// rest (LayerNorm outputs); every other row of x is ordinary when `mixed`.
+Case guard_case(std::mt19937& rng, size_t M, size_t K, size_t N, size_t d, bool per_subspace,
+                size_t outliers, float factor, bool mixed) {
+  Case c;
+  VQProblem& p = c.p;
+  p.M = M, p.K = K, p.N = N, p.d = d, p.bits = 4, p.T = 1, p.axis = 0, p.format_version = 2;
+  p.S = (K + d - 1) / d;
+  p.group_size = N;
+  p.per_subspace = per_subspace;
+  fill_case(c, rng);
+  for (size_t m = 0; m < M; ++m) {
+    if (mixed && m % 2) continue;
+    for (size_t i = 0; i < outliers; ++i) c.x[m * K + (i * 7919 + 3) % K] *= factor;
+  }
+  return c;
+}
+
+double rel_error(const std::vector<float>& y, const std::vector<double>& ref) {
+  double err = 0.0, scale = 1.0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    err = std::max(err, std::abs(double(y[i]) - ref[i]));
+    scale = std::max(scale, std::abs(ref[i]));
+  }
+  return err / scale;
+}
+
+// The uint8 path without the guard: every row quantized (as before the guard).
+std::vector<float> unguarded_uint8(const Case& c) {
+  const KernelTable& k = onnxvq::kernels::scalar_kernel_table();
+  const VQProblem& p = c.p;
+  const size_t E = p.S, stride = (E * 16 + 63) / 64 * 64;
+  std::vector<float> lut(E * 16), y(p.M * p.N);
+  std::vector<uint8_t> q(stride, 0);
+  std::vector<uint32_t> sums(32);
+  for (size_t m = 0; m < p.M; ++m) {
+    for (size_t s = 0; s < E; ++s)
+      k.build_lut(p.x + m * p.K + s * p.d, std::min(p.d, p.K - s * p.d),
+                  p.codebooks + (p.per_subspace ? s : 0) * 16 * p.d, p.d, 16, &lut[s * 16]);
+    float scale = 0, offset = 0;
+    k.quantize_luts(lut.data(), E, q.data(), &scale, &offset);
+    for (size_t b = 0; b < p.fastscan_blocks(); ++b) {
+      k.fastscan_u8(p.codes + b * E * 16, E, q.data(), stride, 1, sums.data());
+      for (size_t i = 0; i < 32 && b * 32 + i < p.N; ++i)
+        y[m * p.N + b * 32 + i] = (scale * float(sums[i]) + offset) + (p.bias ? p.bias[b * 32 + i] : 0.0f);
+    }
+  }
+  return y;
+}
+
+constexpr double kUint8TierRtol = 3e-2;  // tests/test_pass.py's uint8 tables tier
+
+void test_fastscan_guard(std::mt19937& rng) {
+  using namespace onnxvq::kernels;
+  const KernelTable& scalar = scalar_kernel_table();
+  uint64_t fast = 0, exact = 0;
+  // Outlier rows: without the guard they break the tier; with it they stay exact.
+  int broken = 0, cases = 0;
+  for (size_t K : {384u, 1536u})
+    for (size_t d : {1u, 2u, 4u})
+      for (float factor : {50.0f, 100.0f}) {
+        Case c = guard_case(rng, 3, K, 65, d, d > 1, 3, factor, false);
+        const std::vector<double> ref = naive_matmul(c);
+        const double before = rel_error(unguarded_uint8(c), ref);
+        broken += before > kUint8TierRtol;
+        onnxvq_fastscan_row_counts(nullptr, nullptr, 1);
+        vq_matmul(c.p, {}, scalar);
+        onnxvq_fastscan_row_counts(&fast, &exact, 1);
+        const double after = rel_error(c.y, ref);
+        EXPECT(after <= kUint8TierRtol && after <= 1e-5, "guard: K=%zu d=%zu factor=%g error %g (unguarded %g)",
+               K, d, factor, after, before);
+        EXPECT(fast == 0 && exact == 3, "guard: outlier rows took uint8 tables (%llu of 3)",
+               static_cast<unsigned long long>(fast));
+        ++cases;
+      }
+  EXPECT(broken == cases, "outlier cases that break the tier without the guard: %d of %d", broken, cases);
+  // Ordinary rows keep the uint8 tables.
+  for (size_t d : {1u, 2u, 4u, 8u}) {
+    Case c = guard_case(rng, 4, 1024, 64, d, d > 1, 0, 1.0f, false);
+    onnxvq_fastscan_row_counts(nullptr, nullptr, 1);
+    vq_matmul(c.p, {}, scalar);
+    onnxvq_fastscan_row_counts(&fast, &exact, 1);
+    EXPECT(fast == 4 && exact == 0, "guard: ordinary rows d=%zu took float tables (%llu of 4)", d,
+           static_cast<unsigned long long>(exact));
+    EXPECT(rel_error(c.y, naive_matmul(c)) <= kUint8TierRtol, "guard: ordinary rows d=%zu", d);
+  }
+  // The estimate: 0 for constant tables, +inf for non-finite ones.
+  std::vector<float> flat(3 * 16, 2.5f);
+  EXPECT(fastscan_uint8_error(flat.data(), 3) == 0.0, "constant tables");
+  flat[17] = std::nanf("");
+  EXPECT(std::isinf(fastscan_uint8_error(flat.data(), 3)), "NaN tables");
+  std::printf("fast-scan guard: %d outlier cases (all beyond the tier unguarded) exact, ordinary rows uint8\n", cases);
+}
+
+// SIMD vs scalar on tail shapes with outlier and ordinary rows mixed (so both kinds of rows
+// share blocks): bit-identical where the tables are (d not 4 or 8), and the same choices.
+void test_guard_simd_matches_scalar(const KernelTable& simd, std::mt19937& rng) {
+  using namespace onnxvq::kernels;
+  const KernelTable& scalar = scalar_kernel_table();
+  int cases = 0, guarded = 0;
+  for (size_t N : {1u, 31u, 33u, 65u})
+    for (size_t K : {17u, 129u, 515u, 1027u})
+      for (size_t d : {1u, 3u, 5u}) {
+        Case c = guard_case(rng, std::vector<size_t>{1, 2, 7}[rng() % 3], K, N, d, d > 1, 2,
+                            rng() % 2 ? 60.0f : 100.0f, true);
+        uint64_t fa = 0, ea = 0, fb = 0, eb = 0;
+        onnxvq_fastscan_row_counts(nullptr, nullptr, 1);
+        vq_matmul(c.p, {}, scalar);
+        onnxvq_fastscan_row_counts(&fa, &ea, 1);
+        const std::vector<float> expected = c.y;
+        std::fill(c.y.begin(), c.y.end(), std::nanf(""));
+        TaskRunner runner;
+        runner.run = threaded_run;
+        vq_matmul(c.p, runner, simd);
+        onnxvq_fastscan_row_counts(&fb, &eb, 1);
+        guarded += ea > 0 && fa > 0;  // both kinds of rows in one problem
+        EXPECT(fa == fb && ea == eb, "%s guard choices: scalar %llu/%llu vs %llu/%llu",
+               simd.name, (unsigned long long)fa, (unsigned long long)ea, (unsigned long long)fb,
+               (unsigned long long)eb);
+        EXPECT(std::equal(expected.begin(), expected.end(), c.y.begin(), same_bits),
+               "%s guard rows differ from scalar: M=%zu K=%zu N=%zu d=%zu", simd.name, c.p.M, K, N, d);
+        ++cases;
+      }
+  EXPECT(guarded >= cases / 4, "%s: only %d of %d cases mixed uint8 and float rows", simd.name, guarded, cases);
+  std::printf("%s: %d outlier/ordinary tail shapes equal to scalar (guard; %d mix both row kinds)\n",
+              simd.name, cases, guarded);
+}
+
 }  // namespace
 
 // custom_ops/tests/test_vq_gather.cc: the VQGather kernels (failure count).
@@ -509,6 +639,7 @@ int main() {
   test_against_oracle(scalar, rng);
   test_threads_do_not_change_bits(scalar, rng);
   test_decode_gemm(scalar, rng);
+  test_fastscan_guard(rng);
   // Every other table this build has and this CPU runs must agree with the scalar one
   // (under qemu on AArch64 that includes NEON; AVX-512 only on CPUs that have it).
   const KernelTable* tables[8];
@@ -522,6 +653,7 @@ int main() {
     test_shapes_against_scalar(*tables[i], rng);
     test_decode_gemm(*tables[i], rng);
     test_decode_gemm_micro_kernel(*tables[i], rng);
+    test_guard_simd_matches_scalar(*tables[i], rng);
   }
   g_failures += run_gather_tests(tables, count);
   std::printf("random oracle cases per table: %d (ONNXVQ_TEST_CASES)\n", oracle_cases());
