@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxvq.errors import ExitCode
 
 from . import builders
-from .test_hostile import assert_clean, assert_untouched, cli, run_compress_case, snapshot
+from .test_hostile import _set, assert_clean, assert_untouched, cli, run_compress_case, snapshot
 
 
 def _save(model: onnx.ModelProto, folder, name="m.onnx"):
@@ -39,13 +39,9 @@ W = np.random.default_rng(0).standard_normal((16, 8, 3, 3)).astype(np.float32)
 
 
 def _weight(**fields) -> onnx.TensorProto:
+    """The conv weight with ``fields`` overwritten (the same mutations as test_hostile's Gemm weights)."""
     t = numpy_helper.from_array(W, "w")
-    for key, value in fields.items():
-        if key == "dims":
-            del t.dims[:]
-            t.dims.extend(value)
-        else:
-            setattr(t, key, value)
+    _set(**fields)(t, None)
     return t
 
 
