@@ -73,6 +73,13 @@ class RewriteContext:
         return name
 
     # --- decoded weights --------------------------------------------------------------------
+    def require_decoder_opset(self, site: Site) -> None:
+        """The standard-op decoder (whatever the format or kind that needs it) uses opset-11 ops."""
+        opset = default_opset(self.model)
+        if opset < MIN_OPSET:
+            raise InvalidModel(f"node {site.display_name!r}: decoding its codes with standard ops needs opset >= "
+                               f"{MIN_OPSET}; the model imports opset {opset}")
+
     def decoded_matrix(self, site: Site, enc) -> str:
         """A tensor holding W_hat [K, N] float32, computed by standard ops before the site's node
         (once per graph and weight). Every input is a constant, so runtimes fold it at load time."""
@@ -83,6 +90,7 @@ class RewriteContext:
                 out = self.names.new(f"{site.weight.name}.svd_product")
                 nodes = [helper.make_node("MatMul", [first, second], [out], name=self.names.new(f"{out}_node"))]
             else:
+                self.require_decoder_opset(site)
                 nodes, inits, out = build_decoder(enc, self.names, f"{site.weight.name}.vq")
                 site.graph.initializer.extend(inits)
             self.insert_before(site, nodes)
@@ -139,13 +147,6 @@ class RewriteContext:
 def rewrite(model: onnx.ModelProto, sites: list[Site], encoded: dict[tuple, CodedWeight | LowRankWeight],
             fmt: str) -> None:
     """Rewrite ``sites`` (found in ``model``) using ``encoded[site.weight_key]``."""
-    if fmt == "portable" and default_opset(model) < MIN_OPSET:
-        raise InvalidModel(f"--format portable needs opset >= {MIN_OPSET}; the model imports opset "
-                           f"{default_opset(model)}")
-    if any(isinstance(e, CodedWeight) for e in encoded.values()) and default_opset(model) < MIN_OPSET \
-            and any(s.kind.name != "matmul" for s in sites):
-        raise InvalidModel(f"compressing Conv/Gather weights needs opset >= {MIN_OPSET} (standard-op decoder); "
-                           f"the model imports opset {default_opset(model)}")
     ctx = RewriteContext(model, fmt)
     for site in sites:
         site.kind.rewrite(site, site.kind.stored_encoding(site, encoded[site.weight_key], fmt), ctx)

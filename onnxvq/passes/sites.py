@@ -159,8 +159,6 @@ def attr(node: onnx.NodeProto, name: str, default):
     return default
 
 
-_attr = attr  # older name
-
 
 def number_attr(node: onnx.NodeProto, node_name: str, name: str, default, kind: type):
     """An int/float attribute, or one clear InvalidModel when the model holds something else."""
@@ -179,19 +177,6 @@ def number_attr(node: onnx.NodeProto, node_name: str, name: str, default, kind: 
         return value
     return default
 
-
-_number_attr = number_attr  # older name
-
-
-def ints_attr(node: onnx.NodeProto, node_name: str, name: str) -> list[int] | None:
-    """An INTS attribute as a list, None when absent, InvalidModel when it holds something else."""
-    for a in node.attribute:
-        if a.name != name:
-            continue
-        if a.type != onnx.AttributeProto.INTS:
-            raise InvalidModel(f"node {node_name!r}: attribute {name!r} must be a list of ints")
-        return [int(v) for v in a.ints]
-    return None
 
 
 def dtype_name(data_type: int) -> str:
@@ -249,8 +234,6 @@ def stored_bytes(tensor: onnx.TensorProto) -> int:
     return 2 * len(tensor.int32_data)  # float16 / bfloat16 live one per int32 slot
 
 
-_stored_bytes = stored_bytes  # older name
-
 
 def check_weight_tensor(source: WeightSource, node_name: str) -> str | None:
     """Why a constant cannot serve as a weight (a skip reason), or None; corrupt data raises."""
@@ -269,8 +252,6 @@ def check_weight_tensor(source: WeightSource, node_name: str) -> str | None:
         return None
     need = elements * FLOAT_TYPES[tensor.data_type]
     have = stored_bytes(tensor)
-    if tensor.data_type != onnx.TensorProto.FLOAT and not tensor.HasField("raw_data"):
-        have = 2 * len(tensor.int32_data)
     if have != need:
         raise InvalidModel(f"weight {source.constant.name!r} of node {node_name!r}: data holds {have} bytes, "
                            f"dims {dims} need {need}")

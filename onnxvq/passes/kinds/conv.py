@@ -75,11 +75,6 @@ class ConvKind(SiteKind):
     def rewrite(self, site: Site, enc, ctx) -> None:
         ctx.rewire_weight(site, ctx.decoded_weight(site, enc, _weight_from_matrix))
 
-    # Kept as the convolution's transposed flag is not Gemm's transB.
-    @staticmethod
-    def is_depthwise(site: Site) -> bool:
-        return bool(site.params.get("depthwise"))
-
 
 def _weight_from_matrix(ctx, site: Site, w_name: str):
     """Standard ops: W_hat [K, N] -> the convolution's weight shape."""

@@ -87,6 +87,7 @@ def _row_codes(site: Site, enc: CodedWeight, ctx) -> tuple[str, str]:
     """uint8 codes [V, T, S] (folded from the packed stream at load) and flat codebooks, once per graph."""
     key = (id(site.graph), site.weight_key, "row_codes")
     if key not in ctx.decoded:
+        ctx.require_decoder_opset(site)
         nodes, inits, codes, books = build_row_codes(enc, ctx.names, f"{site.weight.name}.vq")
         site.graph.initializer.extend(inits)
         ctx.insert_before(site, nodes)
@@ -98,10 +99,10 @@ def _low_rank_tables(site: Site, enc: LowRankWeight, ctx) -> tuple[str, str]:
     """table^T = first @ second, so table = second^T @ first^T: rows [V, r] and mixing [r, D]."""
     key = (site.weight_key, "low_rank_gather")
     if key not in ctx.stored:
-        dtype = np.float32
         rows = ctx.constant(site.weight.graph, f"{site.weight.name}.svd_rows",
-                            np.ascontiguousarray(enc.second.T, dtype))
-        mix = ctx.constant(site.weight.graph, f"{site.weight.name}.svd_mix", np.ascontiguousarray(enc.first.T, dtype))
+                            np.ascontiguousarray(enc.second.T, np.float32))
+        mix = ctx.constant(site.weight.graph, f"{site.weight.name}.svd_mix",
+                           np.ascontiguousarray(enc.first.T, np.float32))
         ctx.stored[key] = [rows, mix]
     return tuple(ctx.stored[key])
 
