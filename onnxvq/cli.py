@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .errors import ExitCode, OnnxVQError, OutputError
+from .errors import ConfigError, ExitCode, OnnxVQError, OutputError
 
 
 def _fail(exc: OnnxVQError) -> None:
@@ -170,12 +170,25 @@ def _with(options):
                    "into the dense weight at load (original speed); auto (default) = op for 2-D activations, "
                    "decode for sequence (rank >= 3) activations.")
 @click.option("--jobs", type=click.IntRange(min=-1), default=1, help="Layers fitted in parallel (joblib; -1 = all cores).")
+@click.option("--calibration", type=click.Path(), default=None,
+              help="Calibration inputs (.npz, like --data): fit each layer to its output error on them "
+                   "(GPTQ-style) instead of to its weights alone. Use inputs that are not your evaluation set.")
+@click.option("--target-ratio", type=click.FloatRange(min=1, min_open=True), default=None,
+              help="Budget: make the whole file this many times smaller; each layer's method and bits are "
+                   "chosen (needs --calibration).")
+@click.option("--target-size", type=click.IntRange(min=1), default=None, help="Budget: whole file size in bytes.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Budget floor: top-1 agreement with the original on the calibration data; the allocation "
+                   "backs off (more bytes) until it holds. Alone: the smallest file that holds it.")
+@click.option("--save-config", type=click.Path(), default=None,
+              help="Budget mode: write the chosen per-layer settings as a config file (YAML or .json).")
 @click.option("--check/--no-check", "run_check", default=True, help="Compare outputs with the original (default on).")
 @_with(_threshold_options)
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write the full report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
 def compress(model, output, method, bits, dim, axis, stages, group_size, rank, ratio, unscaled, codebook_dtype,
-             config_file, seed, include, exclude, min_elements, fmt, op_types, protect, matmul_runtime, jobs, run_check, data, samples,
+             config_file, seed, include, exclude, min_elements, fmt, op_types, protect, matmul_runtime, jobs,
+             calibration, target_ratio, target_size, min_agreement, save_config, run_check, data, samples,
              input_dim, min_cosine, max_rel_err, json_path, quiet):
     """Compress MODEL's weights (Conv, ConvTranspose, Gather embeddings, Gemm, MatMul) into codes +
     codebooks and write OUTPUT."""
@@ -200,8 +213,12 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
     # run before any work is done or any file is written.
     input_rules = []
     feeds = _feeds(source, data, samples, plan.seed, dims, input_rules) if run_check else None
+    calib = _calibration_inputs(source, calibration, data)
+    budget = _budget(model, target_ratio, target_size, min_agreement, min_cosine, calib)
+    say = (lambda _m: None) if quiet else (lambda m: click.echo(f"budget: {m}", err=True))
     # In place: the source model becomes the output, so peak memory is one model, not two.
-    result = compress_model(source, plan, jobs=jobs, progress=not quiet, inplace=True)
+    result = compress_model(source, plan, jobs=jobs, progress=not quiet, inplace=True, calibration=calib,
+                            budget=budget, say=say)
     del source
     written = save_model(result.model, output)
     rows = layer_rows(result)
@@ -213,6 +230,18 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
         "by_op_type": op_type_totals(rows),
     }
     report["file_ratio"] = report["original_file_bytes"] / written if written else None
+    if calibration:
+        report["calibration"] = {"path": str(calibration), "samples": int(next(iter(calib.values())).shape[0]),
+                                 "same_file_as_data": bool(data) and _same_file(calibration, data)}
+    if result.allocation is not None:
+        report["budget"] = {"target_bytes": budget.target_bytes, "min_agreement": budget.min_agreement,
+                            "min_cosine": budget.min_cosine,
+                            "file_bytes": result.allocation.file_bytes, "layer_gains": result.allocation.gains,
+                            "calibration_quality": result.allocation.quality,
+                            "floor_held": budget.floor_holds(result.allocation.quality),
+                            "trials": result.allocation.history, "config": result.allocation.config}
+        if save_config:
+            _write_config(save_config, result.allocation.config)
     # What the file holds beyond tensor data: names, attributes, graph structure, protobuf framing.
     report["compressed_initializer_bytes"] = initializer_bytes(result.model)
     report["protobuf_overhead_bytes"] = written - report["compressed_initializer_bytes"]
@@ -238,6 +267,15 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
             click.echo(f"  folded {len(result.folded_batchnorms)} BatchNormalization node(s) into their convolutions")
         click.echo(f"whole model file: {_mb(report['original_file_bytes'])} -> {_mb(written)} "
                    f"({report['file_ratio']:.2f}x)  written to {output}")
+        if report.get("calibration", {}).get("same_file_as_data"):
+            click.echo("warning: --calibration and --data are the same file: the parity check is not held-out")
+        if result.allocation is not None:
+            b = report["budget"]
+            q = b["calibration_quality"]
+            held = "held" if b["floor_held"] else "NOT held"
+            click.echo(f"budget: calibration top-1 agreement {q['top1_agreement']:.4f}, cosine {q['cosine_mean']:.5f}"
+                       + (f" (floor {held})" if budget.min_agreement or budget.min_cosine else ""))
+            click.echo(_config_text(b["config"]))
         if parity is not None:
             if input_rules:
                 click.echo("\n" + _input_rules_text(input_rules))
@@ -248,6 +286,54 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
             for p in problems:
                 click.echo(f"onnxvq: check failed: {p}", err=True)
             sys.exit(int(ExitCode.CHECK_FAILED))
+
+
+def _calibration_inputs(model, calibration, data):
+    if not calibration:
+        return None
+    from .check import load_inputs
+
+    if data and _same_file(calibration, data):
+        click.echo("warning: --calibration and --data are the same file: the parity check is not held-out",
+                   err=True)
+    return load_inputs(model, calibration)
+
+
+def _same_file(a, b) -> bool:
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _budget(model_path, target_ratio, target_size, min_agreement, min_cosine, calib):
+    from .budget import Budget
+
+    if target_ratio is None and target_size is None and min_agreement is None:
+        return None  # --min-cosine alone stays the parity check it always was
+    if target_ratio is not None and target_size is not None:
+        raise ConfigError("give --target-ratio or --target-size, not both")
+    if calib is None:
+        raise ConfigError("a size or quality budget needs --calibration DATA.npz to measure it on")
+    target = target_size if target_size is not None else int(_file_bytes(model_path) / target_ratio)
+    return Budget(target, min_agreement, min_cosine)
+
+
+def _config_text(config: dict) -> str:
+    import yaml
+
+    return "chosen settings (reusable with --config):\n" + yaml.safe_dump(config, sort_keys=False)
+
+
+def _write_config(path: str, config: dict) -> None:
+    import yaml
+
+    from .sweep import _atomic_write
+
+    text = json.dumps(config, indent=2) if str(path).endswith(".json") else yaml.safe_dump(config, sort_keys=False)
+    _atomic_write(Path(path), lambda f: f.write(text))
 
 
 def _attach_layer_errors(rows: list[dict], original, compressed, feeds, outputs=None) -> None:

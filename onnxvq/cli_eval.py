@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import click
@@ -120,9 +121,11 @@ def _echo_embedding(report) -> None:
 @click.option("--runtime", type=click.Choice(["dense", "custom"]), default="dense", show_default=True,
               help="Score each setting on its decoded dense twin (fast; one setting is cross-checked with the "
                    "custom op) or through the VQMatMul op itself.")
+@click.option("--calibration", type=click.Path(), default=None,
+              help="Calibration inputs (.npz): fit every setting data-aware (on these, not on --data).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary.")
 def sweep_cmd(model, data, out_dir, grid_file, jobs, preprocess, batch_size, samples, output_name, per_layer,
-              min_elements, no_plots, no_truncate, runtime, quiet):
+              min_elements, no_plots, no_truncate, runtime, calibration, quiet):
     """Compress MODEL's dense layers with every method over a grid; evaluate each (Figures 3 and 4)."""
     from .evaluate import load_dataset, parse_preprocess
     from .modelio import load_model
@@ -137,8 +140,15 @@ def sweep_cmd(model, data, out_dir, grid_file, jobs, preprocess, batch_size, sam
     source = load_model(model)
     dataset = load_dataset(source, data, parse_preprocess(preprocess), samples)
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
+    calib = None
+    if calibration:
+        calib = load_dataset(source, calibration, parse_preprocess(preprocess)).feeds
+        if os.path.exists(data) and os.path.samefile(calibration, data):
+            click.echo("warning: --calibration and --data are the same file: the sweep's scores are not held-out",
+                       err=True)
     result = run_sweep(source, dataset, grid, model_name=str(model), data_name=str(data), jobs=jobs,
-                       output=output_name, batch_size=batch_size, truncate=not no_truncate, runtime=runtime, progress=say)
+                       output=output_name, batch_size=batch_size, truncate=not no_truncate, runtime=runtime,
+                       progress=say, calibration=calib)
     files = write_outputs(result, out_dir, plots=not no_plots)
     b = result.baseline
     click.echo(summary_table(result))

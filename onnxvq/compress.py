@@ -17,6 +17,7 @@ from .passes.rewrite import rewrite
 from .ops.schema import DOMAIN
 from .passes.sites import Site, Skipped, find_sites, walk_graphs
 from .quantizers import CodedWeight, LowRankWeight, quantize
+from .quantizers.base import quantize_data_aware
 
 METADATA_KEY = "onnxvq"
 #: Weights larger than this (in magnitude) overflow float32 in fitting (squared distances) and in
@@ -32,6 +33,9 @@ class WeightJob:
     sites: list[Site]
     seed: int
     weight_rel_err: float | None = None  # ||W - W_hat||_F / ||W||_F, set once encoded
+    stats: object | None = None          # calibration.LayerStats when fitted on calibration data
+    calib_output_rel_err: float | None = None      # ||X dW|| / ||X W|| on the calibration statistics
+    data_free_output_rel_err: float | None = None  # the same for the data-free fit
 
     @property
     def first(self) -> Site:
@@ -46,6 +50,7 @@ class CompressionResult:
     skipped: list[Skipped] = field(default_factory=list)
     plan: Plan | None = None
     folded_batchnorms: list[tuple[str, str]] = field(default_factory=list)  # (conv, bn) node names
+    allocation: object | None = None  # budget.Allocation in budget mode
 
 
 def layer_seed(seed: int, weight_name: str) -> int:
@@ -145,21 +150,31 @@ def _check_finite(site: Site) -> None:
         raise InvalidWeights(f"bias {site.bias.name!r} of node {site.display_name!r} has NaN/Inf values")
 
 
-def _encode(weight: np.ndarray, config: MethodConfig, seed: int):
-    """Encode one weight; returns (encoding, relative Frobenius error). Gets plain arrays, not graph
-    objects, so parallel workers receive only the weight they fit."""
-    encoded = quantize(weight, config, seed)
+def _encode(weight: np.ndarray, config: MethodConfig, seed: int, stats=None):
+    """Encode one weight; returns (encoding, relative Frobenius error, data-aware fit or None).
+    Gets plain arrays, not graph objects, so parallel workers receive only the weight they fit."""
+    fit = None
+    if stats is None:
+        encoded = quantize(weight, config, seed)
+    else:
+        fit = quantize_data_aware(weight, config, stats, seed)
+        encoded = fit.encoded
     norm = float(np.linalg.norm(weight))
     residual = encoded.decode()
     residual -= weight  # in place: one extra copy of the layer, not three
     err = float(np.linalg.norm(residual)) / norm if norm > 0 else 0.0
-    return encoded, err
+    return encoded, err, fit
 
 
 def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progress: bool = False,
-                   inplace: bool = False) -> CompressionResult:
+                   inplace: bool = False, calibration: dict[str, np.ndarray] | None = None,
+                   budget=None, say=None) -> CompressionResult:
     """Compress ``model``: a copy by default; ``inplace=True`` rewrites the given model and saves the
-    memory of a second copy (peak = the model plus a few copies of the largest layer)."""
+    memory of a second copy (peak = the model plus a few copies of the largest layer).
+
+    ``calibration`` (input name -> array, batch first): fit each layer to its output error on these
+    inputs (fit.data_aware) instead of to its weights alone. ``budget`` (a budget.Budget, needs
+    ``calibration``): choose each layer's setting to meet it (onnxvq.budget); ``say`` gets its log."""
     if any(node.domain == DOMAIN for graph, _ in walk_graphs(model.graph) for node in graph.node) \
             or any(p.key == METADATA_KEY for p in model.metadata_props):
         raise NothingToCompress("the model is already compressed by onnxvq; compress the original instead")
@@ -172,8 +187,27 @@ def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progres
         kinds = "/".join(plan.enabled_op_types)
         reasons = "; ".join(f"{s.display_name}: {s.reason}" for s in skipped[:5]) or f"it has no {kinds} weight"
         raise NothingToCompress(f"no layer to compress ({reasons})")
+    if calibration is not None:
+        attach_stats(model, weight_jobs, calibration, progress=progress)
+    allocation = None
+    if budget is not None:
+        from .budget import chosen_config, run_budget
+
+        if calibration is None:
+            raise ConfigError("a size or quality budget needs --calibration data to measure it on")
+        allocation, table = run_budget(model, weight_jobs, calibration, budget, plan.format, n_jobs=jobs,
+                                       say=say or (lambda _m: None))
+        allocation.config = chosen_config(weight_jobs, table, allocation.choice)
+        results = []
+        for job, points, i in zip(weight_jobs, table, allocation.choice):
+            job.config = points[i].config
+            results.append(_scored(job.first.weight_array, points[i].encoded, job.stats))
+    else:
+        results = _run_jobs(weight_jobs, jobs, progress)
     encoded, kept = {}, []
-    for job, (enc, err) in zip(weight_jobs, _run_jobs(weight_jobs, jobs, progress)):
+    for job, (enc, err, fit) in zip(weight_jobs, results):
+        if fit is not None:
+            job.calib_output_rel_err, job.data_free_output_rel_err = fit.output_rel_err, fit.data_free_rel_err
         enc = job.first.kind.stored_encoding(job.first, enc, plan.format)
         stored, dense = enc.code_bytes + enc.codebook_bytes, job.first.weight_bytes
         if stored >= dense:  # e.g. 256-codeword PQ on a layer with few rows: codebooks outweigh it
@@ -191,8 +225,33 @@ def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progres
                                 "(try fewer bits or a shared codebook)")
     sites = [site for job in weight_jobs for site in job.sites]
     rewrite(model, sites, encoded, plan.format)
-    _stamp_metadata(model, plan, weight_jobs)
-    return CompressionResult(model, weight_jobs, encoded, skipped, plan, folded)
+    _stamp_metadata(model, plan, weight_jobs, calibrated=calibration is not None)
+    return CompressionResult(model, weight_jobs, encoded, skipped, plan, folded, allocation)
+
+
+def _scored(weight: np.ndarray, encoded, stats):
+    """(encoding, weight error, fit-like record) for an encoding fitted elsewhere (budget mode)."""
+    from .fit.data_aware import DataAwareFit, Objective, relative_error
+
+    residual = encoded.decode() - weight
+    norm = float(np.linalg.norm(weight))
+    err = float(np.linalg.norm(residual)) / norm if norm > 0 else 0.0
+    fit = None
+    if stats is not None:
+        objective = Objective.from_stats(weight, stats)
+        fit = DataAwareFit(encoded, relative_error(objective.value(encoded.decode()), objective.energy()), None)
+    return encoded, err, fit
+
+
+def attach_stats(model: onnx.ModelProto, weight_jobs: list[WeightJob], calibration: dict[str, np.ndarray], *,
+                 progress: bool = False) -> None:
+    """Collect each job's input statistics on the calibration inputs (jobs whose inputs cannot be
+    observed, e.g. inside a subgraph, keep stats None and are fitted data-free)."""
+    from .calibration import collect_stats
+
+    stats = collect_stats(model, weight_jobs, calibration, progress=progress)
+    for job in weight_jobs:
+        job.stats = stats.get(job.first.weight_key)
 
 
 def _run_jobs(weight_jobs: list[WeightJob], n_jobs: int, progress: bool):
@@ -206,7 +265,8 @@ def _run_jobs(weight_jobs: list[WeightJob], n_jobs: int, progress: bool):
     # Largest first: the long pole starts early and parallel runs finish together.
     order = sorted(range(len(weight_jobs)), key=lambda i: -weight_jobs[i].first.elements)
     # Each weight is materialized only when its task starts (a generator), never all at once.
-    tasks = ((weight_jobs[i].first.weight_array, weight_jobs[i].config, weight_jobs[i].seed) for i in order)
+    tasks = ((weight_jobs[i].first.weight_array, weight_jobs[i].config, weight_jobs[i].seed, weight_jobs[i].stats)
+             for i in order)
     if n_jobs == 1:
         for i, task in zip(order, tasks):
             bar.set_postfix_str(weight_jobs[i].first.display_name[:40])
@@ -223,12 +283,14 @@ def _run_jobs(weight_jobs: list[WeightJob], n_jobs: int, progress: bool):
     return results
 
 
-def _stamp_metadata(model: onnx.ModelProto, plan: Plan, weight_jobs: list[WeightJob]) -> None:
+def _stamp_metadata(model: onnx.ModelProto, plan: Plan, weight_jobs: list[WeightJob], calibrated: bool) -> None:
     stamp = {
         "version": __version__,
         "plan": plan.to_dict(),
         "layers": {site.display_name: job.config.options() for job in weight_jobs for site in job.sites},
     }
+    if calibrated:  # only then: a data-free file stays byte-identical to earlier versions
+        stamp["calibrated"] = True
     for prop in list(model.metadata_props):
         if prop.key == METADATA_KEY:
             model.metadata_props.remove(prop)

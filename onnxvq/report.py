@@ -50,6 +50,9 @@ def layer_rows(result: CompressionResult) -> list[dict]:
                 "weight_ratio": weight_bytes / (code_bytes + codebook_bytes) if first else None,
                 "bits_per_weight": 8 * (code_bytes + codebook_bytes) / site.elements if first else None,
                 "weight_rel_err": err,
+                # Output error estimated from the calibration statistics (None without --calibration).
+                "calib_output_rel_err": job.calib_output_rel_err,
+                "data_free_calib_output_rel_err": job.data_free_output_rel_err,
                 "skipped_reason": None,
             }
             if isinstance(enc, LowRankWeight):

@@ -169,27 +169,32 @@ class Layer:
     seed: int
     in_features: int
     out_features: int
+    stats: Any = None  # calibration.LayerStats: fit data-aware
 
     @property
     def elements(self) -> int:
         return int(self.weight.size)
 
 
-def select_layers(model: onnx.ModelProto, grid: Grid) -> list[Layer]:
-    from .compress import plan_jobs
+def select_layers(model: onnx.ModelProto, grid: Grid, calibration: dict[str, np.ndarray] | None = None,
+                  progress: bool = False) -> list[Layer]:
+    from .compress import attach_stats, plan_jobs
 
     plan = Plan(global_options=dict(DEFAULT_METHOD), include=grid.include, exclude=grid.exclude,
                 min_elements=grid.min_elements, seed=grid.seed, enabled_op_types=grid.op_types)
     jobs, _ = plan_jobs(model, plan)
+    if calibration is not None and jobs:
+        attach_stats(model, jobs, calibration, progress=progress)
     return [Layer(stable_key(j.first), j.first.display_name, j.first.weight_array, j.seed,
-                  j.first.in_features, j.first.out_features) for j in jobs]
+                  j.first.in_features, j.first.out_features, j.stats) for j in jobs]
 
 
-def _fit(weight: np.ndarray, config: MethodConfig, seed: int):
+def _fit(weight: np.ndarray, config: MethodConfig, seed: int, stats=None):
     from .quantizers import quantize
+    from .quantizers.base import quantize_data_aware
 
     start = time.perf_counter()
-    enc = quantize(weight, config, seed)
+    enc = quantize(weight, config, seed) if stats is None else quantize_data_aware(weight, config, stats, seed).encoded
     return enc, time.perf_counter() - start
 
 
@@ -207,12 +212,12 @@ class EncodingCache:
         todo = [(k, c) for k, c in dict.fromkeys(pairs) if (k, c) not in self.store]
         todo.sort(key=lambda kc: -self.layers[kc[0]].elements)
         if self.jobs == 1 or len(todo) <= 1:
-            outputs = (_fit(self.layers[k].weight, c, self.layers[k].seed) for k, c in todo)
+            outputs = (_fit(self.layers[k].weight, c, self.layers[k].seed, self.layers[k].stats) for k, c in todo)
         else:
             from joblib import Parallel, delayed
 
             outputs = Parallel(n_jobs=self.jobs, return_as="generator")(
-                delayed(_fit)(self.layers[k].weight, c, self.layers[k].seed) for k, c in todo)
+                delayed(_fit)(self.layers[k].weight, c, self.layers[k].seed, self.layers[k].stats) for k, c in todo)
         for (k, c), (enc, seconds) in zip(todo, outputs):
             self.store[(k, c)] = enc
             self.seconds[(k, c)] = seconds
@@ -351,9 +356,10 @@ class SweepRunner:
         if plan is not None and self.output_name in plan[2]:
             frozen, needed, live_outputs = plan
             values = self._precompute(model, dataset, needed, batch_size, threads, _fixed_batch(model))
-            self.truncation = Truncation(frozen, values, live_outputs)
-            small = Dataset(dict(values), dataset.labels, dataset.samples)
-            self.evaluator = Evaluator(small, self.full.reference, self.output_name, batch_size, threads, None)
+            if values is not None:
+                self.truncation = Truncation(frozen, values, live_outputs)
+                small = Dataset(dict(values), dataset.labels, dataset.samples)
+                self.evaluator = Evaluator(small, self.full.reference, self.output_name, batch_size, threads, None)
         self.setup_seconds = time.perf_counter() - start
 
     @staticmethod
@@ -374,7 +380,10 @@ class SweepRunner:
         parts: dict[str, list[np.ndarray]] = {n: [] for n in extra}
         for start in range(0, dataset.samples, step):
             got = sess.run(extra, {k: v[start:start + step] for k, v in dataset.feeds.items()})
+            rows = min(step, dataset.samples - start)
             for n, arr in zip(extra, got):
+                if arr.ndim == 0 or arr.shape[0] != rows:
+                    return None  # e.g. a shape computed from the input: not batch-major, cannot be cut
                 parts[n].append(arr)
         values.update({n: np.concatenate(p, axis=0) for n, p in parts.items()})
         return values
@@ -434,6 +443,7 @@ class SweepResult:
     plots_skipped: str | None = None
     op_check: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    calibrated: bool = False  # fitted data-aware (--calibration)
 
     @property
     def metric(self) -> str:
@@ -443,6 +453,7 @@ class SweepResult:
         return {"model": self.model, "data": self.data, "metric": self.metric, "baseline": self.baseline,
                 "layers": self.layers, "rows": self.rows, "per_layer": self.per_layer, "plots": self.plots,
                 "plots_skipped": self.plots_skipped, "op_check": self.op_check, "seconds": self.seconds,
+                "calibrated": self.calibrated,
                 "pareto": pareto(self.rows, self.metric)}
 
 
@@ -458,7 +469,8 @@ def pareto(rows: list[dict[str, Any]], metric: str) -> list[str]:
 
 def run_sweep(model: onnx.ModelProto, dataset: Dataset, grid: Grid, *, model_name: str = "model",
               data_name: str = "data", jobs: int = 1, output: str | None = None, batch_size: int = 256,
-              truncate: bool = True, runtime: str = "dense", op_check: bool = True, progress=None) -> SweepResult:
+              truncate: bool = True, runtime: str = "dense", op_check: bool = True, progress=None,
+              calibration: dict[str, np.ndarray] | None = None) -> SweepResult:
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
     if {"Conv", "ConvTranspose"} & set(grid.op_types):
@@ -467,7 +479,9 @@ def run_sweep(model: onnx.ModelProto, dataset: Dataset, grid: Grid, *, model_nam
         model = copy.deepcopy(model)
         if fold_batchnorm(model):  # as compress does: quantize the weights the model really uses
             say("folded BatchNormalization nodes into their convolutions")
-    layers = select_layers(model, grid)
+    layers = select_layers(model, grid, calibration)
+    if calibration is not None:
+        say(f"fitting data-aware on {next(iter(calibration.values())).shape[0]} calibration inputs")
     if not layers:
         from .errors import NothingToCompress
 
@@ -488,7 +502,7 @@ def run_sweep(model: onnx.ModelProto, dataset: Dataset, grid: Grid, *, model_nam
                 "max_file_ratio": (original_file / (original_file - dense_bytes)) if original_file > dense_bytes else None}
     layer_info = [{"name": layer.name, "weight": layer.key[1], "in_features": layer.in_features,
                    "out_features": layer.out_features, "elements": layer.elements} for layer in layers]
-    result = SweepResult(model_name, data_name, baseline, layer_info)
+    result = SweepResult(model_name, data_name, baseline, layer_info, calibrated=calibration is not None)
 
     cache = EncodingCache(layers, jobs)
     per_layer_configs = grid.per_layer_configs()

@@ -174,7 +174,7 @@ def test_encodings_are_fitted_once_per_layer_and_config(convnet, monkeypatch):
                       op_types=("Gemm", "MatMul"))
     calls = []
     real_fit = sweep._fit
-    monkeypatch.setattr(sweep, "_fit", lambda w, c, s: calls.append((w.shape, c)) or real_fit(w, c, s))
+    monkeypatch.setattr(sweep, "_fit", lambda w, c, s, st=None: calls.append((w.shape, c)) or real_fit(w, c, s, st))
     result = sweep.run_sweep(model, load_dataset(model, data), grid)
     assert len(calls) == 4  # 2 layers x 2 configs, although they are used in 2 + 4 evaluations
     assert len(result.rows) == 2 and len(result.per_layer) == 4

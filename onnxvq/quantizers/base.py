@@ -31,15 +31,7 @@ class CodedWeight:
     def decode(self) -> np.ndarray:
         """W_hat [K, N] float32, what the op computes with (float32 throughout: for a large layer the
         float64 reference decode would hold several copies of the whole matrix)."""
-        lay = self.layout
-        cb = self.codebooks.astype(np.float32, copy=False)
-        s_index = np.arange(lay.num_subspaces) if lay.codebook_per_subspace else np.zeros(lay.num_subspaces, np.intp)
-        g_index = (np.arange(lay.rows) // lay.group_size)[:, None]
-        rows = cb[0][s_index[None, :], g_index, self.codes[0]]  # [R, S, d]
-        for t in range(1, lay.stages):
-            rows += cb[t][s_index[None, :], g_index, self.codes[t]]
-        rows = rows.reshape(lay.rows, -1)[:, : lay.length]
-        return np.ascontiguousarray(rows.T if lay.axis == 0 else rows)
+        return decode_matrix(self.layout, self.codes, self.codebooks.astype(np.float32, copy=False))
 
     def packed_codes(self) -> np.ndarray:
         """The custom op's codes input (layout set by the schema's format version)."""
@@ -56,6 +48,22 @@ class CodedWeight:
     @property
     def codebook_bytes(self) -> int:
         return int(self.codebooks.nbytes)
+
+
+def codebook_indices(layout: VQLayout) -> tuple[np.ndarray, np.ndarray]:
+    """(subspace group of each subspace [S], row group of each row [R]): where a code looks up."""
+    s_index = np.arange(layout.num_subspaces) if layout.codebook_per_subspace else np.zeros(layout.num_subspaces, np.intp)
+    return s_index, np.arange(layout.rows) // layout.group_size
+
+
+def decode_matrix(layout: VQLayout, codes: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+    """W_hat [K, N] in the codebooks' dtype: the sum over stages of the codewords the codes select."""
+    s_index, g_index = codebook_indices(layout)
+    rows = codebooks[0][s_index[None, :], g_index[:, None], codes[0]]  # [R, S, d]
+    for t in range(1, layout.stages):
+        rows += codebooks[t][s_index[None, :], g_index[:, None], codes[t]]
+    rows = rows.reshape(layout.rows, -1)[:, : layout.length]
+    return np.ascontiguousarray(rows.T if layout.axis == 0 else rows)
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,37 @@ def quantize(weight: np.ndarray, config, seed: int = 0):
     except KeyError:
         raise TypeError(f"no quantizer registered for {type(config).__name__}") from None
     return fn(np.ascontiguousarray(weight, dtype=np.float32), config, seed)
+
+
+RefineFn = Callable[[np.ndarray, object, object, object], object]
+_DATA_AWARE: dict[type, RefineFn] = {}
+
+
+def register_data_aware(config_type: type):
+    """Decorator for a method whose data-aware fit is not the generic code refit
+    (``fit.data_aware.refine_codes``): ``fn(weight, config, data_free_encoding, stats) -> DataAwareFit``."""
+
+    def wrap(fn: RefineFn) -> RefineFn:
+        _DATA_AWARE[config_type] = fn
+        return fn
+
+    return wrap
+
+
+def quantize_data_aware(weight: np.ndarray, config, stats, seed: int = 0):
+    """Fit W[K, N] to minimize its output error on calibration inputs (``stats``: a
+    calibration.LayerStats); returns a fit.data_aware.DataAwareFit. Starts from the data-free fit."""
+    from ..fit.data_aware import refine_codes
+
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    encoded = quantize(weight, config, seed)
+    refine = _DATA_AWARE.get(type(config))
+    if refine is not None:
+        return refine(weight, config, encoded, stats)
+    # The paper's plain +-1 binarization has no codebook to fit; its codes still get the feedback.
+    refit = getattr(config, "scaled", True)
+    return refine_codes(encoded, weight, stats, codebook_dtype=getattr(config, "codebook_dtype", "float32"),
+                        refit=refit)
 
 
 def to_codebook_dtype(codebooks: np.ndarray, dtype: str) -> np.ndarray:
