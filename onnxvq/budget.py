@@ -66,6 +66,7 @@ class Point:
     encoded: Any
     stored_bytes: int
     rel_err: float                        # relative output error of the layer (calibration statistics)
+    bias_shift: np.ndarray | None = None  # bias correction that goes with the encoding
 
 
 @dataclass
@@ -82,8 +83,9 @@ def candidates_for(op_type: str) -> list[MethodConfig]:
     return [make_method_config(c) for c in CANDIDATES[op_type]]
 
 
-def _fit_layer(weight: np.ndarray, configs: list[MethodConfig], stats, seed: int) -> list[tuple[Any, float]]:
-    """Every candidate of one layer (one task: the layer's H factors are computed once)."""
+def _fit_layer(weight: np.ndarray, configs: list[MethodConfig], stats, seed: int, correct_bias: bool):
+    """Every candidate of one layer as (encoding, rel_err, bias shift); one task, so the layer's
+    H factors are computed once."""
     from .quantizers import quantize
     from .quantizers.base import quantize_data_aware
 
@@ -91,17 +93,21 @@ def _fit_layer(weight: np.ndarray, configs: list[MethodConfig], stats, seed: int
     for config in configs:
         if stats is None:  # inputs not observable (e.g. inside a subgraph): weight error as the proxy
             enc = quantize(weight, config, seed)
-            out.append((enc, float(np.linalg.norm(enc.decode() - weight) / max(np.linalg.norm(weight), 1e-30))))
+            norm = max(float(np.linalg.norm(weight)), 1e-30)
+            out.append((enc, float(np.linalg.norm(enc.decode() - weight)) / norm, None))
         else:
-            got = quantize_data_aware(weight, config, stats, seed)
-            out.append((got.encoded, got.output_rel_err))
+            got = quantize_data_aware(weight, config, stats, seed, correct_bias)
+            out.append((got.encoded, got.output_rel_err, got.bias_shift))
     return out
 
 
 def rate_distortion(weight_jobs, fmt: str, n_jobs: int = 1) -> list[list[Point]]:
     """Every candidate of every job as a point; points that would not be smaller than the dense
     weight are dropped."""
-    tasks = [(job.first.weight_array, candidates_for(job.first.op_type), job.stats, job.seed) for job in weight_jobs]
+    from .compress import corrects_bias
+
+    tasks = [(job.first.weight_array, candidates_for(job.first.op_type), job.stats, job.seed, corrects_bias(job))
+             for job in weight_jobs]
     if n_jobs == 1:
         fitted = [_fit_layer(*t) for t in tasks]
     else:
@@ -109,14 +115,14 @@ def rate_distortion(weight_jobs, fmt: str, n_jobs: int = 1) -> list[list[Point]]
 
         fitted = Parallel(n_jobs=n_jobs)(delayed(_fit_layer)(*t) for t in tasks)
     table = []
-    for job, (_w, configs, _s, _seed), results in zip(weight_jobs, tasks, fitted):
+    for job, task, results in zip(weight_jobs, tasks, fitted):
         site = job.first
         points = []
-        for config, (enc, rel_err) in zip(configs, results):
+        for config, (enc, rel_err, shift) in zip(task[1], results):
             enc = site.kind.stored_encoding(site, enc, fmt)
             stored = enc.code_bytes + enc.codebook_bytes
             if stored < site.weight_bytes:
-                points.append(Point(config, enc, stored, rel_err))
+                points.append(Point(config, enc, stored, rel_err, shift))
         if not points:
             raise ConfigError(f"no candidate setting makes {site.display_name!r} smaller than dense")
         table.append(points)
@@ -166,16 +172,19 @@ def allocate(table: list[list[Point]], gains: list[float], budget: Budget, size_
     if budget.target_bytes is not None:
         lightest = [min(range(len(p)), key=lambda i: p[i].stored_bytes) for p in table]
         rest = size_of(lightest) - sum(p[i].stored_bytes for p, i in zip(table, lightest))
-        if budget.target_bytes <= size_of(lightest):
+        if budget.target_bytes < size_of(lightest):
             raise ConfigError(f"target size {budget.target_bytes} bytes is below the smallest file the candidate "
                               f"settings can write ({size_of(lightest)} bytes)")
         code_bytes = budget.target_bytes - rest
-        for _ in range(4):  # the decoders' own bytes vary a little with the choice: correct and resolve
-            lam = lambda_for_size(table, gains, code_bytes)
+        lam = lambda_for_size(table, gains, code_bytes)
+        for _ in range(8):  # the decoders' own bytes vary a little with the choice: correct and resolve
             over = size_of(choose(table, lam, gains)) - budget.target_bytes
             if over <= 0:
                 break
             code_bytes -= over
+            lam = lambda_for_size(table, gains, code_bytes)
+        while size_of(choose(table, lam, gains)) > budget.target_bytes and lam < 1e12:
+            lam *= 2  # the lightest choice fits (checked above): get there
         got = trial(lam)
         steps = 0
         while has_floor and not budget.floor_holds(got[2]) and steps < BACKOFF_STEPS:
@@ -217,28 +226,39 @@ def output_quality(reference: np.ndarray, candidate: np.ndarray) -> dict[str, fl
     return {"top1_agreement": agree, "cosine_mean": float(cos.mean())}
 
 
-def chosen_config(weight_jobs, table, choice) -> dict[str, Any]:
-    """The choice as a config file: one ``nodes`` entry per compressed node (reusable with --config)."""
-    nodes = {}
-    for job, points, i in zip(weight_jobs, table, choice):
-        for site in job.sites:
-            nodes[site.display_name] = points[i].config.options()
-    return {"nodes": nodes}
+def chosen_config(weight_jobs, table, choice, plan) -> dict[str, Any]:
+    """The choice as a config file: the plan's selection keys and one ``nodes`` entry per
+    compressed node (reusable with --config; with the same --calibration it writes the same file)."""
+    keep = ("include", "exclude", "min_elements", "seed", "format", "enabled_op_types", "protect", "matmul_runtime")
+    settings = plan.to_dict()
+    out: dict[str, Any] = {k: settings[k] for k in keep}
+    out["nodes"] = {site.display_name: points[i].config.options()
+                    for job, points, i in zip(weight_jobs, table, choice) for site in job.sites}
+    return out
 
 
-def run_budget(model: onnx.ModelProto, weight_jobs, calibration: dict[str, np.ndarray], budget: Budget, fmt: str, *,
+def run_budget(model: onnx.ModelProto, weight_jobs, calibration: dict[str, np.ndarray], budget: Budget, plan, *,
                n_jobs: int = 1, threads: int = 0, say: Callable[[str], None] = lambda _m: None):
     """Fit the candidates, weigh the layers, allocate, verify; returns (allocation, table)."""
     import copy
+    import dataclasses
+
+    from .compress import metadata_stamp, shift_site_bias
+
+    fmt = plan.format
 
     from .evaluate import Dataset
     from .passes.rewrite import rewrite
     from .passes.sites import find_sites
     from .sweep import Layer, SweepRunner, stable_key
 
+    import time
+
+    start = time.perf_counter()
     say(f"fitting {sum(len(CANDIDATES[j.first.op_type]) for j in weight_jobs)} candidate settings "
         f"over {len(weight_jobs)} layers")
     table = rate_distortion(weight_jobs, fmt, n_jobs)
+    say(f"fitted in {time.perf_counter() - start:.1f} s")
     layers = [Layer(stable_key(j.first), j.first.display_name, j.first.weight_array, j.seed,
                     j.first.in_features, j.first.out_features) for j in weight_jobs]
     samples = next(iter(calibration.values())).shape[0]
@@ -251,9 +271,12 @@ def run_budget(model: onnx.ModelProto, weight_jobs, calibration: dict[str, np.nd
 
     def outputs(runner, picks):
         assignment = {layers[j].key: table[j][i].encoded for j, i in picks.items()}
-        return runner.outputs(assignment, "dense")
+        shifts = {layers[j].key: table[j][i].bias_shift for j, i in picks.items()}
+        return runner.outputs(assignment, "dense", shifts)
 
+    start = time.perf_counter()
     gains = layer_gains(table, runner_on(min(samples, PROBE_SAMPLES)), outputs, say)
+    say(f"layer gains measured in {time.perf_counter() - start:.1f} s")
 
     def measure(choice):
         return output_quality(full.full.reference, outputs(full, dict(enumerate(choice))))
@@ -264,13 +287,16 @@ def run_budget(model: onnx.ModelProto, weight_jobs, calibration: dict[str, np.nd
         out = copy.deepcopy(model)
         keys = {stable_key(j.first): table[n][i].encoded for n, (j, i) in enumerate(zip(weight_jobs, choice))}
         sites = [s for s in find_sites(out).sites if stable_key(s) in keys]
-        for s in sites:  # how each Gemm/MatMul runs, as compress planned it
+        shifts = {stable_key(j.first): table[n][i].bias_shift for n, (j, i) in enumerate(zip(weight_jobs, choice))}
+        for s in sites:  # how each Gemm/MatMul runs, as compress planned it, and its bias correction
             s.params.update(params.get(stable_key(s), {}))
+            if shifts.get(stable_key(s)) is not None:
+                shift_site_bias(s, shifts[stable_key(s)])
         rewrite(out, sites, {s.weight_key: keys[stable_key(s)] for s in sites}, fmt)
-        # + the metadata stamp compress adds (plan and per-layer settings, as JSON)
-        stamp = sum(len(s.display_name) + len(str(table[n][i].config.options())) + 8
-                    for n, (j, i) in enumerate(zip(weight_jobs, choice)) for s in j.sites)
-        return out.ByteSize() + stamp + 1024
+        # + the metadata stamp compress adds (exactly: the same function writes it)
+        nodes = chosen_config(weight_jobs, table, choice, plan)["nodes"]
+        stamp = metadata_stamp(dataclasses.replace(plan, nodes={**plan.nodes, **nodes}), nodes, True)
+        return out.ByteSize() + len(stamp.encode()) + 16
 
     return allocate(table, gains, budget, size_of, measure, say), table
 

@@ -57,17 +57,17 @@ def _parse_dims(values) -> dict[str, int]:
     return dims
 
 
-def _check_json_path(path: str | None, *models) -> None:
-    """--json must not name one of the models (it would replace the model with the report)."""
+def _check_json_path(path: str | None, *models, flag: str = "--json") -> None:
+    """--json (or --save-config) must not name one of the models (it would replace it)."""
     if not path:
         return
     for model in models:
         target, other = Path(path), Path(model)
         if target.resolve() == other.resolve() or (target.exists() and other.exists()
                                                    and os.path.samefile(target, other)):
-            raise OutputError(f"{path}: --json would overwrite the model {model}; choose another path")
+            raise OutputError(f"{path}: {flag} would overwrite {model}; choose another path")
     if Path(path).is_dir():
-        raise OutputError(f"{path}: --json names a folder; give a file path")
+        raise OutputError(f"{path}: {flag} names a folder; give a file path")
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -203,6 +203,10 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
     source = load_model(model)
     check_output_path(model, output)
     _check_json_path(json_path, model, output)
+    _check_json_path(save_config, model, output, *([json_path] if json_path else []), flag="--save-config")
+    if save_config and target_ratio is None and target_size is None and min_agreement is None:
+        raise ConfigError("--save-config writes the settings a budget chose; give --target-ratio, --target-size "
+                          "or --min-agreement")
     cli_options = {"method": method, "bits": bits, "dim": dim, "axis": axis, "stages": stages,
                    "group_size": group_size, "rank": rank, "ratio": ratio, "codebook_dtype": codebook_dtype,
                    "scaled": False if unscaled else None, "seed": seed, "min_elements": min_elements, "format": fmt,
@@ -317,7 +321,9 @@ def _budget(model_path, target_ratio, target_size, min_agreement, min_cosine, ca
         raise ConfigError("give --target-ratio or --target-size, not both")
     if calib is None:
         raise ConfigError("a size or quality budget needs --calibration DATA.npz to measure it on")
-    target = target_size if target_size is not None else int(_file_bytes(model_path) / target_ratio)
+    target = target_size
+    if target_ratio is not None:
+        target = int(_file_bytes(model_path) / target_ratio)
     return Budget(target, min_agreement, min_cosine)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -150,14 +151,32 @@ def _check_finite(site: Site) -> None:
         raise InvalidWeights(f"bias {site.bias.name!r} of node {site.display_name!r} has NaN/Inf values")
 
 
-def _encode(weight: np.ndarray, config: MethodConfig, seed: int, stats=None):
+def corrects_bias(job: WeightJob) -> bool:
+    """Bias correction needs one reader (each would need its own shift) whose kind can take one."""
+    return len(job.sites) == 1 and job.first.kind.corrects_bias(job.first)
+
+
+def apply_bias_shift(job: WeightJob, shift: np.ndarray | None) -> None:
+    if shift is not None:
+        shift_site_bias(job.first, shift)
+
+
+def shift_site_bias(site: Site, shift: np.ndarray) -> None:
+    """Make the rewrite add ``shift`` [N] to the node's bias (bias correction)."""
+    if site.kind.name == "matmul":  # Gemm: the rewrite writes bias_array
+        site.bias_array = (shift if site.bias_array is None else site.bias_array + shift).astype(np.float32)
+    else:
+        site.params["bias_shift"] = shift
+
+
+def _encode(weight: np.ndarray, config: MethodConfig, seed: int, stats=None, correct_bias: bool = False):
     """Encode one weight; returns (encoding, relative Frobenius error, data-aware fit or None).
     Gets plain arrays, not graph objects, so parallel workers receive only the weight they fit."""
     fit = None
     if stats is None:
         encoded = quantize(weight, config, seed)
     else:
-        fit = quantize_data_aware(weight, config, stats, seed)
+        fit = quantize_data_aware(weight, config, stats, seed, correct_bias)
         encoded = fit.encoded
     norm = float(np.linalg.norm(weight))
     residual = encoded.decode()
@@ -188,26 +207,34 @@ def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progres
         reasons = "; ".join(f"{s.display_name}: {s.reason}" for s in skipped[:5]) or f"it has no {kinds} weight"
         raise NothingToCompress(f"no layer to compress ({reasons})")
     if calibration is not None:
+        import time
+
+        start = time.perf_counter()
         attach_stats(model, weight_jobs, calibration, progress=progress)
+        if say:
+            say(f"calibration statistics of {len(weight_jobs)} layers collected in {time.perf_counter() - start:.1f} s")
     allocation = None
     if budget is not None:
         from .budget import chosen_config, run_budget
 
         if calibration is None:
             raise ConfigError("a size or quality budget needs --calibration data to measure it on")
-        allocation, table = run_budget(model, weight_jobs, calibration, budget, plan.format, n_jobs=jobs,
+        allocation, table = run_budget(model, weight_jobs, calibration, budget, plan, n_jobs=jobs,
                                        say=say or (lambda _m: None))
-        allocation.config = chosen_config(weight_jobs, table, allocation.choice)
+        allocation.config = chosen_config(weight_jobs, table, allocation.choice, plan)
+        # Stamp the choice as node settings: `--config` with the saved choice writes the same file.
+        plan = dataclasses.replace(plan, nodes={**plan.nodes, **allocation.config["nodes"]})
         results = []
         for job, points, i in zip(weight_jobs, table, allocation.choice):
             job.config = points[i].config
-            results.append(_scored(job.first.weight_array, points[i].encoded, job.stats))
+            results.append(_scored(job.first.weight_array, points[i], job.stats, corrects_bias(job)))
     else:
         results = _run_jobs(weight_jobs, jobs, progress)
     encoded, kept = {}, []
     for job, (enc, err, fit) in zip(weight_jobs, results):
         if fit is not None:
             job.calib_output_rel_err, job.data_free_output_rel_err = fit.output_rel_err, fit.data_free_rel_err
+            apply_bias_shift(job, fit.bias_shift)
         enc = job.first.kind.stored_encoding(job.first, enc, plan.format)
         stored, dense = enc.code_bytes + enc.codebook_bytes, job.first.weight_bytes
         if stored >= dense:  # e.g. 256-codeword PQ on a layer with few rows: codebooks outweigh it
@@ -229,17 +256,15 @@ def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progres
     return CompressionResult(model, weight_jobs, encoded, skipped, plan, folded, allocation)
 
 
-def _scored(weight: np.ndarray, encoded, stats):
-    """(encoding, weight error, fit-like record) for an encoding fitted elsewhere (budget mode)."""
-    from .fit.data_aware import DataAwareFit, Objective, relative_error
+def _scored(weight: np.ndarray, point, stats, centered: bool):
+    """(encoding, weight error, fit record) for a budget.Point fitted during the allocation."""
+    from .fit.data_aware import DataAwareFit
 
+    encoded = point.encoded
     residual = encoded.decode() - weight
     norm = float(np.linalg.norm(weight))
     err = float(np.linalg.norm(residual)) / norm if norm > 0 else 0.0
-    fit = None
-    if stats is not None:
-        objective = Objective.from_stats(weight, stats)
-        fit = DataAwareFit(encoded, relative_error(objective.value(encoded.decode()), objective.energy()), None)
+    fit = None if stats is None else DataAwareFit(encoded, point.rel_err, None, point.bias_shift)
     return encoded, err, fit
 
 
@@ -265,8 +290,8 @@ def _run_jobs(weight_jobs: list[WeightJob], n_jobs: int, progress: bool):
     # Largest first: the long pole starts early and parallel runs finish together.
     order = sorted(range(len(weight_jobs)), key=lambda i: -weight_jobs[i].first.elements)
     # Each weight is materialized only when its task starts (a generator), never all at once.
-    tasks = ((weight_jobs[i].first.weight_array, weight_jobs[i].config, weight_jobs[i].seed, weight_jobs[i].stats)
-             for i in order)
+    tasks = ((weight_jobs[i].first.weight_array, weight_jobs[i].config, weight_jobs[i].seed, weight_jobs[i].stats,
+              corrects_bias(weight_jobs[i])) for i in order)
     if n_jobs == 1:
         for i, task in zip(order, tasks):
             bar.set_postfix_str(weight_jobs[i].first.display_name[:40])
@@ -283,16 +308,18 @@ def _run_jobs(weight_jobs: list[WeightJob], n_jobs: int, progress: bool):
     return results
 
 
-def _stamp_metadata(model: onnx.ModelProto, plan: Plan, weight_jobs: list[WeightJob], calibrated: bool) -> None:
-    stamp = {
-        "version": __version__,
-        "plan": plan.to_dict(),
-        "layers": {site.display_name: job.config.options() for job in weight_jobs for site in job.sites},
-    }
+def metadata_stamp(plan: Plan, layers: dict[str, dict], calibrated: bool) -> str:
+    """The JSON onnxvq stamps into the file: version, plan and every layer's settings."""
+    stamp = {"version": __version__, "plan": plan.to_dict(), "layers": layers}
     if calibrated:  # only then: a data-free file stays byte-identical to earlier versions
         stamp["calibrated"] = True
+    return json.dumps(stamp, sort_keys=True)
+
+
+def _stamp_metadata(model: onnx.ModelProto, plan: Plan, weight_jobs: list[WeightJob], calibrated: bool) -> None:
+    layers = {site.display_name: job.config.options() for job in weight_jobs for site in job.sites}
     for prop in list(model.metadata_props):
         if prop.key == METADATA_KEY:
             model.metadata_props.remove(prop)
     entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(stamp, sort_keys=True)
+    entry.key, entry.value = METADATA_KEY, metadata_stamp(plan, layers, calibrated)

@@ -242,11 +242,13 @@ def build_model(model: onnx.ModelProto, assignment: dict[tuple, Any]) -> onnx.Mo
     return out
 
 
-def build_decoded_model(model: onnx.ModelProto, assignment: dict[tuple, Any]) -> onnx.ModelProto:
+def build_decoded_model(model: onnx.ModelProto, assignment: dict[tuple, Any],
+                        bias_shifts: dict[tuple, np.ndarray] | None = None) -> onnx.ModelProto:
     """The dense twin: same graph, each weight in ``assignment`` replaced by its decoded W_hat.
 
     Computes what the compressed model computes (the op decodes the same W_hat; see ``check``),
     with onnxruntime's dense GEMM instead of the custom kernel: a fast way to score many settings.
+    ``bias_shifts`` (stable key -> [N]): bias corrections, added to the (Conv or Gemm) node's bias.
     """
     out = copy.deepcopy(model)
     done: set[tuple] = set()
@@ -258,7 +260,24 @@ def build_decoded_model(model: onnx.ModelProto, assignment: dict[tuple, Any]) ->
         stored = site.stored_weight(assignment[key].decode())   # the tensor's own shape, float32
         dtype = onnx.helper.tensor_dtype_to_np_dtype(site.weight.tensor.data_type)
         site.weight.tensor.CopyFrom(numpy_helper.from_array(stored.astype(dtype), site.weight.tensor.name))
+        if bias_shifts and bias_shifts.get(key) is not None:
+            _shift_bias(site, bias_shifts[key])
     return out
+
+
+def _shift_bias(site: Site, shift: np.ndarray) -> None:
+    """Point the node's bias input at (its bias + shift), a new initializer."""
+    from .passes.sites import attr
+
+    n_out = shift.shape[0]
+    scale = float(attr(site.node, "beta", 1.0)) if site.op_type == "Gemm" else 1.0
+    base = np.zeros(n_out, np.float32) if site.bias is None else \
+        np.broadcast_to(site.bias.float32().reshape(-1), (n_out,))
+    name = f"{site.weight.name}.shifted_bias"
+    site.graph.initializer.append(numpy_helper.from_array((base + shift / scale).astype(np.float32), name))
+    while len(site.node.input) < 3:
+        site.node.input.append("")
+    site.node.input[2] = name
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,9 +416,12 @@ class SweepRunner:
             return self.evaluator.evaluate(self.truncation.cut(model))
         return self.full.evaluate(model)
 
-    def outputs(self, assignment: dict[tuple, Any], runtime: str) -> np.ndarray:
-        build = build_model if runtime == "custom" else build_decoded_model
-        model = build(self.model, assignment)
+    def outputs(self, assignment: dict[tuple, Any], runtime: str,
+                bias_shifts: dict[tuple, np.ndarray] | None = None) -> np.ndarray:
+        if runtime == "custom":
+            model = build_model(self.model, assignment)
+        else:
+            model = build_decoded_model(self.model, assignment, bias_shifts)
         if self.truncation is not None:
             return self.evaluator.predict(self.truncation.cut(model))
         return self.full.predict(model)

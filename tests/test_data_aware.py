@@ -147,3 +147,14 @@ def test_embedding_frequencies_weight_a_shared_codebook():
     err = lambda enc, cols: float(np.sum((enc.decode()[:, cols] - weight[:, cols]) ** 2))  # noqa: E731
     assert err(fit.encoded, slice(0, 4)) < err(free, slice(0, 4))
     assert fit.output_rel_err <= fit.data_free_rel_err
+
+
+@pytest.mark.parametrize("config", [PQConfig(bits=3, dim=3), KMeansConfig(bits=2), PQConfig(bits=2, dim=2, axis="out")])
+def test_error_feedback_crosses_blocks(config):
+    """K beyond one feedback block (128 rows), not a multiple of the subvector length."""
+    rng = np.random.default_rng(8)
+    k_in, n_out = 301, 12
+    weight = rng.normal(size=(k_in, n_out)).astype(np.float32)
+    x = correlated_inputs(rng, 2000, k_in)
+    fit = quantize_data_aware(weight, config, stats_from(x), 0)
+    assert output_error(x, weight, fit.encoded.decode()) < 0.9 * output_error(x, weight, quantize(weight, config, 0).decode())

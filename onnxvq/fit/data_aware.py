@@ -47,14 +47,21 @@ class Objective:
     factors: dict                   # Cholesky factors by (group, padded size), shared by every fit of the layer
 
     @classmethod
-    def from_stats(cls, weight: np.ndarray, stats) -> "Objective":
+    def from_stats(cls, weight: np.ndarray, stats, centered: bool = False) -> "Objective":
+        """``centered``: the output error left once a bias absorbs its mean (bias correction):
+        H becomes the covariance E[x x^T] - mu mu^T."""
         k_in, n_out = weight.shape
-        cache = stats.__dict__.setdefault("_fit_cache", {})  # one layer's candidates reuse H and its factors
+        caches = stats.__dict__.setdefault("_fit_cache", {})  # one layer's candidates reuse H and its factors
+        centered = centered and stats.mean is not None
+        cache = caches.setdefault(centered, {})
         if "hessians" not in cache:
             if stats.hessian is None:  # an embedding table: its "input" is one-hot, H = I
                 hessians = np.eye(k_in)[None]
             else:
                 hessians = np.array(stats.hessian, dtype=np.float64)
+                if centered:
+                    mean = np.asarray(stats.mean, dtype=np.float64)
+                    hessians -= mean[:, :, None] * mean[:, None, :]
             size = hessians.shape[1]
             # Few rows for many inputs (a classifier head sees one row per image) make H a noisy,
             # singular estimate that a fit would overfit: shrink it toward its diagonal (the input
@@ -107,13 +114,28 @@ class Objective:
 class DataAwareFit:
     encoded: object                 # CodedWeight | LowRankWeight
     output_rel_err: float           # sqrt(objective / energy) of the chosen encoding
-    data_free_rel_err: float        # the same for the data-free encoding
+    data_free_rel_err: float | None  # the same for the data-free encoding
+    bias_shift: np.ndarray | None = None  # [N] to add to the layer's bias (bias correction), if fitted for one
+
+
+def bias_shift(weight: np.ndarray, w_hat: np.ndarray, stats) -> np.ndarray:
+    """mu^T (W - W_hat) per conv group: what keeps the mean output unchanged (Nagel et al. 2019)."""
+    mean = np.asarray(stats.mean, dtype=np.float64)
+    groups, n_out = mean.shape[0], weight.shape[1]
+    step = n_out // groups
+    delta = np.asarray(weight, np.float64) - w_hat
+    return np.concatenate([mean[g] @ delta[:, g * step:(g + 1) * step] for g in range(groups)]).astype(np.float32)
+
+
+def with_bias_correction(fit: DataAwareFit, weight: np.ndarray, stats) -> DataAwareFit:
+    return DataAwareFit(fit.encoded, fit.output_rel_err, fit.data_free_rel_err,
+                        bias_shift(weight, fit.encoded.decode(), stats))
 
 
 def refine_codes(encoded: CodedWeight, weight: np.ndarray, stats, *, codebook_dtype: str,
-                 refit: bool = True, rounds: int = 1) -> DataAwareFit:
+                 refit: bool = True, rounds: int = 1, centered: bool = False) -> DataAwareFit:
     """The best of: the data-free encoding, its refit, and ``rounds`` of GPTQ assignment + refit."""
-    objective = Objective.from_stats(weight, stats)
+    objective = Objective.from_stats(weight, stats, centered)
     layout, codes = encoded.layout, encoded.codes
     codebooks = encoded.codebooks.astype(np.float64)
     energy = objective.energy()
@@ -229,18 +251,18 @@ def gptq_codes(objective: Objective, layout, codebooks: np.ndarray) -> np.ndarra
 def _feedback(w: np.ndarray, u: np.ndarray, steps, quantize_step) -> None:
     """Run GPTQ over the rows of ``w`` [K', n] (in place): ``steps`` are consecutive row ranges
     quantized together by ``quantize_step(step index, rows [len, n], U block) -> Q rows``."""
-    total = w.shape[0]
-    start = 0
     steps = list(steps)
     index = 0
-    while start < total:
-        stop = min(total, start + BLOCK)
-        while index < len(steps) and steps[index].stop > stop:  # a block never splits a step
-            stop = steps[index].stop
+    while index < len(steps):
+        start = steps[index].start
+        last = index  # the block ends with the last step that starts within BLOCK rows: never splits one
+        while last + 1 < len(steps) and steps[last + 1].start < start + BLOCK:
+            last += 1
+        stop = steps[last].stop
         block = w[start:stop].copy()
         errors = np.zeros_like(block)
         u_block = u[start:stop, start:stop]
-        while index < len(steps) and steps[index].stop <= stop:
+        while index <= last:
             step = steps[index]
             local = slice(step.start - start, step.stop - start)
             q = quantize_step(index, block[local], u_block[local, local])
@@ -250,7 +272,6 @@ def _feedback(w: np.ndarray, u: np.ndarray, steps, quantize_step) -> None:
                 errors[j] = e
             index += 1
         w[stop:] -= u[start:stop, stop:].T @ errors
-        start = stop
 
 
 def _padded_factor(objective: Objective, g: int, padded: int) -> np.ndarray:

@@ -118,7 +118,8 @@ _DATA_AWARE: dict[type, RefineFn] = {}
 
 def register_data_aware(config_type: type):
     """Decorator for a method whose data-aware fit is not the generic code refit
-    (``fit.data_aware.refine_codes``): ``fn(weight, config, data_free_encoding, stats) -> DataAwareFit``."""
+    (``fit.data_aware.refine_codes``): ``fn(weight, config, data_free_encoding, stats, centered) ->
+    DataAwareFit`` (centered: minimize the error a bias correction leaves)."""
 
     def wrap(fn: RefineFn) -> RefineFn:
         _DATA_AWARE[config_type] = fn
@@ -127,20 +128,25 @@ def register_data_aware(config_type: type):
     return wrap
 
 
-def quantize_data_aware(weight: np.ndarray, config, stats, seed: int = 0):
+def quantize_data_aware(weight: np.ndarray, config, stats, seed: int = 0, correct_bias: bool = False):
     """Fit W[K, N] to minimize its output error on calibration inputs (``stats``: a
-    calibration.LayerStats); returns a fit.data_aware.DataAwareFit. Starts from the data-free fit."""
-    from ..fit.data_aware import refine_codes
+    calibration.LayerStats); returns a fit.data_aware.DataAwareFit. Starts from the data-free fit.
+
+    ``correct_bias``: the layer's bias will absorb the mean output shift, so the fit minimizes the
+    error that is left (covariance instead of second moment) and returns the shift."""
+    from ..fit.data_aware import refine_codes, with_bias_correction
 
     weight = np.ascontiguousarray(weight, dtype=np.float32)
     encoded = quantize(weight, config, seed)
+    correct_bias = correct_bias and stats.mean is not None
     refine = _DATA_AWARE.get(type(config))
     if refine is not None:
-        return refine(weight, config, encoded, stats)
-    # The paper's plain +-1 binarization has no codebook to fit; its codes still get the feedback.
-    refit = getattr(config, "scaled", True)
-    return refine_codes(encoded, weight, stats, codebook_dtype=getattr(config, "codebook_dtype", "float32"),
-                        refit=refit)
+        fit = refine(weight, config, encoded, stats, correct_bias)
+    else:
+        # The paper's plain +-1 binarization has no codebook to fit; its codes still get the feedback.
+        fit = refine_codes(encoded, weight, stats, codebook_dtype=getattr(config, "codebook_dtype", "float32"),
+                           refit=getattr(config, "scaled", True), centered=correct_bias)
+    return with_bias_correction(fit, weight, stats) if correct_bias else fit
 
 
 def to_codebook_dtype(codebooks: np.ndarray, dtype: str) -> np.ndarray:

@@ -25,12 +25,12 @@ def quantize_svd(weight: np.ndarray, config: SVDConfig, seed: int) -> LowRankWei
 
 
 @register_data_aware(SVDConfig)
-def fit_svd_data_aware(weight: np.ndarray, config: SVDConfig, encoded: LowRankWeight, stats):
+def fit_svd_data_aware(weight: np.ndarray, config: SVDConfig, encoded: LowRankWeight, stats, centered: bool = False):
     """The rank-r W_hat minimizing tr(dW^T H dW F): with H = C C^T, the truncated SVD of
     C^T W F^1/2, mapped back (closed form; one H for every conv group, their mean)."""
     from ..fit.data_aware import DataAwareFit, Objective, relative_error
 
-    objective = Objective.from_stats(weight, stats)
+    objective = Objective.from_stats(weight, stats, centered)
     r = encoded.rank
     chol = np.linalg.cholesky(objective.mean_hessian())                  # H = C C^T
     col = np.sqrt(objective.column_weights)

@@ -47,6 +47,10 @@ class SiteKind:
         layout; a kind that stores codes for a standard-op decoder (or row by row) wants format 1."""
         return row_major(encoded)
 
+    def corrects_bias(self, site: Site) -> bool:
+        """Whether the rewrite can add ``site.params["bias_shift"]`` [N] to the node's bias."""
+        return False
+
     def activation(self, site: Site) -> str:
         return site.node.input[0]
 

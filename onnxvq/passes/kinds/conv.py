@@ -12,6 +12,7 @@ Matrix views (rows of M = output channels, subvectors along the reduction with `
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx import helper
 
 from ..sites import NodeContext, Site, check_weight_tensor, number_attr
@@ -51,7 +52,8 @@ class ConvKind(SiteKind):
         rows = dims[1] if transposed else dims[0]
         length = elements // rows
         depthwise = group > 1 and group == channels_in and (dims[1] == 1 if not transposed else dims[0] == group)
-        return ctx.site(source, (length, rows), self, 1, params={
+        bias = ctx.scope.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        return ctx.site(source, (length, rows), self, 1, bias=bias, params={
             "transposed": transposed, "group": group, "depthwise": depthwise,
             "channels_in": channels_in, "channels_out": channels_out, "kernel": dims[2:],
             # The first layer reads the model input: its few channels carry the whole signal.
@@ -72,7 +74,24 @@ class ConvKind(SiteKind):
     def view_key(self, site: Site) -> tuple:
         return (site.params["transposed"],)
 
+    def corrects_bias(self, site: Site) -> bool:
+        # M's rows are the output channels (a grouped ConvTranspose's rows are one group's: no).
+        if site.params["transposed"] and site.params["group"] > 1:
+            return False
+        if len(site.node.input) > 2 and site.node.input[2]:
+            b = site.bias
+            return b is not None and b.tensor.data_type == onnx.TensorProto.FLOAT \
+                and list(b.dims) == [site.params["channels_out"]]
+        return True
+
     def rewrite(self, site: Site, enc, ctx) -> None:
+        shift = site.params.get("bias_shift")
+        if shift is not None:  # before rewire_weight, which copies the node
+            bias = shift if site.bias is None else site.bias.float32() + shift
+            name = ctx.constant(site.graph, f"{site.weight.name}.vq.bias", bias.astype(np.float32))
+            while len(site.node.input) < 3:
+                site.node.input.append("")
+            site.node.input[2] = name
         ctx.rewire_weight(site, ctx.decoded_weight(site, enc, _weight_from_matrix))
 
 

@@ -66,6 +66,9 @@ class MatMulKind(SiteKind):
         return ctx.site(source, shape, self, 1, bias=bias, bias_array=bias_array,
                         params={"transposed": transposed, "alpha": alpha})
 
+    def corrects_bias(self, site: Site) -> bool:
+        return site.op_type == "Gemm"  # its bias is folded into the rewrite (a MatMul has none)
+
     def to_matrix(self, site: Site, weight: np.ndarray) -> np.ndarray:
         w = weight.T if site.transposed else weight
         if site.alpha != 1.0:
@@ -124,6 +127,10 @@ class MatMulKind(SiteKind):
 def _bias_input(site: Site, ctx) -> str | None:
     if site.bias_array is None:
         return None
+    if site.bias is None:  # a bias added by bias correction
+        name = ctx.node_name(site, ".bias")
+        site.graph.initializer.append(numpy_helper.from_array(site.bias_array, name))
+        return name
     b = site.bias.array()
     if b.shape == site.bias_array.shape and np.array_equal(b, site.bias_array):
         return site.bias.name  # reuse the original [N] initializer unchanged
