@@ -27,7 +27,7 @@ from onnxvq.evaluate import Evaluator, load_dataset  # noqa: E402
 from onnxvq.modelio import file_bytes, load_model  # noqa: E402
 
 ONNXVQ = [sys.executable, "-m", "onnxvq.cli"]
-SCORES = ("top1_agreement", "cosine_mean", "nn_agreement", "output_rel_err")
+SCORES = ("top1_agreement", "top1", "cosine_mean", "nn_agreement", "output_rel_err")
 
 
 def compress(model: Path, out: Path, args: list[str]) -> dict:
@@ -67,6 +67,7 @@ def run_model(name: str, spec: dict, only: list[str] | None, threads: int) -> li
         budget = got["report"].get("budget") or {}
         layers = got["report"]["totals"]
         row = {"model": name, "run": label, "args": args, "file_ratio": round(before / after, 3),
+               "original_top1": evaluator.baseline.get("top1"),
                "layers_ratio": round(layers["ratio"], 2) if layers.get("ratio") else None,
                "compressed_bytes": after, "eval_samples": dataset.samples,
                "calibrated": "--calibration" in args, "compress_seconds": got["seconds"], "peak_mb": got["peak_mb"],
@@ -83,12 +84,13 @@ def markdown(rows: list[dict]) -> str:
     def pct(v):
         return f"{100 * v:.1f}%" if v is not None else "-"
 
-    lines = ["| model | run | data | file ratio | layers ratio | top-1 agreement | cosine | NN agreement | compress s "
-             "| peak MB |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | run | data | file ratio | layers ratio | top-1 agreement | accuracy (original) | cosine "
+             "| NN agreement | compress s | peak MB |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         cos = f"{r['cosine_mean']:.4f}" if r.get("cosine_mean") is not None else "-"
         lines.append(f"| {r['model']} | {r['run']} | {'calibrated' if r['calibrated'] else 'data-free'} | "
-                     f"{r['file_ratio']:.2f}x | {r['layers_ratio']}x | {pct(r.get('top1_agreement'))} | {cos} | {pct(r.get('nn_agreement'))} | "
+                     f"{r['file_ratio']:.2f}x | {r['layers_ratio']}x | {pct(r.get('top1_agreement'))} | "
+                     f"{pct(r.get('top1'))} ({pct(r.get('original_top1'))}) | {cos} | {pct(r.get('nn_agreement'))} | "
                      f"{r['compress_seconds']:.0f} | {r['peak_mb']} |")
     return "\n".join(lines)
 

@@ -151,14 +151,40 @@ def lambda_for_size(table: list[list[Point]], gains: list[float], code_bytes: fl
     return hi
 
 
+def fill(table: list[list[Point]], gains: list[float], choice: list[int], target_bytes: int,
+         size_of: Callable) -> list[int]:
+    """Spend what the Lagrangian choice leaves under the target (its steps are discrete): upgrade
+    layers, the largest weighted error cut per byte first, while the file still fits."""
+    choice = list(choice)
+    spare = target_bytes - size_of(choice)
+    while spare > 0:
+        best = None
+        for j, (points, g) in enumerate(zip(table, gains)):
+            now = points[choice[j]]
+            for i, p in enumerate(points):
+                extra = p.stored_bytes - now.stored_bytes
+                cut = g * g * (now.rel_err ** 2 - p.rel_err ** 2)
+                if 0 < extra <= spare and cut > 0 and (best is None or cut / extra > best[0]):
+                    best = (cut / extra, j, i)
+        if best is None:
+            break
+        trial = list(choice)
+        trial[best[1]] = best[2]
+        size = size_of(trial)
+        if size > target_bytes:
+            break  # the decoders grew more than the codes: stop here
+        choice, spare = trial, target_bytes - size
+    return choice
+
+
 def allocate(table: list[list[Point]], gains: list[float], budget: Budget, size_of: Callable, measure: Callable,
              say: Callable[[str], None] = lambda _m: None) -> Allocation:
     """Choose points for ``budget``. ``size_of(choice)``: bytes of the file the choice writes;
     ``measure(choice) -> {"top1_agreement", "cosine_mean"}`` on the calibration data."""
     history: list[dict[str, Any]] = []
 
-    def trial(lam):
-        choice = choose(table, lam, gains)
+    def trial(lam, choice=None):
+        choice = choose(table, lam, gains) if choice is None else choice
         size, quality = size_of(choice), measure(choice)
         history.append({"lambda": lam, "file_bytes": size, **quality})
         say(f"lambda {lam:.3g}: file {size / 1e6:.3f} MB, top-1 agreement {quality['top1_agreement']:.4f}, "
@@ -185,7 +211,8 @@ def allocate(table: list[list[Point]], gains: list[float], budget: Budget, size_
             lam = lambda_for_size(table, gains, code_bytes)
         while size_of(choose(table, lam, gains)) > budget.target_bytes and lam < 1e12:
             lam *= 2  # the lightest choice fits (checked above): get there
-        got = trial(lam)
+        choice = fill(table, gains, choose(table, lam, gains), budget.target_bytes, size_of)
+        got = trial(lam, choice)
         steps = 0
         while has_floor and not budget.floor_holds(got[2]) and steps < BACKOFF_STEPS:
             lam /= 2  # back off: more bytes where they cut the most weighted error

@@ -219,7 +219,7 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
     feeds = _feeds(source, data, samples, plan.seed, dims, input_rules) if run_check else None
     calib = _calibration_inputs(source, calibration, data)
     budget = _budget(model, target_ratio, target_size, min_agreement, min_cosine, calib)
-    say = (lambda _m: None) if quiet else (lambda m: click.echo(f"budget: {m}", err=True))
+    say = (lambda _m: None) if quiet else (lambda m: click.echo(f"onnxvq: {m}", err=True))
     # In place: the source model becomes the output, so peak memory is one model, not two.
     result = compress_model(source, plan, jobs=jobs, progress=not quiet, inplace=True, calibration=calib,
                             budget=budget, say=say)
