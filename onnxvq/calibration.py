@@ -20,6 +20,11 @@ from .evaluate import _fixed_batch
 from .passes.sites import attr
 
 
+#: Layers with more inputs than this get no statistics (and a data-free fit): their H and the
+#: fit's factors would take K^2 * 8 bytes each.
+MAX_HESSIAN_INPUTS = 8192
+
+
 @dataclass
 class LayerStats:
     """Input statistics of one weight, in its matrix view W[K, N]."""
@@ -42,7 +47,8 @@ def collect_stats(model: onnx.ModelProto, jobs: list, feeds: dict[str, np.ndarra
     random without replacement (deterministic for ``seed``). Gather counts every lookup.
 
     Jobs with a site whose input is computed inside a subgraph (If/Loop/Scan bodies), or is no input,
-    initializer or node output of the main graph, get no entry: the caller fits those data-free.
+    initializer or node output of the main graph, and layers of more than MAX_HESSIAN_INPUTS inputs
+    get no entry: the caller fits those data-free.
     """
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1
             and isinstance(max_rows, (int, np.integer)) and max_rows >= 1):
@@ -66,6 +72,8 @@ def collect_stats(model: onnx.ModelProto, jobs: list, feeds: dict[str, np.ndarra
     for job in jobs:
         if not all(s.graph_path == "main" and s.activation in available for s in job.sites):
             continue
+        if job.first.kind.name != "gather" and job.first.shape[0] > MAX_HESSIAN_INPUTS:
+            continue  # H alone would be K^2 * 8 bytes (5 GB for a 25088-input layer): fitted data-free
         budget = max(1, max_rows // len(job.sites))
         keys = []
         for site in job.sites:

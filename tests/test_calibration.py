@@ -305,3 +305,17 @@ def test_constant_ids_count_as_lookups():
     got = stats_by_name(model, {"ids": ids}, batch_size=3, progress=True)
     np.testing.assert_allclose(got["pos_embed"].row_weights, np.full(8, 1 / 8))
     np.testing.assert_allclose(got["tok_embed"].row_weights, np.bincount(ids.ravel(), minlength=64) / ids.size)
+
+
+def test_layers_too_wide_for_a_hessian_get_no_statistics(monkeypatch):
+    """A K x K float64 H per layer is the memory bound: wider layers are left to the data-free fit."""
+    import onnxvq.calibration as calibration
+
+    model = builders.mlp_model(k=12, hidden=10, n=4)
+    jobs = list(jobs_of(model).values())
+    feeds = {"X": normal((5, 3, 12))}
+    widest = max(j.first.shape[0] for j in jobs if j.first.kind.name != "gather")
+    monkeypatch.setattr(calibration, "MAX_HESSIAN_INPUTS", widest - 1)
+    stats = calibration.collect_stats(model, jobs, feeds)
+    for job in jobs:
+        assert (job.first.weight_key in stats) == (job.first.shape[0] < widest)
