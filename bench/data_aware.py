@@ -81,8 +81,8 @@ def run_model(name: str, spec: dict, only: list[str] | None, threads: int) -> li
 
 
 def markdown(rows: list[dict]) -> str:
-    def pct(v):
-        return f"{100 * v:.1f}%" if v is not None else "-"
+    def pct(v, digits=1):
+        return f"{100 * v:.{digits}f}%" if v is not None else "-"
 
     lines = ["| model | run | data | file ratio | layers ratio | top-1 agreement | accuracy (original) | cosine "
              "| NN agreement | compress s | peak MB |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -90,7 +90,7 @@ def markdown(rows: list[dict]) -> str:
         cos = f"{r['cosine_mean']:.4f}" if r.get("cosine_mean") is not None else "-"
         lines.append(f"| {r['model']} | {r['run']} | {'calibrated' if r['calibrated'] else 'data-free'} | "
                      f"{r['file_ratio']:.2f}x | {r['layers_ratio']}x | {pct(r.get('top1_agreement'))} | "
-                     f"{pct(r.get('top1'))} ({pct(r.get('original_top1'))}) | {cos} | {pct(r.get('nn_agreement'))} | "
+                     f"{pct(r.get('top1'), 2)} ({pct(r.get('original_top1'), 2)}) | {cos} | {pct(r.get('nn_agreement'))} | "
                      f"{r['compress_seconds']:.0f} | {r['peak_mb']} |")
     return "\n".join(lines)
 
