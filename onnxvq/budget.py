@@ -90,6 +90,7 @@ def candidates_for(op_type: str) -> list[MethodConfig]:
 def _fit_layer(weight: np.ndarray, configs: list[MethodConfig], stats, seed: int, correct_bias: bool):
     """Every candidate of one layer as (encoding, rel_err, bias shift); one task, so the layer's
     H factors are computed once."""
+    from .compress import release_fit_cache, weight_error
     from .quantizers import quantize
     from .quantizers.base import quantize_data_aware
 
@@ -97,14 +98,11 @@ def _fit_layer(weight: np.ndarray, configs: list[MethodConfig], stats, seed: int
     for config in configs:
         if stats is None:  # inputs not observable (e.g. inside a subgraph): weight error as the proxy
             enc = quantize(weight, config, seed)
-            norm = max(float(np.linalg.norm(weight)), 1e-30)
-            out.append((enc, float(np.linalg.norm(enc.decode() - weight)) / norm, None))
+            out.append((enc, weight_error(weight, enc), None))
         else:
             got = quantize_data_aware(weight, config, stats, seed, correct_bias)
             out.append((got.encoded, got.output_rel_err, got.bias_shift))
     if stats is not None:
-        from .compress import release_fit_cache
-
         release_fit_cache(stats)
     return out
 
@@ -211,10 +209,11 @@ def allocate(table: list[list[Point]], gains: list[float], budget: Budget, size_
     has_floor = budget.min_agreement is not None or budget.min_cosine is not None
     if budget.target_bytes is not None:
         lightest = [min(range(len(p)), key=lambda i: p[i].stored_bytes) for p in table]
-        rest = size_of(lightest) - sum(p[i].stored_bytes for p, i in zip(table, lightest))
-        if budget.target_bytes < size_of(lightest):
+        smallest = size_of(lightest)
+        rest = smallest - sum(p[i].stored_bytes for p, i in zip(table, lightest))
+        if budget.target_bytes < smallest:
             raise ConfigError(f"target size {budget.target_bytes} bytes is below the smallest file the candidate "
-                              f"settings can write ({size_of(lightest)} bytes)")
+                              f"settings can write ({smallest} bytes)")
         code_bytes = budget.target_bytes - rest
         lam = lambda_for_size(table, gains, code_bytes)
         for _ in range(8):  # the decoders' own bytes vary a little with the choice: correct and resolve
@@ -283,18 +282,15 @@ def run_budget(model: onnx.ModelProto, weight_jobs, calibration: dict[str, np.nd
     """Fit the candidates, weigh the layers, allocate, verify; returns (allocation, table)."""
     import copy
     import dataclasses
+    import time
 
     from .compress import metadata_stamp, shift_site_bias
-
-    fmt = plan.format
-
     from .evaluate import Dataset
     from .passes.rewrite import rewrite
     from .passes.sites import find_sites
     from .sweep import Layer, SweepRunner, stable_key
 
-    import time
-
+    fmt = plan.format
     start = time.perf_counter()
     say(f"fitting {sum(len(CANDIDATES[j.first.op_type]) for j in weight_jobs)} candidate settings "
         f"over {len(weight_jobs)} layers")
@@ -323,21 +319,24 @@ def run_budget(model: onnx.ModelProto, weight_jobs, calibration: dict[str, np.nd
         return output_quality(full.full.reference, outputs(full, dict(enumerate(choice))))
 
     params = {stable_key(s): dict(s.params) for j in weight_jobs for s in j.sites}
+    sizes: dict[tuple, int] = {}  # the allocator asks for the same choice several times
 
     def size_of(choice):
+        if tuple(choice) in sizes:
+            return sizes[tuple(choice)]
         out = copy.deepcopy(model)
-        keys = {stable_key(j.first): table[n][i].encoded for n, (j, i) in enumerate(zip(weight_jobs, choice))}
-        sites = [s for s in find_sites(out).sites if stable_key(s) in keys]
-        shifts = {stable_key(j.first): table[n][i].bias_shift for n, (j, i) in enumerate(zip(weight_jobs, choice))}
+        picked = {layers[n].key: table[n][i] for n, i in enumerate(choice)}
+        sites = [s for s in find_sites(out).sites if stable_key(s) in picked]
         for s in sites:  # how each Gemm/MatMul runs, as compress planned it, and its bias correction
             s.params.update(params.get(stable_key(s), {}))
-            if shifts.get(stable_key(s)) is not None:
-                shift_site_bias(s, shifts[stable_key(s)])
-        rewrite(out, sites, {s.weight_key: keys[stable_key(s)] for s in sites}, fmt)
+            if picked[stable_key(s)].bias_shift is not None:
+                shift_site_bias(s, picked[stable_key(s)].bias_shift)
+        rewrite(out, sites, {s.weight_key: picked[stable_key(s)].encoded for s in sites}, fmt)
         # + the metadata stamp compress adds (exactly: the same function writes it)
         nodes = chosen_config(weight_jobs, table, choice, plan)["nodes"]
         stamp = metadata_stamp(dataclasses.replace(plan, nodes={**plan.nodes, **nodes}), nodes, True)
-        return out.ByteSize() + len(stamp.encode()) + 16
+        sizes[tuple(choice)] = out.ByteSize() + len(stamp.encode()) + 16
+        return sizes[tuple(choice)]
 
     return allocate(table, gains, budget, size_of, measure, say), table
 

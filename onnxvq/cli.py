@@ -271,8 +271,6 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
             click.echo(f"  folded {len(result.folded_batchnorms)} BatchNormalization node(s) into their convolutions")
         click.echo(f"whole model file: {_mb(report['original_file_bytes'])} -> {_mb(written)} "
                    f"({report['file_ratio']:.2f}x)  written to {output}")
-        if report.get("calibration", {}).get("same_file_as_data"):
-            click.echo("warning: --calibration and --data are the same file: the parity check is not held-out")
         if result.allocation is not None:
             b = report["budget"]
             q = b["calibration_quality"]

@@ -185,11 +185,15 @@ def _encode(weight: np.ndarray, config: MethodConfig, seed: int, stats=None, cor
         fit = quantize_data_aware(weight, config, stats, seed, correct_bias)
         encoded = fit.encoded
         release_fit_cache(stats)
+    return encoded, weight_error(weight, encoded), fit
+
+
+def weight_error(weight: np.ndarray, encoded) -> float:
+    """||W - W_hat||_F / ||W||_F."""
     norm = float(np.linalg.norm(weight))
     residual = encoded.decode()
     residual -= weight  # in place: one extra copy of the layer, not three
-    err = float(np.linalg.norm(residual)) / norm if norm > 0 else 0.0
-    return encoded, err, fit
+    return float(np.linalg.norm(residual)) / norm if norm > 0 else 0.0
 
 
 def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progress: bool = False,
@@ -234,7 +238,7 @@ def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progres
         results = []
         for job, points, i in zip(weight_jobs, table, allocation.choice):
             job.config = points[i].config
-            results.append(_scored(job.first.weight_array, points[i], job.stats, corrects_bias(job)))
+            results.append(_scored(job.first.weight_array, points[i], job.stats))
     else:
         results = _run_jobs(weight_jobs, jobs, progress)
     encoded, kept = {}, []
@@ -263,16 +267,12 @@ def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progres
     return CompressionResult(model, weight_jobs, encoded, skipped, plan, folded, allocation)
 
 
-def _scored(weight: np.ndarray, point, stats, centered: bool):
+def _scored(weight: np.ndarray, point, stats):
     """(encoding, weight error, fit record) for a budget.Point fitted during the allocation."""
     from .fit.data_aware import DataAwareFit
 
-    encoded = point.encoded
-    residual = encoded.decode() - weight
-    norm = float(np.linalg.norm(weight))
-    err = float(np.linalg.norm(residual)) / norm if norm > 0 else 0.0
-    fit = None if stats is None else DataAwareFit(encoded, point.rel_err, None, point.bias_shift)
-    return encoded, err, fit
+    fit = None if stats is None else DataAwareFit(point.encoded, point.rel_err, None, point.bias_shift)
+    return point.encoded, weight_error(weight, point.encoded), fit
 
 
 def attach_stats(model: onnx.ModelProto, weight_jobs: list[WeightJob], calibration: dict[str, np.ndarray], *,
