@@ -72,6 +72,12 @@ def run_model(name: str, spec: dict, only: list[str] | None, threads: int) -> li
                "compressed_bytes": after, "eval_samples": dataset.samples,
                "calibrated": "--calibration" in args, "compress_seconds": got["seconds"], "peak_mb": got["peak_mb"],
                **{k: scores[k] for k in SCORES if scores.get(k) is not None}}
+        report = got["report"]
+        if report.get("archive_sizes"):  # --archive-sizes, --entropy or --prune: zstd -19 / zip of the file
+            row["archive_sizes"] = report["archive_sizes"]
+        if report.get("pruning"):
+            row["sparsity"] = round(report["pruning"]["sparsity"], 4)
+        row["entropy_layers"] = sum(1 for r in report["layers"] if r.get("entropy_coded"))
         if budget:
             row["calibration_quality"] = budget.get("calibration_quality")
             row["floor_held"] = budget.get("floor_held")
@@ -92,6 +98,16 @@ def markdown(rows: list[dict]) -> str:
                      f"{r['file_ratio']:.2f}x | {r['layers_ratio']}x | {pct(r.get('top1_agreement'))} | "
                      f"{pct(r.get('top1'), 2)} ({pct(r.get('original_top1'), 2)}) | {cos} | {pct(r.get('nn_agreement'))} | "
                      f"{r['compress_seconds']:.0f} | {r['peak_mb']} |")
+    if any(r.get("archive_sizes") for r in rows):
+        lines += ["", "| model | run | sparsity | entropy layers | file MB | zstd -19 MB | zip MB | file / zstd -19 |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            a = r.get("archive_sizes")
+            if not a:
+                continue
+            lines.append(f"| {r['model']} | {r['run']} | {pct(r.get('sparsity'))} | {r.get('entropy_layers', 0)} | "
+                         f"{a['file'] / 1e6:.3f} | {a['zstd19'] / 1e6:.3f} | {a['zip'] / 1e6:.3f} | "
+                         f"{a['file'] / a['zstd19']:.3f} |")
     return "\n".join(lines)
 
 

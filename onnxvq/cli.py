@@ -169,6 +169,17 @@ def _with(options):
               help="custom format, Gemm/MatMul: op = VQMatMul on the codes; decode = a decoder ONNX Runtime folds "
                    "into the dense weight at load (original speed); auto (default) = op for 2-D activations, "
                    "decode for sequence (rank >= 3) activations.")
+@click.option("--prune", type=click.FloatRange(0, 1, max_open=True), default=None, metavar="FRACTION",
+              help="Set this share of every layer's weights to exactly 0 (kmeans: weights; pq/rq: whole "
+                   "subvectors), through a zero codeword fixed in every codebook. By magnitude; with "
+                   "--calibration by output error (OBS), the error pushed onto the weights kept. A config's "
+                   "`prune:` option sets it per layer or op type.")
+@click.option("--entropy", is_flag=True, default=None,
+              help="Store each layer's codes entropy-coded (a tiered prefix code; onnxvq/ops/entropy.py) where "
+                   "that is smaller. Standard ops decode it, so ONNX Runtime folds it once at session creation: "
+                   "run-time speed and RAM do not change.")
+@click.option("--archive-sizes/--no-archive-sizes", "archive", default=None,
+              help="Report the written file's size after zstd -19 and zip -9 (default: on with --entropy or --prune).")
 @click.option("--jobs", type=click.IntRange(min=-1), default=1, help="Layers fitted in parallel (joblib; -1 = all cores).")
 @click.option("--calibration", type=click.Path(), default=None,
               help="Calibration inputs (.npz, like --data): fit each layer to its output error on them "
@@ -187,8 +198,8 @@ def _with(options):
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write the full report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
 def compress(model, output, method, bits, dim, axis, stages, group_size, rank, ratio, unscaled, codebook_dtype,
-             config_file, seed, include, exclude, min_elements, fmt, op_types, protect, matmul_runtime, jobs,
-             calibration, target_ratio, target_size, min_agreement, save_config, run_check, data, samples,
+             config_file, seed, include, exclude, min_elements, fmt, op_types, protect, matmul_runtime, prune,
+             entropy, archive, jobs, calibration, target_ratio, target_size, min_agreement, save_config, run_check, data, samples,
              input_dim, min_cosine, max_rel_err, json_path, quiet):
     """Compress MODEL's weights (Conv, ConvTranspose, Gather embeddings, Gemm, MatMul) into codes +
     codebooks and write OUTPUT."""
@@ -211,7 +222,8 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
                    "group_size": group_size, "rank": rank, "ratio": ratio, "codebook_dtype": codebook_dtype,
                    "scaled": False if unscaled else None, "seed": seed, "min_elements": min_elements, "format": fmt,
                    "include": include or None, "exclude": exclude or None,
-                   "enabled_op_types": op_types, "protect": protect, "matmul_runtime": matmul_runtime}
+                   "enabled_op_types": op_types, "protect": protect, "matmul_runtime": matmul_runtime,
+                   "prune": prune, "entropy": entropy}
     plan = build_plan(load_config_file(config_file) if config_file else None, cli_options)
     # Inputs for the check first: a problem with them (--data, huge declared shapes) stops the
     # run before any work is done or any file is written.
@@ -234,6 +246,14 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
         "by_op_type": op_type_totals(rows),
     }
     report["file_ratio"] = report["original_file_bytes"] / written if written else None
+    pruned = [(job.sparsity, job.first.elements) for job in result.jobs if job.sparsity is not None]
+    if pruned:
+        report["pruning"] = {"layers": len(pruned), "weights": sum(n for _, n in pruned),
+                             "sparsity": sum(s * n for s, n in pruned) / sum(n for _, n in pruned)}
+    if archive or (archive is None and (plan.entropy or plan.prune)):
+        from .archive_sizes import archive_sizes
+
+        report["archive_sizes"] = archive_sizes(output)
     if calibration:
         report["calibration"] = {"path": str(calibration), "samples": int(next(iter(calib.values())).shape[0]),
                                  "same_file_as_data": bool(data) and _same_file(calibration, data)}
@@ -271,6 +291,12 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
             click.echo(f"  folded {len(result.folded_batchnorms)} BatchNormalization node(s) into their convolutions")
         click.echo(f"whole model file: {_mb(report['original_file_bytes'])} -> {_mb(written)} "
                    f"({report['file_ratio']:.2f}x)  written to {output}")
+        if "pruning" in report:
+            p = report["pruning"]
+            click.echo(f"  pruned {p['layers']} layer(s): {p['sparsity']:.1%} of their weights are exactly 0")
+        if "archive_sizes" in report:
+            a = report["archive_sizes"]
+            click.echo(f"  the written file after zstd -19: {_mb(a['zstd19'])}, after zip -9: {_mb(a['zip'])}")
         if result.allocation is not None:
             b = report["budget"]
             q = b["calibration_quality"]

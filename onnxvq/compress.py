@@ -19,6 +19,7 @@ from .ops.schema import DOMAIN
 from .passes.sites import Site, Skipped, find_sites, walk_graphs
 from .quantizers import CodedWeight, LowRankWeight, quantize
 from .quantizers.base import quantize_data_aware
+from .quantizers.pruning import sparsity
 
 METADATA_KEY = "onnxvq"
 #: Weights larger than this (in magnitude) overflow float32 in fitting (squared distances) and in
@@ -37,6 +38,7 @@ class WeightJob:
     stats: object | None = None          # calibration.LayerStats when fitted on calibration data
     calib_output_rel_err: float | None = None      # ||X dW|| / ||X W|| on the calibration statistics
     data_free_output_rel_err: float | None = None  # the same for the data-free fit
+    sparsity: float | None = None        # share of exact zeros in W_hat (pruned layers only)
 
     @property
     def first(self) -> Site:
@@ -254,6 +256,10 @@ def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progres
                                    f"dense {dense}; kept dense", s.weight.name, s.elements, s.weight_bytes)
                            for s in job.sites)
             continue
+        if isinstance(enc, CodedWeight) and enc.zero_codeword:
+            job.sparsity = sparsity(enc.decode())
+        if plan.entropy and isinstance(enc, CodedWeight):
+            enc = enc.entropy_coded()  # unchanged where the tiered code would not be smaller
         encoded[job.first.weight_key] = enc
         job.weight_rel_err = err
         kept.append(job)

@@ -32,7 +32,10 @@ class MethodConfig:
     method = "base"
 
     def options(self) -> dict[str, Any]:
-        return {"method": self.method, **dataclasses.asdict(self)}
+        options = {"method": self.method, **dataclasses.asdict(self)}
+        if not options.get("prune", 1):  # unpruned configs read (and stamp files) as before pruning existed
+            del options["prune"]
+        return options
 
 
 def _check_bits(bits: int) -> None:
@@ -47,6 +50,11 @@ def _check_axis(axis: str) -> None:
     _require(axis in AXES, f"axis must be one of {AXES}, got {axis!r}")
 
 
+def _check_prune(prune) -> None:
+    _require(isinstance(prune, (int, float)) and not isinstance(prune, bool) and 0.0 <= prune < 1.0,
+             f"prune must be a fraction in [0, 1), got {prune!r}")
+
+
 def _check_codeword_options(config) -> None:
     """The options PQ and RQ share: bits, subvector length, axis, codebook dtype, iterations."""
     _check_bits(config.bits)
@@ -54,6 +62,7 @@ def _check_codeword_options(config) -> None:
     _check_axis(config.axis)
     _check_codebook_dtype(config.codebook_dtype)
     _require(isinstance(config.iters, int) and config.iters >= 1, f"iters must be >= 1, got {config.iters!r}")
+    _check_prune(config.prune)
 
 
 @dataclass(frozen=True)
@@ -64,9 +73,11 @@ class KMeansConfig(MethodConfig):
     bits: int = 4
     group_size: int = 0  # output channels per codebook; 0 = one codebook for the tensor
     codebook_dtype: str = "float32"
+    prune: float = 0.0  # share of the weights set to exactly 0 (codeword 0 of every codebook is fixed at 0)
 
     def __post_init__(self):
         _check_bits(self.bits)
+        _check_prune(self.prune)
         _require(isinstance(self.group_size, int) and self.group_size >= 0,
                  f"group_size must be an integer >= 0, got {self.group_size!r}")
         _check_codebook_dtype(self.codebook_dtype)
@@ -95,6 +106,7 @@ class PQConfig(MethodConfig):
     axis: str = "in"
     codebook_dtype: str = "float32"
     iters: int = 20
+    prune: float = 0.0  # share of the subvectors set to exactly 0 (whole subvectors: the zero codeword)
 
     def __post_init__(self):
         _check_codeword_options(self)
@@ -111,6 +123,7 @@ class RQConfig(MethodConfig):
     axis: str = "in"
     codebook_dtype: str = "float32"
     iters: int = 20
+    prune: float = 0.0  # share of the subvectors set to exactly 0 (every stage codes them with codeword 0)
 
     def __post_init__(self):
         _check_codeword_options(self)
@@ -188,7 +201,9 @@ DEFAULT_PROTECT = ("depthwise",)
 #: decode for sequence activations (rows = batch x tokens, where bench/ measures the kernel slower).
 MATMUL_RUNTIMES = ("auto", "op", "decode")
 PLAN_KEYS = {"include", "exclude", "min_elements", "op_types", "nodes", "seed", "format", "enabled_op_types",
-             "protect", "matmul_runtime"}
+             "protect", "matmul_runtime", "prune", "entropy"}
+#: Methods with a zero codeword, so they can prune (binary has two levels +-a, svd no codes).
+PRUNABLE_METHODS = ("kmeans", "pq", "rq")
 
 
 @dataclass(frozen=True)
@@ -207,6 +222,8 @@ class Plan:
     protect: tuple[str, ...] = DEFAULT_PROTECT
     matmul_runtime: str = "auto"
     kind_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    prune: float | None = None   # --prune: every layer's default prune fraction (a section's own wins)
+    entropy: bool = False        # --entropy: store codes as tiered prefix codes (onnxvq/ops/entropy.py)
 
     def __post_init__(self):
         _require(self.format in ("custom", "portable"), f"format must be 'custom' or 'portable', got {self.format!r}")
@@ -220,6 +237,9 @@ class Plan:
         _require(isinstance(self.min_elements, int) and self.min_elements >= 0,
                  f"min_elements must be an integer >= 0, got {self.min_elements!r}")
         _require(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        _require(isinstance(self.entropy, bool), f"entropy must be true or false, got {self.entropy!r}")
+        if self.prune is not None:
+            _check_prune(self.prune)
         for pattern in (*self.include, *self.exclude):
             try:
                 re.compile(pattern)
@@ -247,6 +267,11 @@ class Plan:
             opts = _merge(opts, self.op_types[op_type])
         if node_name in self.nodes:
             opts = _merge(opts, self.nodes[node_name])
+        if self.prune and "prune" not in opts and opts.get("method") != SKIP:
+            _require(opts.get("method") in PRUNABLE_METHODS,
+                     f"layer {node_name!r}: --prune needs a method with a zero codeword ({list(PRUNABLE_METHODS)}); "
+                     f"its method is {opts.get('method')!r}")
+            opts["prune"] = self.prune
         return opts
 
     def config_for(self, node_name: str, op_type: str) -> MethodConfig | None:
@@ -259,6 +284,8 @@ class Plan:
             "exclude": list(self.exclude), "min_elements": self.min_elements, "seed": self.seed,
             "format": self.format, "enabled_op_types": list(self.enabled_op_types), "protect": list(self.protect),
             "matmul_runtime": self.matmul_runtime, "kind_defaults": {k: dict(v) for k, v in self.kind_defaults.items()},
+            # Only when set, so the stamp of a file made without them stays what it was.
+            **({"prune": self.prune} if self.prune else {}), **({"entropy": True} if self.entropy else {}),
         }
 
 

@@ -53,6 +53,9 @@ def layer_rows(result: CompressionResult) -> list[dict]:
                 # Output error estimated from the calibration statistics (None without --calibration).
                 "calib_output_rel_err": job.calib_output_rel_err,
                 "data_free_calib_output_rel_err": job.data_free_output_rel_err,
+                "sparsity": job.sparsity,  # share of exact zeros in W_hat; None when not pruned
+                "entropy_coded": isinstance(enc, CodedWeight) and enc.entropy is not None,
+                "plain_code_bytes": enc.plain_code_bytes if first and isinstance(enc, CodedWeight) else None,
                 "skipped_reason": None,
             }
             if isinstance(enc, LowRankWeight):
@@ -107,6 +110,13 @@ def layers_table(rows: list[dict]) -> str:
 
 
 def _method_label(row: dict) -> str:
+    label = _method_name(row)
+    if row["options"].get("prune"):
+        label += f" prune {row['options']['prune']:g}"
+    return label + (" +ent" if row.get("entropy_coded") else "")
+
+
+def _method_name(row: dict) -> str:
     o = row["options"]
     m = o["method"]
     if m == "pq":

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..ops.schema import AXIS_IN
 from ..quantizers.base import CodedWeight, codebook_indices, decode_matrix
+from ..quantizers.pruning import ZERO_CODE, pruned_count
 
 #: Damping added to H's diagonal, as a share of its mean diagonal (GPTQ's percdamp): with fewer
 #: calibration rows than inputs H is singular, and the error feedback must stay bounded.
@@ -133,11 +134,16 @@ def with_bias_correction(fit: DataAwareFit, weight: np.ndarray, stats) -> DataAw
 
 
 def refine_codes(encoded: CodedWeight, weight: np.ndarray, stats, *, codebook_dtype: str,
-                 refit: bool = True, rounds: int = 1, centered: bool = False) -> DataAwareFit:
-    """The best of: the data-free encoding, its refit, and ``rounds`` of GPTQ assignment + refit."""
+                 refit: bool = True, rounds: int = 1, centered: bool = False, prune: float = 0.0) -> DataAwareFit:
+    """The best of: the data-free encoding, its refit, and ``rounds`` of GPTQ assignment + refit.
+
+    ``prune`` (with a zero codeword): the GPTQ assignment also chooses which units to prune, by
+    their output error (OBS / SparseGPT), and every refit keeps codeword 0 at exactly 0."""
     objective = Objective.from_stats(weight, stats, centered)
     layout, codes = encoded.layout, encoded.codes
     codebooks = encoded.codebooks.astype(np.float64)
+    fixed_zero = encoded.zero_codeword
+    prune = prune if fixed_zero else 0.0
     energy = objective.energy()
     first = objective.value(encoded.decode())
     best = (first, codes, codebooks)
@@ -148,18 +154,22 @@ def refine_codes(encoded: CodedWeight, weight: np.ndarray, stats, *, codebook_dt
         if score < best[0]:
             best = (score, codes, codebooks)
 
+    def refitted(codes, codebooks):
+        return _stored(refit_codebooks(objective, layout, codes, codebooks, fixed_zero=fixed_zero), codebook_dtype)
+
     for _ in range(rounds):
         if refit:
-            codebooks = _stored(refit_codebooks(objective, layout, codes, codebooks), codebook_dtype)
+            codebooks = refitted(codes, codebooks)
             consider(codes, codebooks)
-        codes = gptq_codes(objective, layout, codebooks)
+        codes = gptq_codes(objective, layout, codebooks, prune=prune)
         consider(codes, codebooks)
     if refit:
-        codebooks = _stored(refit_codebooks(objective, layout, codes, codebooks), codebook_dtype)
+        codebooks = refitted(codes, codebooks)
         consider(codes, codebooks)
     score, codes, codebooks = best
     store = np.float16 if codebook_dtype == "float16" else np.float32
-    chosen = CodedWeight(layout, np.ascontiguousarray(codes, dtype=np.uint8), codebooks.astype(store))
+    chosen = CodedWeight(layout, np.ascontiguousarray(codes, dtype=np.uint8), codebooks.astype(store),
+                         zero_codeword=fixed_zero)
     return DataAwareFit(chosen, relative_error(score, energy), relative_error(first, energy))
 
 
@@ -193,8 +203,9 @@ def scatter_to_codebooks(layout, codes: np.ndarray, grad: np.ndarray) -> np.ndar
 
 
 def refit_codebooks(objective: Objective, layout, codes: np.ndarray, codebooks: np.ndarray,
-                    max_iters: int = 12, tol: float = 1e-6) -> np.ndarray:
-    """Codebooks minimizing the objective with ``codes`` fixed, by conjugate gradient from ``codebooks``."""
+                    max_iters: int = 12, tol: float = 1e-6, fixed_zero: bool = False) -> np.ndarray:
+    """Codebooks minimizing the objective with ``codes`` fixed, by conjugate gradient from ``codebooks``.
+    ``fixed_zero``: codeword 0 (a pruned layer's zero codeword) is not a variable and stays 0."""
     def normal(cb):
         return scatter_to_codebooks(layout, codes, objective.apply(decode_matrix(layout, codes, cb)))
 
@@ -206,6 +217,8 @@ def refit_codebooks(objective: Objective, layout, codes: np.ndarray, codebooks: 
         per_entry[:, cols] = diag[g][:, None]
     jacobi = scatter_to_codebooks(layout, codes, per_entry * objective.column_weights)
     used = jacobi > 0  # codewords no code selects keep their values
+    if fixed_zero:
+        used[:, :, :, 0] = False
     inverse = np.where(used, 1.0 / np.where(used, jacobi, 1.0), 0.0)
     x = codebooks.copy()
     r = scatter_to_codebooks(layout, codes, objective.apply(objective.weight)) - normal(x)
@@ -238,19 +251,33 @@ def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
     return np.linalg.cholesky(inverse).T
 
 
-def gptq_codes(objective: Objective, layout, codebooks: np.ndarray) -> np.ndarray:
+def gptq_codes(objective: Objective, layout, codebooks: np.ndarray, prune: float = 0.0) -> np.ndarray:
+    """Codes by GPTQ. ``prune``: that share of the units (one code each) is coded ZERO_CODE, chosen
+    by OBS saliency ||w_unit||^2 / [H^-1]_jj as the error feedback goes (SparseGPT)."""
     codes = np.empty(layout.codes_shape, dtype=np.uint8)
     if layout.axis == AXIS_IN:
         for g, (h, cols) in enumerate(zip(objective.hessians, objective.column_groups)):
-            _gptq_along_subspaces(objective, g, layout, codebooks, codes, cols)
+            _gptq_along_subspaces(objective, g, layout, codebooks, codes, cols, prune)
     else:
-        _gptq_along_rows(objective, layout, codebooks, codes)
+        _gptq_along_rows(objective, layout, codebooks, codes, prune)
     return codes
 
 
-def _feedback(w: np.ndarray, u: np.ndarray, steps, quantize_step) -> None:
+def _lowest(scores: np.ndarray, fraction: float, axis: int) -> np.ndarray:
+    """Mask of the ``fraction`` lowest scores along ``axis`` (per slice; ties by position)."""
+    count = pruned_count(scores.shape[axis], fraction)
+    order = np.argsort(scores, axis=axis, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(scores.shape[axis]).reshape(
+        [-1 if a == axis else 1 for a in range(scores.ndim)]), axis=axis)
+    return ranks < count
+
+
+def _feedback(w: np.ndarray, u: np.ndarray, steps, quantize_step, on_block=None) -> None:
     """Run GPTQ over the rows of ``w`` [K', n] (in place): ``steps`` are consecutive row ranges
-    quantized together by ``quantize_step(step index, rows [len, n], U block) -> Q rows``."""
+    quantized together by ``quantize_step(step index, rows [len, n], U block) -> Q rows``.
+    ``on_block(first step, last step, block rows, U block)`` sees each block before it is quantized
+    (with every earlier block's error already applied): where SparseGPT picks its mask."""
     steps = list(steps)
     index = 0
     while index < len(steps):
@@ -262,6 +289,8 @@ def _feedback(w: np.ndarray, u: np.ndarray, steps, quantize_step) -> None:
         block = w[start:stop].copy()
         errors = np.zeros_like(block)
         u_block = u[start:stop, start:stop]
+        if on_block is not None:
+            on_block(index, last, block, u_block)
         while index <= last:
             step = steps[index]
             local = slice(step.start - start, step.stop - start)
@@ -284,8 +313,10 @@ def _padded_factor(objective: Objective, g: int, padded: int) -> np.ndarray:
     return objective.inverse_factor(("in", g, padded), hp)
 
 
-def _gptq_along_subspaces(objective: Objective, g: int, layout, codebooks, codes, cols: slice) -> None:
-    """axis in: M's rows are W's columns; subspace s is the d rows [s*d, s*d + d) of W."""
+def _gptq_along_subspaces(objective: Objective, g: int, layout, codebooks, codes, cols: slice,
+                          prune: float = 0.0) -> None:
+    """axis in: M's rows are W's columns; subspace s is the d rows [s*d, s*d + d) of W.
+    Pruning picks, per column (output), the ``prune`` share of each block's subspaces."""
     w = objective.weight[:, cols]
     d, s_count = layout.subvector_len, layout.num_subspaces
     k_in, n = w.shape
@@ -295,6 +326,13 @@ def _gptq_along_subspaces(objective: Objective, g: int, layout, codebooks, codes
     u = _padded_factor(objective, g, padded)
     s_index, g_index = codebook_indices(layout)
     groups = g_index[cols]
+    pruned: dict[int, np.ndarray] = {}  # subspace -> mask over the columns
+
+    def choose_pruned(first, last, block, u_blk):
+        saliency = (block / np.diag(u_blk)[:, None]) ** 2                      # [rows of the block, n]
+        per_step = saliency[: (last - first + 1) * d].reshape(last - first + 1, d, n).sum(axis=1)
+        for i, mask in enumerate(_lowest(per_step, prune, axis=0)):
+            pruned[first + i] = mask
 
     def quantize_step(s, rows, u_blk):
         # Nearest codeword under the block's metric ||L^-1 (v - c)||^2, L = U_blk^T (lower).
@@ -310,14 +348,19 @@ def _gptq_along_subspaces(objective: Objective, g: int, layout, codebooks, codes
             codes[t, cols, s] = chosen
             q += book[t][groups, chosen]
             residual = residual - (book[t] @ to_metric)[groups, chosen]
+        if s in pruned:
+            codes[:, cols.start + np.flatnonzero(pruned[s]), s] = ZERO_CODE
+            q[pruned[s]] = 0.0
         return q.T
 
-    _feedback(work, u, [slice(s * d, (s + 1) * d) for s in range(s_count)], quantize_step)
+    _feedback(work, u, [slice(s * d, (s + 1) * d) for s in range(s_count)], quantize_step,
+              choose_pruned if prune else None)
 
 
-def _gptq_along_rows(objective: Objective, layout, codebooks, codes) -> None:
+def _gptq_along_rows(objective: Objective, layout, codebooks, codes, prune: float = 0.0) -> None:
     """axis out: M's rows are W's rows (inputs); each input's subvectors are quantized at once
-    (one H for every conv group: their mean)."""
+    (one H for every conv group: their mean). Pruning drops the ``prune`` share of each input's
+    subvectors with the least energy after the feedback so far."""
     k_in, n_out = objective.weight.shape
     d, s_count = layout.subvector_len, layout.num_subspaces
     work = objective.weight.copy()
@@ -337,6 +380,10 @@ def _gptq_along_rows(objective: Objective, layout, codebooks, codes) -> None:
             picked = book[subspaces, chosen]
             q += picked
             residual = residual - picked
+        if prune:
+            gone = _lowest(np.sum(vec.reshape(s_count, d) ** 2, axis=1), prune, axis=0)
+            codes[:, j, gone] = ZERO_CODE
+            q[gone] = 0.0
         return q.reshape(1, -1)[:, :n_out]
 
     _feedback(work, u, [slice(j, j + 1) for j in range(k_in)], quantize_step)

@@ -21,8 +21,11 @@ MIN_OPSET = 11
 
 
 class _Builder:
-    def __init__(self, names: NameAllocator, prefix: str):
-        self.names, self.prefix = names, prefix
+    """``node_names=False`` leaves the nodes unnamed (legal in ONNX): for decoders whose every byte
+    counts against what they save (entropy_decoder.py)."""
+
+    def __init__(self, names: NameAllocator, prefix: str, node_names: bool = True):
+        self.names, self.prefix, self.node_names = names, prefix, node_names
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
 
@@ -33,7 +36,8 @@ class _Builder:
 
     def op(self, op_type: str, inputs: list[str], suffix: str, **attrs) -> str:
         out = self.names.new(f"{self.prefix}.{suffix}")
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.names.new(f"{self.prefix}.{suffix}_node"), **attrs))
+        name = self.names.new(f"{self.prefix}.{suffix}_node") if self.node_names else None
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=name, **attrs))
         return out
 
 
@@ -44,6 +48,14 @@ def _unpack_codes(b: _Builder, encoded: CodedWeight) -> str:
     stays cheap: eight codes of ``bits`` bits fill exactly ``bits`` bytes, and each code is read from
     the (at most) two bytes it spans of its chunk: (lo + 256*hi) // 2**shift % 2**bits, in int32.
     About 30 bytes per code while folding, where expanding every bit to int64 took ~200."""
+    if encoded.entropy is not None:  # --entropy: the tiered prefix code, decoded by standard ops too
+        from .entropy_decoder import compact_builder, decode_tiers
+
+        tiers = compact_builder(b.names)
+        codes = decode_tiers(tiers, encoded.entropy, "c")
+        b.nodes.extend(tiers.nodes)
+        b.initializers.extend(tiers.initializers)
+        return codes
     layout = encoded.layout
     bits, n = layout.bits, layout.num_codes
     codes = b.const("codes", encoded.flat_packed_codes())

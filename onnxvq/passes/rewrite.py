@@ -45,17 +45,39 @@ class RewriteContext:
 
     # --- initializers ---------------------------------------------------------------------
     def coded_initializers(self, site: Site, enc: CodedWeight) -> list[str]:
-        """(codes, codebooks) initializers in the op's layout, added once per weight and layout."""
+        """(codes, codebooks) in the op's layout, added once per weight and layout. Entropy-coded
+        codes are a standard-op decoder + packer before the site (once per graph), which ONNX
+        Runtime folds into the packed codes the op computes with."""
         key = (site.weight_key, "coded", enc.layout.format_version)
+        if enc.entropy is not None:
+            key = (id(site.graph), *key)
         if key not in self.stored:
-            codes = self.names.new(f"{site.weight.name}.vq_codes")
             codebooks = self.names.new(f"{site.weight.name}.vq_codebooks")
-            site.weight.graph.initializer.extend([
-                numpy_helper.from_array(enc.packed_codes(), codes),
-                numpy_helper.from_array(np.ascontiguousarray(enc.codebooks), codebooks),
-            ])
+            if enc.entropy is None:
+                codes = self.names.new(f"{site.weight.name}.vq_codes")
+                site.weight.graph.initializer.append(numpy_helper.from_array(enc.packed_codes(), codes))
+            else:
+                codes = self._packed_from_tiers(site, enc)
+            site.weight.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(enc.codebooks),
+                                                                         codebooks))
             self.stored[key] = [codes, codebooks]
         return self.stored[key]
+
+    def _packed_from_tiers(self, site: Site, enc: CodedWeight) -> str:
+        from ..ops.schema import FASTSCAN_FORMAT_VERSION
+        from .entropy_decoder import compact_builder, decode_tiers, pack_fastscan_stream, pack_stream
+
+        self.require_decoder_opset(site)
+        b = compact_builder(self.names)
+        codes = decode_tiers(b, enc.entropy, "c")
+        layout = enc.layout
+        if layout.format_version == FASTSCAN_FORMAT_VERSION:
+            packed = pack_fastscan_stream(b, codes, layout.codes_shape)
+        else:
+            packed = pack_stream(b, codes, layout.num_codes, layout.bits)
+        site.graph.initializer.extend(b.initializers)
+        self.insert_before(site, b.nodes)
+        return packed
 
     def low_rank_initializers(self, site: Site, enc: LowRankWeight) -> list[str]:
         key = (site.weight_key, "low_rank")

@@ -1,6 +1,7 @@
 """What a quantizer produces, and the registry that maps a config type to its quantizer."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,6 +22,12 @@ class CodedWeight:
     layout: VQLayout
     codes: np.ndarray
     codebooks: np.ndarray
+    #: Pruned: codeword 0 of every codebook is exactly 0 and stays so through any refit
+    #: (quantizers/pruning.py); pruned weights are coded 0.
+    zero_codeword: bool = False
+    #: The codes as a tiered prefix code (ops.entropy.TieredCodes), stored instead of the packed
+    #: stream and decoded by standard ops at load (--entropy); None: packed as the layout says.
+    entropy: object | None = None
 
     def __post_init__(self):
         if self.codes.shape != self.layout.codes_shape:
@@ -41,13 +48,32 @@ class CodedWeight:
         """Codes as one LSB-first stream in [T, R, S] order: what the portable decoder unpacks."""
         return pack_codes(self.codes, self.layout.bits)
 
+    def entropy_coded(self) -> "CodedWeight":
+        """This weight with its codes entropy-coded, if that is smaller (decoder included)."""
+        from ..ops.entropy import encode
+        from ..passes.entropy_decoder import decoder_overhead_bytes
+
+        tiers = encode(self.codes.reshape(-1), self.layout.bits)
+        if tiers.nbytes + decoder_overhead_bytes(tiers) >= self.plain_code_bytes + _PLAIN_CODES_TENSOR_BYTES:
+            return self
+        return dataclasses.replace(self, entropy=tiers)
+
+    @property
+    def plain_code_bytes(self) -> int:
+        """The packed stream's bytes (what the codes take without --entropy)."""
+        return self.layout.packed_nbytes
+
     @property
     def code_bytes(self) -> int:
-        return self.layout.packed_nbytes
+        return self.plain_code_bytes if self.entropy is None else int(self.entropy.nbytes)
 
     @property
     def codebook_bytes(self) -> int:
         return int(self.codebooks.nbytes)
+
+
+#: Serialized bytes of the one initializer plain codes take beyond their data (name, dims, framing).
+_PLAIN_CODES_TENSOR_BYTES = 64
 
 
 def codebook_indices(layout: VQLayout) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +171,8 @@ def quantize_data_aware(weight: np.ndarray, config, stats, seed: int = 0, correc
     else:
         # The paper's plain +-1 binarization has no codebook to fit; its codes still get the feedback.
         fit = refine_codes(encoded, weight, stats, codebook_dtype=getattr(config, "codebook_dtype", "float32"),
-                           refit=getattr(config, "scaled", True), centered=correct_bias)
+                           refit=getattr(config, "scaled", True), centered=correct_bias,
+                           prune=getattr(config, "prune", 0.0))
     return with_bias_correction(fit, weight, stats) if correct_bias else fit
 
 

@@ -7,6 +7,7 @@ from ..config import KMeansConfig
 from ..fit import fit_kmeans_1d, fit_kmeans_1d_batched
 from ..ops.schema import AXIS_IN, VQLayout
 from .base import CodedWeight, register, to_codebook_dtype
+from .pruning import ZERO_CODE, fit_weights, magnitude_keep
 
 
 @register(KMeansConfig)
@@ -18,9 +19,13 @@ def quantize_kmeans(weight: np.ndarray, config: KMeansConfig, seed: int) -> Code
                                  format_version=None)  # fast-scan where valid
     rows = weight.T  # [N, K]: one row per output channel
     k = layout.codebook_size
+    keep = None
+    if config.prune:
+        keep = magnitude_keep(rows[..., None], config.prune)  # units are single weights
+        rows = np.where(keep, rows, np.float32(0))
     codes = np.empty((1, n_out, k_in), dtype=np.uint8)
     codebooks = np.zeros(layout.codebooks_shape, dtype=np.float32)
-    for first_group, centers, assign in _fit_groups(rows, group_size, k):
+    for first_group, centers, assign in _fit_groups(rows, group_size, k, keep):
         for i, (c, a) in enumerate(zip(centers, assign)):
             g = first_group + i
             block = slice(g * group_size, min((g + 1) * group_size, n_out))
@@ -28,24 +33,48 @@ def quantize_kmeans(weight: np.ndarray, config: KMeansConfig, seed: int) -> Code
                 # Encode against the codebook as it will be stored.
                 c = c.astype(np.float16).astype(np.float32)
                 a = _nearest_sorted(rows[block].reshape(-1), c)
+            if keep is not None:
+                # Kept weights may still pick the zero codeword when it is nearest; pruned ones must.
+                c = np.concatenate([[0.0], c[:-1]]).astype(np.float32)
+                a = _nearest_sorted(rows[block].reshape(-1), c)
+                a = np.where(keep[block].reshape(-1), a, ZERO_CODE)
             codebooks[0, 0, g, :, 0] = c
             codes[0, block] = np.asarray(a, dtype=np.uint8).reshape(-1, k_in)
-    return CodedWeight(layout, codes, to_codebook_dtype(codebooks, config.codebook_dtype))
+    return CodedWeight(layout, codes, to_codebook_dtype(codebooks, config.codebook_dtype),
+                       zero_codeword=keep is not None)
 
 
-def _fit_groups(rows: np.ndarray, group_size: int, k: int):
+def _fit_groups(rows: np.ndarray, group_size: int, k: int, keep: np.ndarray | None = None):
     """Yield (first group index, centers [g, k], codes [g, n]) for the row groups of ``rows`` [N, K].
 
+    With a keep mask (pruning) the centers are fitted to the kept weights only and the last of
+    the k is a spare slot: the caller puts the zero codeword first and drops it.
     Full groups are fitted in one batched pass (one programme per group, vectorized together);
     a shorter last group on its own."""
     n_out, k_in = rows.shape
+    fitted = k if keep is None else max(k - 1, 1)
     full = n_out // group_size
+
+    def weights(part: slice, groups: int):
+        return None if keep is None else fit_weights(keep[part].reshape(groups, -1))
+
     if full:
-        values = np.ascontiguousarray(rows[: full * group_size]).reshape(full, group_size * k_in)
-        yield (0, *fit_kmeans_1d_batched(values, k))
+        part = slice(0, full * group_size)
+        values = np.ascontiguousarray(rows[part]).reshape(full, group_size * k_in)
+        centers, assign = fit_kmeans_1d_batched(values, fitted, sample_weight=weights(part, full))
+        yield 0, _spare(centers, k), assign
     if full * group_size < n_out:
-        centers, assign = fit_kmeans_1d(rows[full * group_size:].reshape(-1), k)
-        yield full, centers[None], assign[None]
+        part = slice(full * group_size, n_out)
+        w = weights(part, 1)
+        centers, assign = fit_kmeans_1d(rows[part].reshape(-1), fitted, sample_weight=None if w is None else w[0])
+        yield full, _spare(centers[None], k), assign[None]
+
+
+def _spare(centers: np.ndarray, k: int) -> np.ndarray:
+    """Centers [g, fitted] -> [g, k] (a pruned fit has k - 1; the last column is a placeholder)."""
+    if centers.shape[1] == k:
+        return centers
+    return np.concatenate([centers, centers[:, -1:]], axis=1)
 
 
 def _nearest_sorted(values: np.ndarray, centers: np.ndarray) -> np.ndarray:
