@@ -63,9 +63,15 @@ endef
 
 fuzz: fuzz-build
 	$(call fuzz_run,$(FUZZ_SECONDS))
+	$(PY) scripts/fuzz_entropy.py --seconds $$(( $(FUZZ_SECONDS) / 10 ))
+
+# The --entropy code stream is decoded by standard ops in ONNX Runtime, not by our kernels:
+# scripts/fuzz_entropy.py feeds it crafted streams (child processes; a crash fails the target).
+FUZZ_ENTROPY_SECONDS ?= 20
 
 fuzz-ci: fuzz-build
 	$(call fuzz_run,$(FUZZ_CI_SECONDS))
+	$(PY) scripts/fuzz_entropy.py --seconds $(FUZZ_ENTROPY_SECONDS)
 	rm -rf $(FUZZ_DIR)/corpus-leak && mkdir -p $(FUZZ_DIR)/corpus-leak
 	set -o pipefail; ASAN_OPTIONS=detect_leaks=1 $(FUZZ_BIN) -runs=200 -detect_leaks=1 -max_len=512 -len_control=0 \
 		-seed=1 -artifact_prefix=$(FUZZ_DIR)/findings/ $(FUZZ_DIR)/corpus-leak custom_ops/fuzz/seeds 2>&1 | tail -2
