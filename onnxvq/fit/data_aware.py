@@ -26,7 +26,7 @@ import numpy as np
 
 from ..ops.schema import AXIS_IN
 from ..quantizers.base import CodedWeight, codebook_indices, decode_matrix
-from ..quantizers.pruning import ZERO_CODE, pruned_count
+from ..quantizers.pruning import ZERO_CODE, lowest_share
 
 #: Damping added to H's diagonal, as a share of its mean diagonal (GPTQ's percdamp): with fewer
 #: calibration rows than inputs H is singular, and the error feedback must stay bounded.
@@ -263,16 +263,6 @@ def gptq_codes(objective: Objective, layout, codebooks: np.ndarray, prune: float
     return codes
 
 
-def _lowest(scores: np.ndarray, fraction: float, axis: int) -> np.ndarray:
-    """Mask of the ``fraction`` lowest scores along ``axis`` (per slice; ties by position)."""
-    count = pruned_count(scores.shape[axis], fraction)
-    order = np.argsort(scores, axis=axis, kind="stable")
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(scores.shape[axis]).reshape(
-        [-1 if a == axis else 1 for a in range(scores.ndim)]), axis=axis)
-    return ranks < count
-
-
 def _feedback(w: np.ndarray, u: np.ndarray, steps, quantize_step, on_block=None) -> None:
     """Run GPTQ over the rows of ``w`` [K', n] (in place): ``steps`` are consecutive row ranges
     quantized together by ``quantize_step(step index, rows [len, n], U block) -> Q rows``.
@@ -331,7 +321,7 @@ def _gptq_along_subspaces(objective: Objective, g: int, layout, codebooks, codes
     def choose_pruned(first, last, block, u_blk):
         saliency = (block / np.diag(u_blk)[:, None]) ** 2                      # [rows of the block, n]
         per_step = saliency[: (last - first + 1) * d].reshape(last - first + 1, d, n).sum(axis=1)
-        for i, mask in enumerate(_lowest(per_step, prune, axis=0)):
+        for i, mask in enumerate(lowest_share(per_step, prune, axis=0)):
             pruned[first + i] = mask
 
     def quantize_step(s, rows, u_blk):
@@ -359,14 +349,23 @@ def _gptq_along_subspaces(objective: Objective, g: int, layout, codebooks, codes
 
 def _gptq_along_rows(objective: Objective, layout, codebooks, codes, prune: float = 0.0) -> None:
     """axis out: M's rows are W's rows (inputs); each input's subvectors are quantized at once
-    (one H for every conv group: their mean). Pruning drops the ``prune`` share of each input's
-    subvectors with the least energy after the feedback so far."""
+    (one H for every conv group: their mean). Pruning drops, per subspace (a group of outputs), the
+    ``prune`` share of each block's rows by OBS saliency ||v||^2 / U_jj^2."""
     k_in, n_out = objective.weight.shape
     d, s_count = layout.subvector_len, layout.num_subspaces
     work = objective.weight.copy()
     u = objective.inverse_factor(("out",), objective.mean_hessian())
     s_index, g_index = codebook_indices(layout)
     subspaces = np.arange(s_count)
+    pruned: dict[int, np.ndarray] = {}  # row -> mask over its subspaces
+
+    def choose_pruned(first, last, block, u_blk):
+        count = last - first + 1
+        padded = np.zeros((count, s_count * d))
+        padded[:, :n_out] = block[:count] / np.diag(u_blk)[:count, None]
+        saliency = (padded.reshape(count, s_count, d) ** 2).sum(axis=2)        # [rows of the block, S]
+        for i, mask in enumerate(lowest_share(saliency, prune, axis=0)):
+            pruned[first + i] = mask
 
     def quantize_step(j, rows, _u_blk):
         vec = np.zeros(s_count * d)
@@ -380,13 +379,12 @@ def _gptq_along_rows(objective: Objective, layout, codebooks, codes, prune: floa
             picked = book[subspaces, chosen]
             q += picked
             residual = residual - picked
-        if prune:
-            gone = _lowest(np.sum(vec.reshape(s_count, d) ** 2, axis=1), prune, axis=0)
-            codes[:, j, gone] = ZERO_CODE
-            q[gone] = 0.0
+        if j in pruned:
+            codes[:, j, pruned[j]] = ZERO_CODE
+            q[pruned[j]] = 0.0
         return q.reshape(1, -1)[:, :n_out]
 
-    _feedback(work, u, [slice(j, j + 1) for j in range(k_in)], quantize_step)
+    _feedback(work, u, [slice(j, j + 1) for j in range(k_in)], quantize_step, choose_pruned if prune else None)
 
 
 def _nearest(vectors: np.ndarray, books: np.ndarray, owner: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ def quantize_kmeans(weight: np.ndarray, config: KMeansConfig, seed: int) -> Code
     k = layout.codebook_size
     keep = None
     if config.prune:
-        keep = magnitude_keep(rows[..., None], config.prune)  # units are single weights
+        keep = magnitude_keep(rows.T[..., None], config.prune).T  # units: single weights; rows: outputs
         rows = np.where(keep, rows, np.float32(0))
     codes = np.empty((1, n_out, k_in), dtype=np.uint8)
     codebooks = np.zeros(layout.codebooks_shape, dtype=np.float32)

@@ -23,7 +23,8 @@ def _residual_quantize(weight: np.ndarray, *, bits: int, dim: int, axis: str, st
     residual = subvectors(weight, dim, axis)  # [S, R, d]
     keep = None
     if prune:
-        keep = magnitude_keep(residual, prune)  # whole subvectors: the zero codeword codes them exactly
+        # Whole subvectors: the zero codeword codes them exactly. Outputs: rows of M (in) or subspaces (out).
+        keep = magnitude_keep(residual, prune, outputs_along=1 if axis == "in" else 0)
         residual = residual * keep[..., None]
     codes = np.empty(layout.codes_shape, dtype=np.uint8)  # [T, R, S]
     codebooks = np.empty(layout.codebooks_shape, dtype=np.float32)  # [T, S, 1, k, d]

@@ -6,9 +6,12 @@ in every runtime, and the codes that remain are fitted with the other 2**bits - 
 is what one code covers: one weight for scalar k-means, one subvector (d weights of a row of M)
 for PQ and RQ, so PQ prunes whole subvectors and the zero codeword represents them exactly.
 
-Data-free, the units with the smallest squared norm go (one threshold per layer, as in the
-paper); with calibration statistics fit/data_aware.py chooses them by their output error instead
-(OBS / SparseGPT) and pushes that error onto the units that remain.
+Data-free, the units with the smallest squared norm go, the same share of every output channel:
+one threshold per layer (the paper's) empties whole channels of a BatchNorm-folded convolution,
+whose channels differ in scale by orders of magnitude (MobileNetV2 lost 14% of its top-1 agreement
+at 30% pruning that way). With calibration statistics fit/data_aware.py chooses them by their
+output error instead (OBS / SparseGPT), again per output, and pushes that error onto the units
+that remain.
 """
 from __future__ import annotations
 
@@ -23,15 +26,23 @@ def pruned_count(units: int, fraction: float) -> int:
     return int(round(fraction * units))
 
 
-def magnitude_keep(units: np.ndarray, fraction: float) -> np.ndarray:
+def magnitude_keep(units: np.ndarray, fraction: float, outputs_along: int = 1) -> np.ndarray:
     """Keep mask [S, R] over units [S, R, d]: False for the ``fraction`` of units with the smallest
-    squared norm (ties broken by position, so the same weight gives the same mask)."""
-    energy = np.einsum("srd,srd->sr", units, units, dtype=np.float64).ravel()
-    keep = np.ones(energy.size, dtype=bool)
-    count = pruned_count(energy.size, fraction)
-    if count:
-        keep[np.argsort(energy, kind="stable")[:count]] = False
-    return keep.reshape(units.shape[:2])
+    squared norm within each output: ``outputs_along`` is the axis of [S, R] that indexes outputs
+    (1: rows of M are outputs, axis in; 0: subspaces are groups of outputs, axis out). Ties go
+    by position, so the same weight gives the same mask."""
+    energy = np.einsum("srd,srd->sr", units, units, dtype=np.float64)
+    return ~lowest_share(energy, fraction, axis=1 - outputs_along)
+
+
+def lowest_share(scores: np.ndarray, fraction: float, axis: int) -> np.ndarray:
+    """Mask of the ``fraction`` lowest scores along ``axis``, per slice (ties by position)."""
+    count = pruned_count(scores.shape[axis], fraction)
+    order = np.argsort(scores, axis=axis, kind="stable")
+    ranks = np.empty_like(order)
+    shape = [-1 if a == axis else 1 for a in range(scores.ndim)]
+    np.put_along_axis(ranks, order, np.arange(scores.shape[axis]).reshape(shape), axis=axis)
+    return ranks < count
 
 
 def fit_weights(keep: np.ndarray) -> np.ndarray:
