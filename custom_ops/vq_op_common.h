@@ -180,6 +180,7 @@ inline void check_sizes(const Node& node, Layout& layout) {
 template <size_t NumVersions>
 Layout read_layout(const OrtApi& api, const OrtKernelInfo* info, const Node& node,
                    const int64_t (&versions)[NumVersions]) {
+  if (const char* problem = kernels::kernel_selection_error()) node.fail(problem);
   int64_t values[schema::kNumAttributes];
   for (int i = 0; i < schema::kNumAttributes; ++i) {
     const char* name = schema::kAttributes[i].name;

@@ -231,6 +231,10 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
     feeds = _feeds(source, data, samples, plan.seed, dims, input_rules) if run_check else None
     calib = _calibration_inputs(source, calibration, data)
     budget = _budget(model, target_ratio, target_size, min_agreement, min_cosine, calib)
+    if budget is not None and _prunes(plan):
+        raise ConfigError("--prune (or a config's prune:) and a budget (--target-ratio, --target-size, "
+                          "--min-agreement) do not combine: the budget's candidates are unpruned, so it would "
+                          "drop the pruning; prune with explicit settings instead")
     say = (lambda _m: None) if quiet else (lambda m: click.echo(f"onnxvq: {m}", err=True))
     # In place: the source model becomes the output, so peak memory is one model, not two.
     result = compress_model(source, plan, jobs=jobs, progress=not quiet, inplace=True, calibration=calib,
@@ -314,6 +318,11 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
             for p in problems:
                 click.echo(f"onnxvq: check failed: {p}", err=True)
             sys.exit(int(ExitCode.CHECK_FAILED))
+
+
+def _prunes(plan) -> bool:
+    sections = [plan.global_options, *plan.op_types.values(), *plan.nodes.values()]
+    return bool(plan.prune) or any(section.get("prune") for section in sections)
 
 
 def _calibration_inputs(model, calibration, data):

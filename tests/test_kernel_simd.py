@@ -1,7 +1,8 @@
 """The op's SIMD kernel table against its scalar table, through onnxruntime.
 
 The kernel table is chosen once per process, so each table runs in its own subprocess:
-the default (the best table this CPU has: avx2, avx512 or neon) and ONNXVQ_FORCE_SCALAR=1,
+the default (the best table this CPU has: avx2, avx512 or neon), ONNXVQ_FORCE_SCALAR=1, and every
+other table the host supports through ONNXVQ_FORCE_ISA (an AVX-512 host tests its AVX2 table too),
 plus ONNXVQ_EXACT_LUT=1 for the exact float fast-scan path. Cases cover awkward shapes:
 N at the fast-scan block (32) - 1, 32, 32 + 1 and N = 1; K so that S lands at and around
 the 16-bit flush boundary (E = 511, 512, 513); odd subvector lengths; batches 1, 2, 7, 64.
@@ -105,9 +106,12 @@ def runs(tmp_path_factory):
     script = tmp / "runner.py"
     script.write_text(RUNNER)
     outputs = {}
-    for name, env in {"default": {}, "scalar": {"ONNXVQ_FORCE_SCALAR": "1"},
-                      "exact": {"ONNXVQ_EXACT_LUT": "1"},
-                      "exact_scalar": {"ONNXVQ_EXACT_LUT": "1", "ONNXVQ_FORCE_SCALAR": "1"}}.items():
+    runs = {"default": {}, "scalar": {"ONNXVQ_FORCE_SCALAR": "1"}, "exact": {"ONNXVQ_EXACT_LUT": "1"},
+            "exact_scalar": {"ONNXVQ_EXACT_LUT": "1", "ONNXVQ_FORCE_SCALAR": "1"}}
+    for table in SIMD_TABLES:
+        runs[f"isa_{table}"] = {"ONNXVQ_FORCE_ISA": table}
+        runs[f"isa_exact_{table}"] = {"ONNXVQ_FORCE_ISA": table, "ONNXVQ_EXACT_LUT": "1"}
+    for name, env in runs.items():
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("ONNXVQ_")}
         subprocess.run([sys.executable, str(script), str(tmp / "cases.npz"), str(tmp / f"{name}.npz")],
                        env={**full_env, **env}, check=True, timeout=300)
@@ -122,6 +126,19 @@ def _kernel_name():
     lib = ctypes.CDLL(onnxvq.library_path())
     lib.onnxvq_kernel_name.restype = ctypes.c_char_p
     return lib.onnxvq_kernel_name().decode()
+
+
+def _simd_tables() -> list[str]:
+    """Every table this build and CPU have except scalar (the oracle), e.g. ["avx2", "avx512"]."""
+    import ctypes
+
+    import onnxvq
+    lib = ctypes.CDLL(onnxvq.library_path())
+    lib.onnxvq_kernel_tables.restype = ctypes.c_char_p
+    return [t for t in lib.onnxvq_kernel_tables().decode().split(",") if t != "scalar"]
+
+
+SIMD_TABLES = _simd_tables()
 
 
 def _lut_step(layout, codebooks, x):
@@ -146,11 +163,32 @@ def test_kernel_tables_ran(runs):
     assert str(outputs["default"]["kernel"]) in {"scalar", "avx2", "avx512", "neon"}
 
 
+def test_every_table_ran_when_forced(runs):
+    _, _, outputs = runs
+    for table in SIMD_TABLES:
+        assert str(outputs[f"isa_{table}"]["kernel"]) == table
+        assert str(outputs[f"isa_exact_{table}"]["kernel"]) == table
+
+
+def test_forcing_a_table_the_host_lacks_fails_kernel_creation(tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ONNXVQ_")}, "ONNXVQ_FORCE_ISA": "no_such_isa"}
+    code = ("import numpy as np, onnxvq; from onnxvq.compress import compress_model; from onnxvq.config import "
+            "build_plan; from tests import builders\n"
+            "m = compress_model(builders.mlp_model(k=64, hidden=32), build_plan(None, {'matmul_runtime': 'op'})).model\n"
+            "try:\n    onnxvq.session(m.SerializeToString())\nexcept Exception as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert "ONNXVQ_FORCE_ISA=no_such_isa names no kernel table" in out.stdout, out.stdout + out.stderr
+
+
 @pytest.mark.parametrize("precision", ["uint8", "exact"])
-def test_simd_matches_scalar(runs, precision):
+@pytest.mark.parametrize("table", ["default", *SIMD_TABLES])
+def test_simd_matches_scalar(runs, precision, table):
     cases, data, outputs = runs
-    simd, scalar = (outputs["default"], outputs["scalar"]) if precision == "uint8" else \
-        (outputs["exact"], outputs["exact_scalar"])
+    run = table if table == "default" else f"isa_{table}"
+    exact_run = "exact" if table == "default" else f"isa_exact_{table}"
+    simd, scalar = (outputs[run], outputs["scalar"]) if precision == "uint8" else \
+        (outputs[exact_run], outputs["exact_scalar"])
     bitwise = 0
     for i, (layout, _) in enumerate(cases):
         a, b = simd[f"y{i}"], scalar[f"y{i}"]
@@ -167,7 +205,7 @@ def test_simd_matches_scalar(runs, precision):
     assert bitwise > 10
 
 
-@pytest.mark.parametrize("run", ["default", "scalar", "exact"])
+@pytest.mark.parametrize("run", ["default", "scalar", "exact", *(f"isa_{t}" for t in SIMD_TABLES)])
 def test_against_reference(runs, run):
     """Exact paths at 1e-5 of the output scale; uint8 tables within half a step per entry."""
     cases, data, outputs = runs

@@ -139,3 +139,13 @@ def test_config_prunes_per_op_type(tmp_path):
     assert {r["op_type"] for r in rows} >= {"Conv"}
     for r in rows:
         assert (r["sparsity"] is not None and r["sparsity"] >= 0.44) == (r["op_type"] == "Conv")  # 4 of 9 per output
+
+
+def test_a_budget_refuses_pruning_rather_than_dropping_it(tmp_path):
+    src, calib = tmp_path / "m.onnx", tmp_path / "c.npz"
+    onnx.save(builders.mlp_model(k=128, hidden=96), src)
+    np.savez(calib, x=np.random.default_rng(0).normal(size=(16, 128)).astype(np.float32))
+    result = CliRunner().invoke(main, ["compress", str(src), "-o", str(tmp_path / "o.onnx"), "--prune", "0.5",
+                                       "--calibration", str(calib), "--target-ratio", "4"])
+    assert result.exit_code != 0 and "do not combine" in result.output
+    assert not (tmp_path / "o.onnx").exists()

@@ -698,13 +698,35 @@ const TableList& table_list() {
   return list;
 }
 
+// ONNXVQ_FORCE_ISA=name picks that table (tests and benchmarks run every table the host has,
+// not only the best one); nullptr when unset or when this build and CPU lack it.
+const KernelTable* forced_table() {
+  const char* want = std::getenv("ONNXVQ_FORCE_ISA");
+  if (want == nullptr || want[0] == '\0') return nullptr;
+  const TableList& list = table_list();
+  for (size_t i = 0; i < list.count; ++i)
+    if (std::strcmp(list.tables[i]->name, want) == 0) return list.tables[i];
+  return nullptr;
+}
+
 const KernelTable& select_kernel_table() {
   if (env_flag("ONNXVQ_FORCE_SCALAR")) return scalar_kernel_table();
+  if (const KernelTable* forced = forced_table()) return *forced;
   const TableList& list = table_list();
-  return *list.tables[list.count - 1];
+  return *list.tables[list.count - 1];  // an unusable ONNXVQ_FORCE_ISA fails kernel creation instead
 }
 
 }  // namespace
+
+const char* kernel_selection_error() {
+  static const std::string error = [] {
+    const char* want = std::getenv("ONNXVQ_FORCE_ISA");
+    if (want == nullptr || want[0] == '\0' || forced_table() != nullptr) return std::string();
+    return "ONNXVQ_FORCE_ISA=" + std::string(want) + " names no kernel table this build and CPU have (" +
+           table_list().names + ")";
+  }();
+  return error.empty() ? nullptr : error.c_str();
+}
 
 size_t supported_kernel_tables(const KernelTable** tables, size_t capacity) {
   const TableList& list = table_list();

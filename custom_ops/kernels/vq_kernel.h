@@ -240,9 +240,14 @@ double fastscan_uint8_error(const float* lut, size_t entries);
 /// once; a relative error, e.g. 0.03; "inf" disables the guard) for measurements.
 double fastscan_max_rel_error();
 
-/// The table vq_matmul() uses: the best one this CPU supports, or the scalar table when
-/// the environment variable ONNXVQ_FORCE_SCALAR=1 was set when it was first asked for.
+/// The table vq_matmul() uses: the best one this CPU supports; the scalar table when the
+/// environment variable ONNXVQ_FORCE_SCALAR=1 was set when it was first asked for; the table
+/// named by ONNXVQ_FORCE_ISA (e.g. "avx2") when that is set and supported.
 const KernelTable& active_kernel_table();
+
+/// Why ONNXVQ_FORCE_ISA cannot be honoured (it names no table this build and CPU have), or
+/// nullptr. The ops refuse to create a kernel then, rather than run another table silently.
+const char* kernel_selection_error();
 
 /// The strategies vq_matmul() chooses from; all are gather-accumulate, none decodes W_hat.
 enum class VQPath {
