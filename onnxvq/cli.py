@@ -231,7 +231,7 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
     feeds = _feeds(source, data, samples, plan.seed, dims, input_rules) if run_check else None
     calib = _calibration_inputs(source, calibration, data)
     budget = _budget(model, target_ratio, target_size, min_agreement, min_cosine, calib)
-    if budget is not None and _prunes(plan):
+    if budget is not None and plan.prunes:
         raise ConfigError("--prune (or a config's prune:) and a budget (--target-ratio, --target-size, "
                           "--min-agreement) do not combine: the budget's candidates are unpruned, so it would "
                           "drop the pruning; prune with explicit settings instead")
@@ -318,11 +318,6 @@ def compress(model, output, method, bits, dim, axis, stages, group_size, rank, r
             for p in problems:
                 click.echo(f"onnxvq: check failed: {p}", err=True)
             sys.exit(int(ExitCode.CHECK_FAILED))
-
-
-def _prunes(plan) -> bool:
-    sections = [plan.global_options, *plan.op_types.values(), *plan.nodes.values()]
-    return bool(plan.prune) or any(section.get("prune") for section in sections)
 
 
 def _calibration_inputs(model, calibration, data):

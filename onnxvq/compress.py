@@ -178,7 +178,7 @@ def shift_site_bias(site: Site, shift: np.ndarray) -> None:
 
 
 def _encode(weight: np.ndarray, config: MethodConfig, seed: int, stats=None, correct_bias: bool = False):
-    """Encode one weight; returns (encoding, relative Frobenius error, data-aware fit or None).
+    """Encode one weight; returns (encoding, (relative Frobenius error, sparsity), data-aware fit or None).
     Gets plain arrays, not graph objects, so parallel workers receive only the weight they fit."""
     fit = None
     if stats is None:
@@ -187,15 +187,22 @@ def _encode(weight: np.ndarray, config: MethodConfig, seed: int, stats=None, cor
         fit = quantize_data_aware(weight, config, stats, seed, correct_bias)
         encoded = fit.encoded
         release_fit_cache(stats)
-    return encoded, weight_error(weight, encoded), fit
+    return encoded, decoded_errors(weight, encoded), fit
 
 
 def weight_error(weight: np.ndarray, encoded) -> float:
     """||W - W_hat||_F / ||W||_F."""
+    return decoded_errors(weight, encoded)[0]
+
+
+def decoded_errors(weight: np.ndarray, encoded) -> tuple[float, float | None]:
+    """(||W - W_hat||_F / ||W||_F, share of exact zeros in W_hat for a pruned encoding, else None),
+    from one decode."""
     norm = float(np.linalg.norm(weight))
     residual = encoded.decode()
+    zeros = sparsity(residual) if getattr(encoded, "zero_codeword", False) else None
     residual -= weight  # in place: one extra copy of the layer, not three
-    return float(np.linalg.norm(residual)) / norm if norm > 0 else 0.0
+    return (float(np.linalg.norm(residual)) / norm if norm > 0 else 0.0), zeros
 
 
 def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progress: bool = False,
@@ -244,7 +251,7 @@ def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progres
     else:
         results = _run_jobs(weight_jobs, jobs, progress)
     encoded, kept = {}, []
-    for job, (enc, err, fit) in zip(weight_jobs, results):
+    for job, (enc, (err, zeros), fit) in zip(weight_jobs, results):
         if fit is not None:
             job.calib_output_rel_err, job.data_free_output_rel_err = fit.output_rel_err, fit.data_free_rel_err
             apply_bias_shift(job, fit.bias_shift)
@@ -256,8 +263,7 @@ def compress_model(model: onnx.ModelProto, plan: Plan, *, jobs: int = 1, progres
                                    f"dense {dense}; kept dense", s.weight.name, s.elements, s.weight_bytes)
                            for s in job.sites)
             continue
-        if isinstance(enc, CodedWeight) and enc.zero_codeword:
-            job.sparsity = sparsity(enc.decode())
+        job.sparsity = zeros
         if plan.entropy and isinstance(enc, CodedWeight):
             enc = enc.entropy_coded()  # unchanged where the tiered code would not be smaller
         encoded[job.first.weight_key] = enc
@@ -278,7 +284,7 @@ def _scored(weight: np.ndarray, point, stats):
     from .fit.data_aware import DataAwareFit
 
     fit = None if stats is None else DataAwareFit(point.encoded, point.rel_err, None, point.bias_shift)
-    return point.encoded, weight_error(weight, point.encoded), fit
+    return point.encoded, decoded_errors(weight, point.encoded), fit
 
 
 def attach_stats(model: onnx.ModelProto, weight_jobs: list[WeightJob], calibration: dict[str, np.ndarray], *,

@@ -253,6 +253,12 @@ class Plan:
             except ConfigError as exc:
                 raise ConfigError(f"config for {key!r}: {exc}") from None
 
+    @property
+    def prunes(self) -> bool:
+        """Whether any layer may be pruned: --prune, or a ``prune`` option in any section."""
+        sections = [self.global_options, *self.op_types.values(), *self.nodes.values()]
+        return bool(self.prune) or any(section.get("prune") for section in sections)
+
     def selected(self, node_name: str) -> bool:
         """Include/exclude patterns (regex search on the node name)."""
         if self.include and not any(re.search(p, node_name) for p in self.include):

@@ -50,11 +50,12 @@ class CodedWeight:
 
     def entropy_coded(self) -> "CodedWeight":
         """This weight with its codes entropy-coded, if that is smaller (decoder included)."""
-        from ..ops.entropy import encode
+        from ..ops.entropy import TENSOR_OVERHEAD_BYTES, encode
         from ..passes.entropy_decoder import decoder_overhead_bytes
 
         tiers = encode(self.codes.reshape(-1), self.layout.bits)
-        if tiers.nbytes + decoder_overhead_bytes(tiers) >= self.plain_code_bytes + _PLAIN_CODES_TENSOR_BYTES:
+        # The plain stream is one initializer too: its header counts on both sides.
+        if tiers.nbytes + decoder_overhead_bytes(tiers) >= self.plain_code_bytes + TENSOR_OVERHEAD_BYTES:
             return self
         return dataclasses.replace(self, entropy=tiers)
 
@@ -70,10 +71,6 @@ class CodedWeight:
     @property
     def codebook_bytes(self) -> int:
         return int(self.codebooks.nbytes)
-
-
-#: Serialized bytes of the one initializer plain codes take beyond their data (name, dims, framing).
-_PLAIN_CODES_TENSOR_BYTES = 64
 
 
 def codebook_indices(layout: VQLayout) -> tuple[np.ndarray, np.ndarray]:

@@ -29,14 +29,15 @@ def quantize_kmeans(weight: np.ndarray, config: KMeansConfig, seed: int) -> Code
         for i, (c, a) in enumerate(zip(centers, assign)):
             g = first_group + i
             block = slice(g * group_size, min((g + 1) * group_size, n_out))
+            if keep is not None:
+                c = np.concatenate([[0.0], c]).astype(np.float32)  # the zero codeword first
             if config.codebook_dtype == "float16":
-                # Encode against the codebook as it will be stored.
                 c = c.astype(np.float16).astype(np.float32)
+            if keep is not None or config.codebook_dtype == "float16":
+                # Encode against the codebook as it will be stored; a kept weight may pick the zero
+                # codeword when it is nearest, a pruned one must.
                 a = _nearest_sorted(rows[block].reshape(-1), c)
             if keep is not None:
-                # Kept weights may still pick the zero codeword when it is nearest; pruned ones must.
-                c = np.concatenate([[0.0], c[:-1]]).astype(np.float32)
-                a = _nearest_sorted(rows[block].reshape(-1), c)
                 a = np.where(keep[block].reshape(-1), a, ZERO_CODE)
             codebooks[0, 0, g, :, 0] = c
             codes[0, block] = np.asarray(a, dtype=np.uint8).reshape(-1, k_in)
@@ -47,12 +48,12 @@ def quantize_kmeans(weight: np.ndarray, config: KMeansConfig, seed: int) -> Code
 def _fit_groups(rows: np.ndarray, group_size: int, k: int, keep: np.ndarray | None = None):
     """Yield (first group index, centers [g, k], codes [g, n]) for the row groups of ``rows`` [N, K].
 
-    With a keep mask (pruning) the centers are fitted to the kept weights only and the last of
-    the k is a spare slot: the caller puts the zero codeword first and drops it.
+    With a keep mask (pruning) k - 1 centers are fitted to the kept weights only: the caller puts
+    the zero codeword first.
     Full groups are fitted in one batched pass (one programme per group, vectorized together);
     a shorter last group on its own."""
     n_out, k_in = rows.shape
-    fitted = k if keep is None else max(k - 1, 1)
+    fitted = k if keep is None else k - 1
     full = n_out // group_size
 
     def weights(part: slice, groups: int):
@@ -62,19 +63,12 @@ def _fit_groups(rows: np.ndarray, group_size: int, k: int, keep: np.ndarray | No
         part = slice(0, full * group_size)
         values = np.ascontiguousarray(rows[part]).reshape(full, group_size * k_in)
         centers, assign = fit_kmeans_1d_batched(values, fitted, sample_weight=weights(part, full))
-        yield 0, _spare(centers, k), assign
+        yield 0, centers, assign
     if full * group_size < n_out:
         part = slice(full * group_size, n_out)
         w = weights(part, 1)
         centers, assign = fit_kmeans_1d(rows[part].reshape(-1), fitted, sample_weight=None if w is None else w[0])
-        yield full, _spare(centers[None], k), assign[None]
-
-
-def _spare(centers: np.ndarray, k: int) -> np.ndarray:
-    """Centers [g, fitted] -> [g, k] (a pruned fit has k - 1; the last column is a placeholder)."""
-    if centers.shape[1] == k:
-        return centers
-    return np.concatenate([centers, centers[:, -1:]], axis=1)
+        yield full, centers[None], assign[None]
 
 
 def _nearest_sorted(values: np.ndarray, centers: np.ndarray) -> np.ndarray:

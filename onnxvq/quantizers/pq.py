@@ -33,9 +33,9 @@ def _residual_quantize(weight: np.ndarray, *, bits: int, dim: int, axis: str, st
         if keep is None:
             centroids, assign = fit_kmeans_batched(residual, k, iters=iters, seed=seed + t)
         else:
-            centroids, _ = fit_kmeans_batched(residual, max(k - 1, 1), iters=iters, seed=seed + t,
+            centroids, _ = fit_kmeans_batched(residual, k - 1, iters=iters, seed=seed + t,
                                               sample_weight=fit_weights(keep))
-            centroids = with_zero_codeword(centroids, axis=1)[:, :k]
+            centroids = with_zero_codeword(centroids, axis=1)
         if codebook_dtype == "float16":
             # Encode against the codebook as it will be stored, so rounding is not compounded.
             centroids = centroids.astype(np.float16).astype(np.float32)
