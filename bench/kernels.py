@@ -12,7 +12,9 @@ with IOBinding (inputs and outputs bound once, so only the run is timed):
   vq-*        our op with random codes and codebooks (timing does not depend on values):
               pq4-d4 (PQ d=4, 4-bit, format 2 fast-scan), pq8-d4 (8-bit), pq4-d8,
               km4 (scalar k-means, 4-bit, one codebook, format 2), bin (binary,
-              per-output scale); the 4-bit ones use format_version 2
+              per-output scale), km5 (5-bit k-means), km3-g16 (3-bit k-means, one
+              codebook per 16 outputs), rq2x4 (RQ, 2 stages of 4 bits, d=4); the 4-bit
+              ones use format_version 2; pq8-d4-out (PQ along the output axis)
 
 "hot" runs one copy of the weight over and over (it stays in cache when it fits); "cold"
 builds one graph with enough independent copies of the node, each with its own weight,
@@ -60,6 +62,10 @@ VQ_VARIANTS = {
     "vq-pq4-d8": dict(bits=4, subvector_len=8, format_version=None),
     "vq-km4": dict(bits=4, subvector_len=1, codebook_per_subspace=0, format_version=None),
     "vq-bin": dict(bits=1, subvector_len=1, codebook_per_subspace=0, group_size=1),
+    "vq-km5": dict(bits=5, subvector_len=1, codebook_per_subspace=0),
+    "vq-km3-g16": dict(bits=3, subvector_len=1, codebook_per_subspace=0, group_size=16),
+    "vq-rq2x4": dict(bits=4, subvector_len=4, stages=2, format_version=None),
+    "vq-pq8-d4-out": dict(bits=8, subvector_len=4, axis=1),
 }
 BASELINES = ["fp32", "int8-dyn", "nbits-b32", "nbits-b128"]
 

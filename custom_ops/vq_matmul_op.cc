@@ -7,6 +7,7 @@
 // links no onnxruntime: the API arrives through RegisterCustomOps (ORT_API_MANUAL_INIT).
 // Names and numbers come from generated/vq_schema.h (python -m onnxvq.ops.schema).
 #include "vq_op_common.h"
+#include "ort_gemm.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -37,7 +38,8 @@ class VQMatMulKernel {
  public:
   VQMatMulKernel(const OrtApi& api, const OrtKernelInfo* info)
       : node_(api, info, schema::kOpType),
-        layout_(op_common::read_layout(api, info, node_, schema::kSupportedFormatVersions)) {}
+        layout_(op_common::read_layout(api, info, node_, schema::kSupportedFormatVersions)),
+        gemm_(info) {}
 
   void Compute(OrtKernelContext* raw_context) const;
 
@@ -51,6 +53,7 @@ class VQMatMulKernel {
 
   Node node_;
   Layout layout_;
+  op_common::OrtGemm gemm_;  // ORT's Gemm, for the tile path
 };
 
 // Returns M (rows of X after flattening its leading dimensions).
@@ -114,7 +117,9 @@ void VQMatMulKernel::Compute(OrtKernelContext* raw_context) const {
   problem.codebooks = op_common::codebook_floats(codebooks, codebook_type, &widened);
   problem.bias = bias ? bias.GetTensorData<float>() : nullptr;
   problem.y = y.GetTensorMutableData<float>();
-  kernels::vq_matmul(problem, op_common::ort_task_runner(raw_context));
+  const op_common::OrtGemm::Call gemm = gemm_.in(raw_context);
+  kernels::vq_matmul(problem, op_common::ort_task_runner(raw_context),
+                     kernels::active_kernel_table(), gemm.dense());
 }
 
 // --- C boundary helpers -------------------------------------------------------------------

@@ -1,9 +1,14 @@
-# `make bench`: VQMatMul vs ONNX Runtime's CPU MatMuls (fp32, int8 dynamic, MatMulNBits),
-# side by side in one process; prints a markdown table, writes bench/results/kernels.json.
-# BENCH_ARGS=--quick for a subset.
+# `make bench`: the kernel matrix (bench/kernels.py: VQMatMul vs ONNX Runtime's fp32, int8
+# dynamic and MatMulNBits MatMuls, side by side in one process, bench/results/kernels.json),
+# then whole real models (bench/end_to_end.py: the MiniLM encoder and MobileNetV2, original
+# vs every compression and vs ORT's quantizers; builds models/cache/ first, as `make models`).
+# BENCH_ARGS go to bench/kernels.py (e.g. --quick), E2E_ARGS to bench/end_to_end.py.
 BENCH_ARGS ?=
+E2E_ARGS ?=
 
 .PHONY: bench
 bench: $(INSTALLED)
 	$(PIP) install --quiet -c constraints.txt onnx-ir  # the `bench` extra: ORT's MatMulNBits quantizer imports it
 	$(PY) bench/kernels.py $(BENCH_ARGS)
+	bash models/build_all.sh
+	$(PY) bench/end_to_end.py $(E2E_ARGS)

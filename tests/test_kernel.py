@@ -284,16 +284,19 @@ BIG_LAYOUTS = {
 
 
 @pytest.mark.parametrize("path", sorted(BIG_LAYOUTS))
-def test_thread_count_and_batch_do_not_change_results(path):
+def test_thread_count_does_not_change_results_and_batch_stays_in_tier(path):
     layout = BIG_LAYOUTS[path]
     packed, codebooks, bias = random_case(layout, seed=7)
     x = np.random.default_rng(8).standard_normal((96, layout.in_features)).astype(np.float32)
     one = assert_matches_reference(layout, packed, codebooks, bias, x, threads=1)
     four = run_kernel(layout, packed, codebooks, bias, x, threads=4)
     np.testing.assert_array_equal(one, four)
+    # A single row takes a small-batch path and 96 rows the tile GEMM: another summation
+    # order, so the same row agrees within the fp32 tier, not bit for bit.
     single_rows = np.concatenate([run_kernel(layout, packed, codebooks, bias, x[i:i + 1], threads=4)
                                   for i in (0, 50, 95)])
-    np.testing.assert_array_equal(single_rows, one[[0, 50, 95]])
+    scale = max(1.0, float(np.abs(one).max()))
+    np.testing.assert_allclose(single_rows, one[[0, 50, 95]], rtol=0, atol=RTOL_SCALE * scale)
 
 
 def _library():

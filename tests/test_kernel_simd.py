@@ -241,16 +241,20 @@ def test_exact_fastscan_equals_format1(runs):
     assert checked >= 12
 
 
-# --- decode-tile GEMM (large batches) ------------------------------------------------------
-# At M >= a per-layout threshold the op decodes tiles of W_hat (64 outputs x a K block) and
-# runs a dense micro-GEMM. It keeps the per-output summation order of the path it replaces
-# (lut, direct, bit_lut), so around the threshold (threshold - 1, threshold, threshold + 1)
-# and for single rows the outputs are equal to the bit; against the numpy reference the
-# tolerance is the kernel's usual 1e-5 of the output scale. Shapes: N not a multiple of
-# the 64-output tile (63, 65, 130), K with tails of the 64-row block and of d.
+# --- tile GEMM (many rows) ----------------------------------------------------------------
+# At M >= a per-layout threshold (the chooser's table in vq_kernel.cc) the op decodes W_hat a
+# tile at a time (128 inputs x up to 2048 outputs) and multiplies with ONNX Runtime's own Gemm.
+# The tier: within 1e-5 of the output scale of the numpy reference, like every float path;
+# bit-identical across thread counts (the op calls Gemm on at most 128 inputs at a time and
+# adds the chunks itself, so MLAS's thread-dependent K blocking never splits a sum). Shapes: K
+# around the 128-input chunk (127, 129, 300), N with tails and more than one output tile.
 
-DECODE_LAYOUTS = {
+TILE_LAYOUTS = {
     "lut8_d4": VQLayout.for_weight(130, 65, bits=8, subvector_len=4, axis=0),
+    "km5_wide": VQLayout.for_weight(300, 2100, bits=5, subvector_len=1, codebook_per_subspace=0),
+    "km3_groups": VQLayout.for_weight(129, 130, bits=3, subvector_len=1, codebook_per_subspace=0,
+                                      group_size=16),
+    "pq8_axis1": VQLayout.for_weight(127, 130, bits=8, subvector_len=4, axis=1),
     "lut8_d8_rq": VQLayout.for_weight(65, 130, bits=8, subvector_len=8, axis=0, stages=2),
     "lut4_d3": VQLayout.for_weight(65, 63, bits=4, subvector_len=3, axis=0),
     "lut2_d1_groups": VQLayout.for_weight(31, 130, bits=2, subvector_len=1, axis=0, group_size=5),
@@ -278,28 +282,27 @@ def _path_at(layout: VQLayout, rows: int) -> str:
 
 def _threshold(layout: VQLayout) -> int:
     for rows in range(1, 129):
-        if _path_at(layout, rows) == "decode_gemm":
+        if _path_at(layout, rows) == "tile_gemm":
             return rows
-    pytest.fail(f"no decode_gemm up to 128 rows for {layout}")
+    pytest.fail(f"no tile_gemm up to 128 rows for {layout}")
 
 
-@pytest.mark.parametrize("name", sorted(DECODE_LAYOUTS))
-def test_decode_gemm_around_threshold(name):
+@pytest.mark.parametrize("name", sorted(TILE_LAYOUTS))
+def test_tile_gemm_around_threshold(name):
     from tests.test_kernel import random_case
-    layout = DECODE_LAYOUTS[name]
+    layout = TILE_LAYOUTS[name]
     threshold = _threshold(layout)
-    assert _path_at(layout, threshold + 1) == "decode_gemm"
+    assert _path_at(layout, threshold + 1) == "tile_gemm"
     if threshold > 1:
-        assert _path_at(layout, threshold - 1) != "decode_gemm"
+        assert _path_at(layout, threshold - 1) != "tile_gemm"
     packed, codebooks, bias = random_case(layout, seed=11)
     x = np.random.default_rng(12).standard_normal((threshold + 1, layout.in_features)).astype(np.float32)
     full = run_kernel(layout, packed, codebooks, bias, x)
     expected = vq_matmul_ref(x, packed, codebooks, bias, layout)
     scale = max(1.0, float(np.abs(expected).max()))
     np.testing.assert_allclose(full, expected, rtol=0, atol=1e-5 * scale)
-    for rows in {max(1, threshold - 1), threshold}:
+    for threads in (2, 4):
+        np.testing.assert_array_equal(run_kernel(layout, packed, codebooks, bias, x, threads=threads), full)
+    for rows in {max(1, threshold - 1), threshold}:  # the small path below the threshold
         part = run_kernel(layout, packed, codebooks, bias, x[:rows], threads=2)
-        np.testing.assert_array_equal(part, full[:rows])
-    single = np.concatenate([run_kernel(layout, packed, codebooks, bias, x[i:i + 1])
-                             for i in (0, threshold)])
-    np.testing.assert_array_equal(single, full[[0, threshold]])
+        np.testing.assert_allclose(part, expected[:rows], rtol=0, atol=1e-5 * scale)

@@ -280,6 +280,8 @@ Case make_case(Reader& in) {
   c.x.shape.clear();
   const int rank = static_cast<int>(in.range(1, 4));
   for (int i = 0; i + 1 < rank; ++i) c.x.shape.push_back(in.range(0, 4) == 0 ? in.range(0, 1) : in.range(1, 5));
+  // Now and then enough rows for the tile GEMM at every threshold of the chooser (<= 64).
+  if (rank > 1 && in.range(0, 8) == 0) c.x.shape[0] = in.range(60, 70);
   c.x.shape.push_back(K);
   if (c.gather) {  // indices: int64 or int32, rank 0..3, dimensions 0..6
     c.x.type = in.coin(60) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;

@@ -475,190 +475,116 @@ void run_fastscan_path(const Context& c, bool exact) {
   }
 }
 
-// --- decode-tile GEMM (large batches) ------------------------------------------------------
-// A task owns whole tiles of kGemmTileCols outputs. For each K block (whole subspaces, bytes
-// or input rows, so that every summation group lies in one block) it decodes the tile's
-// block of W_hat (at most kGemmTileBytes) and runs KernelTable::decode_gemm over all M rows,
-// continuing an M x kGemmTileCols accumulator. The per-output summation order is the
-// replaced path's (see KernelTable::decode_gemm), fixed by the layout: neither the tiling
-// nor the thread count changes a bit.
+// --- tile GEMM (many rows) -----------------------------------------------------------------
+// Once there are enough rows to amortize decoding W_hat, the fastest way through the codes
+// is a dense GEMM. W_hat is decoded one tile at a time (at most kTileDepth inputs x the
+// outputs that fit kTileBytes), so only a tile is ever decoded and the codes stay packed:
+//   for each tile of outputs [n0, n1), for each depth chunk [k0, k1):
+//     P = X[:, k0:k1] . W_hat[k0:k1, n0:n1]        (the GEMM, into a scratch M x tile)
+//     S = P (first chunk) or S + P (the others, k0 ascending); then Y[:, n0:n1] = S + bias
+// The GEMM is the caller's (ONNX Runtime's Gemm in the op: the dense model's own MLAS
+// kernels, threads and ISA dispatch) or the table's dense_gemm. Tiles are decoded in
+// parallel by rows of M with decode_row, the VQGather decoder, so every layout (stages, row
+// groups, both axes, binary, fast-scan blocks) takes this path.
+//
+// Why chunks of kTileDepth: MLAS splits K into blocks whose size depends on how many
+// columns each thread gets, and adds the blocks' partial sums into C, so one big call's bits
+// depend on the thread count. No MLAS block is shorter than 128 (MLAS_SGEMM_STRIDEK), so a
+// call over at most 128 inputs is one chain per output whatever the threads; the chunks are
+// added here in a fixed order, in a tile small enough to stay in L2 (one add per output per
+// chunk; with the sums of all of Y instead, 4096x4096 at M = 512 ran 14% slower than fp32).
 
-constexpr size_t kGemmTileCols = 64;
-// Decoded tile bytes per K block (64 rows of 64 outputs): its rows and the packed inputs
-// the micro-GEMM streams stay in L1. Measured 8/16/32/64 KiB (4096x4096 pq8 and binary at
-// M = 8 and 64): 16 KiB best or tied; a 64 KiB decode with 64-row GEMM sub-blocks tied.
-constexpr size_t kGemmTileBytes = size_t{16} << 10;
-constexpr size_t kGemmRowChunk = 256;  // batch rows per packed input chunk
+constexpr size_t kTileDepth = 128;                // inputs per GEMM call (see above)
+constexpr size_t kTileBytes = size_t{256} << 10;    // decoded W_hat per tile
+constexpr size_t kTileScratchBytes = size_t{512} << 10;  // partial products + sums of a tile (L2)
 
-struct GemmBlock {
-  size_t u0, u1;                  // units: (t, s) flattened (axis 0), bytes (binary), k (axis 1)
-  std::vector<uint32_t> xi;       // per tile row: input column
-  std::vector<uint32_t> groups;   // run starts, plus the end
-};
-
-void run_decode_gemm_path(const Context& c, VQPath base) {
+// Decodes W_hat[k0 .. k0+depth, n0 .. n0+count): axis 0 as tile[i*depth + j] =
+// W_hat[k0 + j][n0 + i] (N x K, the GEMM's w_nk), axis 1 as tile[j*count + i] (K x N).
+// Chunks start at subspace boundaries along the axis the subvectors run on (k0 on axis 0,
+// n0 on axis 1), so each row of M's piece is whole subspaces (the last may be cut by L).
+void decode_tile(const Context& c, size_t k0, size_t depth, size_t n0, size_t count,
+                 float* tile) {
   const VQProblem& p = c.p;
-  const bool binary = base == VQPath::kBitLut;
-  const int mode = binary                        ? kGemmMask
-                   : base == VQPath::kFastScan      ? kGemmFma
-                   : base == VQPath::kDirect        ? kGemmExact
-                                                    : kGemmLut;  // kLut, kFastScanExact
-  const size_t NT = kGemmTileCols;
-  const size_t max_rows = std::max<size_t>(8 * p.T, kGemmTileBytes / (NT * sizeof(float)));
-
-  // Units and their tile rows, in summation order.
-  const size_t units = p.axis == 1 ? p.K : binary ? ceil_div(p.K, 8) : p.T * p.S;
-  auto unit_rows = [&](size_t u, std::vector<uint32_t>& xi, std::vector<uint32_t>& groups) {
-    if (p.axis == 1) {  // input row u, stages in order, one term per run
-      for (size_t t = 0; t < p.T; ++t) {
-        groups.push_back(static_cast<uint32_t>(xi.size()));
-        xi.push_back(static_cast<uint32_t>(u));
+  const size_t stage_stride = c.Gs * c.Gr * c.ncw * p.d;
+  const size_t subspace_stride = p.per_subspace ? c.Gr * c.ncw * p.d : 0;
+  const bool by_output = p.axis == 0;                  // rows of M are outputs
+  const size_t rows = by_output ? count : depth;       // rows of M in the tile
+  const size_t first_row = by_output ? n0 : k0;
+  const size_t along = by_output ? k0 : n0;            // offset along a row of M
+  const size_t length = by_output ? depth : count;     // floats per row of M in the tile
+  const size_t s0 = along / p.d, width = ceil_div(along + length, p.d) - s0;
+  // Scalar codebooks (k-means, binary) in a format-1 stream decode straight from the stream.
+  const bool scalar_codes = p.format_version == 1 && p.d == 1 && p.T == 1 && !p.per_subspace;
+  const Blocks blocks = Blocks::split(rows, task_count(double(rows) * length * p.T));
+  run_tasks(c.runner, blocks.count, [&](size_t task) {
+    std::vector<uint8_t> codes(scalar_codes ? 0 : p.T * width);
+    for (size_t i = blocks.begin(task); i < blocks.end(task); ++i) {
+      const size_t r = first_row + i;
+      if (scalar_codes) {  // the rest of this task's rows in r's row group, in one call
+        const size_t last = std::min(first_row + blocks.end(task), c.group_end(c.group_of_row(r)));
+        c.k.decode_codes(p.codes, static_cast<uint64_t>(r) * p.S + s0, p.S, last - r, length,
+                         p.bits, c.codebook(0, 0, c.group_of_row(r)), tile + i * length);
+        i += last - r - 1;
+        continue;
       }
-    } else if (binary) {  // byte u: highest input first (the subset-sum table's order)
-      groups.push_back(static_cast<uint32_t>(xi.size()));
-      for (size_t k = std::min(p.K, 8 * u + 8); k-- > 8 * u;) xi.push_back(static_cast<uint32_t>(k));
-    } else {  // subspace s of stage t
-      const size_t s = u % p.S;
-      groups.push_back(static_cast<uint32_t>(xi.size()));
-      for (size_t j = 0; j < c.subspace_len(s); ++j) xi.push_back(static_cast<uint32_t>(s * p.d + j));
-    }
-  };
-  std::vector<GemmBlock> blocks;
-  for (size_t u = 0; u < units;) {
-    GemmBlock b;
-    b.u0 = u;
-    while (u < units) {
-      const size_t before = b.xi.size(), runs = b.groups.size();
-      unit_rows(u, b.xi, b.groups);
-      if (b.xi.size() > max_rows && u > b.u0) {  // does not fit: leave it for the next block
-        b.xi.resize(before);
-        b.groups.resize(runs);
-        break;
-      }
-      ++u;
-    }
-    b.u1 = u;
-    b.groups.push_back(static_cast<uint32_t>(b.xi.size()));
-    blocks.push_back(std::move(b));
-  }
-
-  std::vector<float> totals(binary ? p.M : 0);  // binary: sum_k x[m][k], k ascending
-  for (size_t m = 0; m < totals.size(); ++m) {
-    float total = 0.0f;
-    for (size_t k = 0; k < p.K; ++k) total += p.x[m * p.K + k];
-    totals[m] = total;
-  }
-  std::vector<size_t> offsets;  // first packed row of each block
-  size_t packed_rows = 0, block_rows = 0;  // a block exceeds max_rows when one unit does
-  for (const GemmBlock& b : blocks) {
-    offsets.push_back(packed_rows);
-    packed_rows += b.xi.size();
-    block_rows = std::max(block_rows, b.xi.size());
-  }
-
-  // Batch rows in chunks; per chunk the inputs are packed as (tile row, batch row).
-  const size_t chunk = std::min(p.M, kGemmRowChunk);
-  std::vector<float> xpack(packed_rows * chunk);
-  const size_t tiles = ceil_div(p.N, NT);
-  for (size_t m0 = 0; m0 < p.M; m0 += chunk) {
-  const size_t rows_m = std::min(chunk, p.M - m0);
-  for (size_t bi = 0; bi < blocks.size(); ++bi)
-    for (size_t r = 0; r < blocks[bi].xi.size(); ++r) {
-      float* dst = &xpack[(offsets[bi] + r) * rows_m];
-      const float* src = p.x + m0 * p.K + blocks[bi].xi[r];
-      for (size_t m = 0; m < rows_m; ++m) dst[m] = src[m * p.K];
-    }
-  const Blocks split =
-      Blocks::split(tiles, task_count(double(rows_m) * p.N * p.K * p.T / 16));
-  run_tasks(c.runner, split.count, [&](size_t task) {
-    std::vector<float> w(block_rows * NT);
-    std::vector<float> acc(rows_m * NT);
-    std::vector<uint8_t> codes(std::max(p.S, p.K) + 1);
-    std::vector<uint8_t> tcodes(block_rows * NT);  // codes of one block, (unit or k, column)
-    for (size_t tile = split.begin(task); tile < split.end(task); ++tile) {
-      const size_t n0 = tile * NT, count = std::min(NT, p.N - n0);
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (const GemmBlock& b : blocks) {
-        const size_t rows = b.xi.size();
-        if (count < NT)  // columns past N stay zero
-          for (size_t row = 0; row < rows; ++row) std::fill(&w[row * NT + count], &w[row * NT + NT], 0.0f);
-        if (p.axis == 1) {
-          const size_t sa = n0 / p.d, sb = ceil_div(n0 + count, p.d);
-          size_t row = 0;
-          for (size_t k = b.u0; k < b.u1; ++k) {
-            const size_t g = c.group_of_row(k);
-            for (size_t t = 0; t < p.T; ++t, ++row) {
-              c.unpack(t, k, sa, sb - sa, codes.data());
-              for (size_t col = 0; col < count; ++col) {
-                const size_t o = n0 + col, s = o / p.d;
-                w[row * NT + col] = c.codebook(t, s, g)[codes[s - sa] * p.d + o % p.d];
-              }
-            }
-          }
-        } else if (binary) {
-          // Bits of the tile's outputs, transposed to (k, column), then one mask row per k.
-          const size_t k0 = 8 * b.u0, k1 = std::min(p.K, 8 * b.u1);
-          for (size_t col = 0; col < count; ++col) {
-            c.unpack(0, n0 + col, k0, k1 - k0, codes.data());
-            for (size_t k = k0; k < k1; ++k) tcodes[(k - k0) * NT + col] = codes[k - k0];
-          }
-          for (size_t row = 0; row < rows; ++row) {
-            const uint8_t* bits = &tcodes[(b.xi[row] - k0) * NT];
-            uint32_t* out = reinterpret_cast<uint32_t*>(&w[row * NT]);
-            for (size_t col = 0; col < count; ++col) out[col] = 0u - static_cast<uint32_t>(bits[col]);
-          }
-        } else {
-          // Codes of the tile's outputs transposed to (unit, column); then each unit's d
-          // rows are written a row at a time (contiguous stores, codebook gathers).
-          const size_t width = b.u1 - b.u0;
-          for (size_t col = 0; col < count; ++col) {
-            const size_t n = n0 + col;
-            for (size_t u = b.u0; u < b.u1;) {  // one run of subspaces of one stage
-              const size_t t = u / p.S, s0 = u % p.S, len = std::min(b.u1 - u, p.S - s0);
-              c.unpack(t, n, s0, len, codes.data());
-              for (size_t i = 0; i < len; ++i) tcodes[(u - b.u0 + i) * NT + col] = codes[i];
-              u += len;
-            }
-          }
-          size_t row = 0;
-          const bool one_group = c.Gr == 1 || c.group_of_row(n0) == c.group_of_row(n0 + count - 1);
-          for (size_t i = 0; i < width; ++i) {
-            const size_t u = b.u0 + i, t = u / p.S, s = u % p.S, len = c.subspace_len(s);
-            const uint8_t* code = &tcodes[i * NT];
-            if (one_group) {
-              const float* cb = c.codebook(t, s, c.group_of_row(n0));
-              for (size_t j = 0; j < len; ++j) {
-                float* out = &w[(row + j) * NT];
-                const float* cbj = cb + j;
-                for (size_t col = 0; col < count; ++col) out[col] = cbj[code[col] * p.d];
-              }
-            } else {
-              for (size_t j = 0; j < len; ++j)
-                for (size_t col = 0; col < count; ++col)
-                  w[(row + j) * NT + col] =
-                      c.codebook(t, s, c.group_of_row(n0 + col))[code[col] * p.d + j];
-            }
-            row += len;
-          }
-        }
-        c.k.decode_gemm(&xpack[offsets[&b - blocks.data()] * rows_m], rows_m, rows_m,
-                        b.groups.data(), b.groups.size() - 1, rows, w.data(), NT, mode, p.d,
-                        c.ncw, acc.data());
-      }
-      for (size_t m = 0; m < rows_m; ++m) {
-        float* y = p.y + (m0 + m) * p.N + n0;
-        const float* a = &acc[m * NT];
-        if (binary) {
-          for (size_t col = 0; col < count; ++col) {
-            const float* cb = c.codebook(0, 0, c.group_of_row(n0 + col));
-            y[col] = (cb[0] * totals[m0 + m] + (cb[1] - cb[0]) * a[col]) + c.bias(n0 + col);
-          }
-        } else {
-          for (size_t col = 0; col < count; ++col) y[col] = a[col] + c.bias(n0 + col);
-        }
-      }
+      for (size_t t = 0; t < p.T; ++t) c.unpack(t, r, s0, width, codes.data() + t * width);
+      c.k.decode_row(codes.data(), p.T, width, p.d, length, c.codebook(0, s0, c.group_of_row(r)),
+                     stage_stride, subspace_stride, tile + i * length);
     }
   });
+}
+
+void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
+  const VQProblem& p = c.p;
+  // Depth chunks: whole subspaces on axis 0 (at least one). Output tiles: whole subspaces on
+  // axis 1, within kTileBytes of decoded W_hat, and few enough that the tile's partial
+  // products and sums (2 x M x tile floats) stay in L2 across the chunks.
+  const size_t depth_unit = p.axis == 0 ? p.d : 1, out_unit = p.axis == 1 ? p.d : 1;
+  const size_t depth = std::min(p.K, std::max<size_t>(1, kTileDepth / depth_unit) * depth_unit);
+  const size_t fit = std::min(kTileBytes / (depth * sizeof(float)),
+                              kTileScratchBytes / (2 * p.M * sizeof(float)));
+  const size_t cols = std::min(p.N, std::max<size_t>(1, std::max<size_t>(16, fit) / out_unit) * out_unit);
+  const size_t chunks = ceil_div(p.K, depth);
+  // X by depth chunk, each dense M x len (the GEMM's A), packed once.
+  std::vector<float> xpack(chunks > 1 ? p.M * p.K : 0);
+  for (size_t q = 0; q < chunks && chunks > 1; ++q) {
+    const size_t k0 = q * depth, len = std::min(depth, p.K - k0);
+    for (size_t m = 0; m < p.M; ++m)
+      std::copy(p.x + m * p.K + k0, p.x + m * p.K + k0 + len, &xpack[p.M * k0 + m * len]);
+  }
+  const bool transpose = host.run == nullptr && p.axis == 0;  // dense_gemm takes K x N
+  std::vector<float> tile(depth * cols), kn(transpose ? depth * cols : 0);
+  std::vector<float> part(p.M * cols), sum(p.M * cols);
+  for (size_t n0 = 0; n0 < p.N; n0 += cols) {
+    const size_t count = std::min(cols, p.N - n0);
+    for (size_t q = 0; q < chunks; ++q) {
+      const size_t k0 = q * depth, len = std::min(depth, p.K - k0);
+      const float* x = chunks > 1 ? &xpack[p.M * k0] : p.x;  // X[:, k0 : k0 + len], dense
+      decode_tile(c, k0, len, n0, count, tile.data());
+      float* out = q == 0 ? sum.data() : part.data();
+      if (host.run) {
+        host.run(host.context, p.M, len, count, x, tile.data(), p.axis == 0, out);
+      } else {
+        const float* w = tile.data();
+        if (transpose) {
+          for (size_t i = 0; i < count; ++i)
+            for (size_t j = 0; j < len; ++j) kn[j * count + i] = tile[i * len + j];
+          w = kn.data();
+        }
+        const Blocks gemm_rows = Blocks::split(p.M, task_count(double(p.M) * len * count / 8));
+        run_tasks(c.runner, gemm_rows.count, [&](size_t task) {
+          const size_t m0 = gemm_rows.begin(task);
+          c.k.dense_gemm(x + m0 * len, gemm_rows.end(task) - m0, len, w, count, out + m0 * count, count);
+        });
+      }
+      if (q > 0)
+        for (size_t e = 0; e < p.M * count; ++e) sum[e] += part[e];
+    }
+    for (size_t m = 0; m < p.M; ++m) {
+      const float* src = &sum[m * count];
+      float* dst = p.y + m * p.N + n0;
+      for (size_t i = 0; i < count; ++i) dst[i] = src[i] + c.bias(n0 + i);
+    }
   }
 }
 
@@ -834,44 +760,67 @@ size_t env_size(const char* name) {
   return static_cast<size_t>(std::strtoull(value, nullptr, 10));
 }
 
-// Measured thresholds: 4096x4096, 1 thread, AVX2 table, forced small path vs forced decode
-// path (ONNXVQ_DECODE_GEMM_MIN_ROWS) at M = 2, 4, 8, 16, 32, 64 on 2026-11-23 (ms):
-//   lut 8-bit d=4     M=2 21.7 vs 33.0   M=4 44.2 vs 21.9   -> 4
-//   lut 4-bit d=4     M=4 14.5 vs 20.9   M=8 30.6 vs 24.5   -> 8 (also used for 1..6 bits)
-//   direct 6-bit d=2 (groups of 9 rows)  M=2 890 vs 159     -> 1
-//   bit_lut (binary)  M=16 25.9 vs 39.8  M=32 55.5 vs 52.5  -> 32
-//   fastscan (uint8 tables, km4 d=1) M=64 39.3 vs 106.6: the decode path never wins
-//   fastscan_exact 4-bit d=4  M=64 115.2 vs 238.7: never
-// SIZE_MAX: the decode path never runs for that layout.
-size_t measured_min_rows(const VQProblem& p, VQPath small) {
-  switch (small) {
-    case VQPath::kLut: return p.bits >= 7 ? 4 : 8;
-    case VQPath::kDirect: return 1;
-    case VQPath::kFastScanExact: return kNever;  // M=64: 115 vs 239 (format-2 decode is slow)
-    case VQPath::kBitLut: return 32;
-    // uint8 tables in registers stay faster than decoding at every measured batch.
-    case VQPath::kFastScan: return kNever;
-    // Bucket paths sum in an order no dense GEMM reproduces; results would then depend on
-    // the batch size (tests/test_kernel.py requires they do not).
-    case VQPath::kRowBuckets:
-    case VQPath::kColumnBuckets:
-    default: return kNever;
+// The kernel chooser's one table: from how many rows M the tile GEMM beats each small path.
+// Measured by bench/thresholds.py (1 thread, hot, both paths side by side, ORT's Gemm as the
+// GEMM) on the layers 4096x4096, 384x1536, 1536x384 and 1280x1000 at M = 1, 2, 4, ..., 64:
+// the smallest M from which the tile path was faster at every larger M on every layer.
+// Ratios tile / small at M = 1 .. 64 on 4096x4096 (AVX2, 2026-12-02):
+//   fastscan d=4 (pq4-d4)  89 .. 4.3      never up to 64: uint8 tables in registers win
+//   fastscan d=1 (km4)     22 .. 0.16     64 (384x1536: 1.00 at 32)
+//   lut (pq8-d4)           3.1 .. 0.15    8 (0.95 at 4 on 4096x4096, 1.18 on 384x1536)
+//   row_buckets (km5, km3 per 16 rows)  0.92 .. 0.04   1
+//   bit_lut (binary)       12.9 .. 0.69   64 (384x1536: 1.04 at 32)
+//   column_buckets (pq8-d4 axis out)  6.3 .. 0.14  4
+//   fastscan_exact (ONNXVQ_EXACT_LUT=1)  km4 4.8 .. 0.19: 8; pq4-d4 15 .. 0.71: 32
+// `isa` nullptr: any table without a row of its own (AVX-512 hosts have no rows of their
+// own yet: they inherit the AVX2 measurements).
+struct TileGemmThreshold {
+  VQPath small;
+  unsigned min_bits, max_bits;  // code widths the row covers
+  size_t min_d, max_d;          // subvector lengths the row covers
+  const char* isa;
+  size_t min_rows;
+};
+constexpr size_t kAnyD = static_cast<size_t>(-1);
+constexpr TileGemmThreshold kTileGemmThresholds[] = {
+    // uint8 fast-scan: on random inputs the tile path wins only from 64 rows (d = 1) or never
+    // (d >= 2), but rows the uint8 guard rejects (transformer activations: most MiniLM rows)
+    // run on float tables, so fast-scan takes the float-table thresholds. MiniLM batch 1
+    // (36 rows), km4: 436 ms on fast-scan vs 56 ms for km5 on the tile path.
+    {VQPath::kFastScan, 4, 4, 1, 1, nullptr, 8},
+    {VQPath::kFastScan, 4, 4, 2, kAnyD, nullptr, 32},
+    {VQPath::kFastScanExact, 4, 4, 1, 1, nullptr, 8},       // km4: 0.75 at 8, 1.39 at 4
+    {VQPath::kFastScanExact, 4, 4, 2, kAnyD, nullptr, 32},  // pq4-d4: 0.97 at 32, 1.47 at 16
+    {VQPath::kLut, 1, 8, 1, kAnyD, nullptr, 8},
+    {VQPath::kRowBuckets, 1, 8, 1, kAnyD, nullptr, 1},
+    {VQPath::kBitLut, 1, 1, 1, 1, nullptr, 64},
+    {VQPath::kColumnBuckets, 1, 8, 1, kAnyD, nullptr, 4},   // pq8-d4 axis out: 0.95 at 4
+    // Codebooks per few rows (groups smaller than the codebook): the direct gather-dot is
+    // slow at any M; the replaced decode path measured 890 vs 159 ms at M = 2.
+    {VQPath::kDirect, 1, 8, 1, kAnyD, nullptr, 1},
+};
+
+size_t measured_min_rows(const VQProblem& p, VQPath small, const KernelTable& kernels) {
+  const TileGemmThreshold* best = nullptr;
+  for (const TileGemmThreshold& row : kTileGemmThresholds) {
+    if (row.small != small || p.bits < row.min_bits || p.bits > row.max_bits) continue;
+    if (p.d < row.min_d || p.d > row.max_d) continue;
+    if (row.isa != nullptr && std::strcmp(row.isa, kernels.name) != 0) continue;
+    if (best == nullptr || (best->isa == nullptr && row.isa != nullptr)) best = &row;
   }
+  return best ? best->min_rows : kNever;
 }
 }  // namespace
 
-size_t decode_gemm_min_rows(const VQProblem& p) {
-  const VQPath small = choose_small_path(p);
-  const size_t measured = measured_min_rows(p, small);
-  if (measured == kNever) return kNever;
-  static const size_t forced = env_size("ONNXVQ_DECODE_GEMM_MIN_ROWS");
-  return forced ? forced : measured;
+size_t tile_gemm_min_rows(const VQProblem& p, const KernelTable& kernels) {
+  static const size_t forced = env_size("ONNXVQ_TILE_GEMM_MIN_ROWS");
+  if (forced) return forced;
+  return measured_min_rows(p, choose_small_path(p), kernels);
 }
 
-VQPath choose_path(const VQProblem& p) {
-  const VQPath small = choose_small_path(p);
-  if (p.M > 0 && p.M >= decode_gemm_min_rows(p)) return VQPath::kDecodeGemm;
-  return small;
+VQPath choose_path(const VQProblem& p, const KernelTable& kernels) {
+  if (p.M > 0 && p.M >= tile_gemm_min_rows(p, kernels)) return VQPath::kTileGemm;
+  return choose_small_path(p);
 }
 
 const char* path_name(VQPath path) {
@@ -883,18 +832,17 @@ const char* path_name(VQPath path) {
     case VQPath::kDirect: return "direct";
     case VQPath::kFastScan: return "fastscan";
     case VQPath::kFastScanExact: return "fastscan_exact";
-    case VQPath::kDecodeGemm: return "decode_gemm";
+    case VQPath::kTileGemm: return "tile_gemm";
   }
   return "unknown";
 }
 
-void vq_matmul(const VQProblem& problem, const TaskRunner& runner, const KernelTable& kernels) {
+void vq_matmul(const VQProblem& problem, const TaskRunner& runner, const KernelTable& kernels,
+               const DenseGemm& gemm) {
   if (problem.M == 0 || problem.N == 0) return;
   const Context context(problem, kernels, runner);
-  if (choose_path(problem) == VQPath::kDecodeGemm)
-    return run_decode_gemm_path(context, choose_small_path(problem));
-  switch (choose_path(problem)) {
-    case VQPath::kDecodeGemm: return;
+  switch (choose_path(problem, kernels)) {
+    case VQPath::kTileGemm: return run_tile_gemm_path(context, gemm);
     case VQPath::kLut: return run_lut_path(context);
     case VQPath::kRowBuckets: return run_row_buckets_path(context);
     case VQPath::kBitLut: return run_bit_lut_path(context);

@@ -157,27 +157,20 @@ struct KernelTable {
   void (*fastscan_f32)(const uint8_t* codes, size_t entries, const float* luts,
                        size_t lut_stride, size_t rows, float* out);
 
-  // --- decode-tile GEMM (VQPath::kDecodeGemm) -----------------------------------------------
+  // --- tile GEMM (VQPath::kTileGemm) ---------------------------------------------------------
 
-  /// Dense micro-GEMM over a decoded tile of W_hat. The tile has `tile_rows` rows of `cols`
-  /// floats (cols a multiple of 8, row r at w + r*cols); the inputs are packed to match:
-  /// x_r(m) = x[r*x_stride + m] multiplies tile row r for batch row m. For m < rows, i < cols,
-  /// acc[m*cols + i] is continued:
-  ///   kGemmFma:  acc = fma(x_r, w_r, acc) for r ascending (one rounding per term)
-  ///   kGemmExact / kGemmMask / kGemmLut: the rows form `groups` runs [group_begin[g],
-  ///     group_begin[g+1]); per run p = t(first row), p = p + t(r) for the rest (r ascending),
-  ///     then acc = acc + p, with t(r) = x_r * w_r (no fusion) or bits(x_r) & bits(w_r)
-  ///     (kGemmMask: w_r is an all-ones or all-zeros mask). kGemmLut sums each run in the
-  ///     order THIS table's build_lut sums a codeword of subvector length d among
-  ///     num_codewords (sequential for scalar; pairwise for avx2 at d = 4, 8), so the result
-  ///     equals this table's LUT path bit for bit. These reproduce the LUT / direct /
-  ///     bit-table paths' summation order exactly.
-  /// Bit-identical to scalar for kGemmExact, kGemmMask, kGemmFma; kGemmLut agrees with
-  /// scalar as the table's build_lut does.
-  void (*decode_gemm)(const float* x, size_t x_stride, size_t rows,
-                      const uint32_t* group_begin, size_t groups, size_t tile_rows,
-                      const float* w, size_t cols, int mode, size_t d, size_t num_codewords,
-                      float* acc);
+  /// Scalar-codebook decode (d = 1, one stage, one codebook for all the rows): for r < rows,
+  /// i < count, out[r*count + i] = book[code number first + r*row_stride + i of the packed
+  /// format-1 stream], book holding 2^bits floats. Reads only the bytes that hold those codes
+  /// (as unpack_codes). Copies values, so every table gives the same bits.
+  void (*decode_codes)(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows,
+                       size_t count, unsigned bits, const float* book, float* out);
+
+  /// The built-in dense GEMM of the tile path (used when the caller supplies no DenseGemm):
+  ///   y[m*ldy + n] = sum_{k < K} x[m*K + k] * w[k*N + n]   for m < M, n < N
+  /// one fused multiply-add per term, k ascending from 0.0f, so every table gives the same bits.
+  void (*dense_gemm)(const float* x, size_t M, size_t K, const float* w, size_t N, float* y,
+                     size_t ldy);
 
   // --- VQGather (vq_gather.cc) ---------------------------------------------------------------
 
@@ -191,12 +184,6 @@ struct KernelTable {
   void (*decode_row)(const uint8_t* codes, size_t T, size_t S, size_t d, size_t L,
                      const float* books, size_t stage_stride, size_t subspace_stride, float* out);
 };
-
-/// KernelTable::decode_gemm modes.
-inline constexpr int kGemmExact = 0;
-inline constexpr int kGemmMask = 1;
-inline constexpr int kGemmFma = 2;
-inline constexpr int kGemmLut = 3;
 
 /// The portable table (always built).
 const KernelTable& scalar_kernel_table();
@@ -258,29 +245,39 @@ enum class VQPath {
   kDirect,         ///< any layout: y gathers codewords and multiplies directly
   kFastScan,       ///< format 2: uint8 tables in registers, byte-shuffle lookups, 32 outputs per block
   kFastScanExact,  ///< format 2: float tables, same blocked codes (ONNXVQ_EXACT_LUT=1)
-  kDecodeGemm,     ///< M >= a per-layout threshold: decode tiles of W_hat (64 outputs x a K
-                   ///< block, never all of W_hat) and run a register-blocked micro-GEMM over
-                   ///< the rows. Same summation order (same bits) as the path it replaces for
-                   ///< lut and direct; bit_lut's order via masks. Not chosen (measured
-                   ///< slower at every batch) for fastscan / fastscan_exact; never for the
-                   ///< bucket paths (their order has no GEMM form).
+  kTileGemm,       ///< M >= a measured threshold (kTileGemmThresholds, vq_kernel.cc): decode
+                   ///< W_hat a tile of outputs at a time (all of K, at most kTileBytes; never
+                   ///< all of W_hat) and run one dense GEMM of X with the tile: the caller's
+                   ///< DenseGemm (the ORT op passes ONNX Runtime's own Gemm) or the table's
+                   ///< dense_gemm. Agrees with the other paths within float rounding (the
+                   ///< fp32 tier), not bit for bit; never depends on the thread count.
+};
+
+/// A dense float GEMM the caller lends the tile path (the ORT op: ONNX Runtime's Gemm, MLAS):
+///   y[m*N + n] = sum_k x[m*K + k] * w(k, n),  w(k, n) = w_nk ? w[n*K + k] : w[k*N + n]
+/// for m < M, n < N (y dense M x N). The sum's order is the callee's, and must not depend on
+/// the thread count. May throw; the exception reaches vq_matmul()'s caller.
+struct DenseGemm {
+  void (*run)(void* context, size_t M, size_t K, size_t N, const float* x, const float* w,
+              bool w_nk, float* y) = nullptr;
+  void* context = nullptr;
 };
 
 /// The path vq_matmul() takes for this problem: depends on the attributes, on
-/// ONNXVQ_EXACT_LUT and on whether M reaches decode_gemm_min_rows() (then kDecodeGemm);
-/// never on the data or the thread count. Format-2 layouts that the
-/// fast-scan paths do not cover (row groups not a multiple of 32 rows) read their codes
-/// through the generic paths.
-VQPath choose_path(const VQProblem& problem);
-/// The smallest M for which choose_path() returns kDecodeGemm (SIZE_MAX: never). Measured
-/// per layout (see vq_kernel.cc); ONNXVQ_DECODE_GEMM_MIN_ROWS=n, read once, overrides it
-/// for every layout the decode path covers (benchmarks, tests).
-size_t decode_gemm_min_rows(const VQProblem& problem);
+/// ONNXVQ_EXACT_LUT, on the kernel table and on whether M reaches tile_gemm_min_rows() (then
+/// kTileGemm); never on the data or the thread count. Format-2 layouts that the fast-scan
+/// paths do not cover (row groups not a multiple of 32 rows) read their codes through the
+/// generic paths.
+VQPath choose_path(const VQProblem& problem, const KernelTable& kernels = active_kernel_table());
+/// The smallest M for which choose_path() returns kTileGemm (SIZE_MAX: never), from the
+/// measured table in vq_kernel.cc; ONNXVQ_TILE_GEMM_MIN_ROWS=n, read once, overrides it for
+/// every layout (benchmarks, tests; n = SIZE_MAX-like huge values disable the path).
+size_t tile_gemm_min_rows(const VQProblem& problem, const KernelTable& kernels = active_kernel_table());
 const char* path_name(VQPath path);
 
 /// Computes problem.y. Throws std::bad_alloc (or whatever runner.run throws) on failure.
 void vq_matmul(const VQProblem& problem, const TaskRunner& runner = {},
-               const KernelTable& kernels = active_kernel_table());
+               const KernelTable& kernels = active_kernel_table(), const DenseGemm& gemm = {});
 
 /// One VQGather evaluation: rows of the table T_hat[V, D] = W_hat^T, V = layout.N rows of
 /// D = layout.K floats, where W_hat is what vq_matmul() decodes from the same layout.
@@ -327,7 +324,7 @@ ONNXVQ_EXPORT const char* onnxvq_kernel_path_v(
     int64_t codebook_per_subspace);
 
 /// The same with the number of input rows M (every leading dimension of X flattened):
-/// adds "decode_gemm" when M reaches the layout's decode-GEMM threshold.
+/// adds "tile_gemm" when M reaches the layout's tile-GEMM threshold.
 ONNXVQ_EXPORT const char* onnxvq_kernel_path_m(
     int64_t rows, int64_t format_version, int64_t in_features, int64_t out_features,
     int64_t bits, int64_t subvector_len, int64_t stages, int64_t axis, int64_t group_size,

@@ -7,15 +7,15 @@
 //   build_lut (d = 4 and d = 8)  float sums in a different order (pairwise instead of j
 //                                ascending): within a few ulp of scalar, tested at 1e-5
 //                                relative to the output scale
-//   decode_gemm  bit-identical for kGemmExact / kGemmMask / kGemmFma; kGemmLut sums whole
-//                subvectors of d = 4, 8 pairwise like build_lut_avx2, so the decode path
-//                equals this table's LUT path bit for bit
+//   decode_codes  bit-identical (copies codebook values)
+//   dense_gemm  bit-identical: one fused multiply-add chain per output, k ascending
 //   decode_row (VQGather)  bit-identical: the same adds per element; d = 1 gathers 8
 //                          subspaces per instruction, d >= 4 adds whole codeword chunks
 //   everything else: the scalar functions.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -261,167 +261,98 @@ void fastscan_f32_avx2(const uint8_t* codes, size_t entries, const float* luts,
   }
 }
 
-// Decode-GEMM micro-kernels over MR batch rows x 8 columns. x is packed (tile row r, batch
-// row m at x[r*xs + m]), so each term is one broadcast, one multiply (or and) and one add.
-// Every lane does the scalar table's sequence of roundings (separate multiply and add), so
-// kGemmExact / kGemmMask equal scalar; kGemmLut with TREE = 4 or 8 follows build_lut_avx2.
-template <int MR, int MODE>
-inline void gemm_block8(const float* x, size_t xs, const uint32_t* group_begin, size_t groups,
-                        const float* w, size_t cols, float* acc) {
-  __m256 a[MR];
-  for (int i = 0; i < MR; ++i) a[i] = _mm256_loadu_ps(acc + i * cols);
-  for (size_t g = 0; g < groups; ++g) {
-    const size_t r0 = group_begin[g], r1 = group_begin[g + 1];
-    auto term = [&](const float* xv_at, __m256 wr) {
-      const __m256 xv = _mm256_broadcast_ss(xv_at);
-      return MODE == kGemmMask ? _mm256_and_ps(xv, wr) : _mm256_mul_ps(xv, wr);
-    };
-    if (r1 - r0 == 1) {  // one term: acc + t (the common axis-1 and d = 1 case)
-      const __m256 wr = _mm256_loadu_ps(w + r0 * cols);
-      for (int i = 0; i < MR; ++i) a[i] = _mm256_add_ps(a[i], term(x + r0 * xs + i, wr));
-      continue;
-    }
-    __m256 p[MR];
-    {
-      const __m256 wr = _mm256_loadu_ps(w + r0 * cols);
-      for (int i = 0; i < MR; ++i) p[i] = term(x + r0 * xs + i, wr);
-    }
-    for (size_t r = r0 + 1; r < r1; ++r) {
-      const __m256 wr = _mm256_loadu_ps(w + r * cols);
-      for (int i = 0; i < MR; ++i) p[i] = _mm256_add_ps(p[i], term(x + r * xs + i, wr));
-    }
-    for (int i = 0; i < MR; ++i) a[i] = _mm256_add_ps(a[i], p[i]);
-  }
-  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(acc + i * cols, a[i]);
-}
+// --- scalar-codebook decode (tile GEMM) -------------------------------------------------
 
-// `runs` consecutive runs of TREE rows in build_lut_avx2's order:
-// (t0 + t1) + (t2 + t3) [+ ((t4 + t5) + (t6 + t7)) for d = 8], then acc + that.
-template <int MR, int TREE>
-inline void gemm_tree8(const float* x, size_t xs, size_t runs, const float* w, size_t cols,
-                       float* acc) {
-  __m256 a[MR];
-  for (int i = 0; i < MR; ++i) a[i] = _mm256_loadu_ps(acc + i * cols);
-  for (size_t g = 0; g < runs; ++g, w += TREE * cols, x += TREE * xs) {
-    __m256 wr[TREE];
-    for (int j = 0; j < TREE; ++j) wr[j] = _mm256_loadu_ps(w + j * cols);
-    for (int i = 0; i < MR; ++i) {
-      __m256 t[TREE];
-      for (int j = 0; j < TREE; ++j) t[j] = _mm256_mul_ps(_mm256_broadcast_ss(x + j * xs + i), wr[j]);
-      __m256 q = _mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3]));
-      if constexpr (TREE == 8)
-        q = _mm256_add_ps(q, _mm256_add_ps(_mm256_add_ps(t[4], t[5]), _mm256_add_ps(t[6], t[7])));
-      a[i] = _mm256_add_ps(a[i], q);
+// Eight codes per step from one unaligned 64-bit load, four per 32-bit half, shifted per
+// lane; the codebook sits in
+// registers (one to four ymm, selected by permutes and blends on the index bits) up to 32
+// codewords, and is gathered from beyond that. A load never passes the last byte holding a
+// requested code: the last steps and the tail read byte by byte.
+void decode_codes_avx2(const uint8_t* stream, uint64_t first_code, uint64_t row_stride,
+                       size_t rows, size_t count, unsigned bits, const float* book, float* out_rows) {
+  const size_t ncw = size_t{1} << bits;
+  const int b = static_cast<int>(bits);
+  const __m256i shifts = _mm256_setr_epi32(0, b, 2 * b, 3 * b, 0, b, 2 * b, 3 * b);
+  const __m256i mask = _mm256_set1_epi32(static_cast<int>(ncw - 1));
+  float padded[32] = {};  // the codebook in whole registers
+  std::memcpy(padded, book, std::min<size_t>(ncw, 32) * sizeof(float));
+  __m256 t[4];
+  for (int j = 0; j < 4; ++j) t[j] = _mm256_loadu_ps(padded + 8 * j);
+  auto lookup = [&](__m256i idx) {
+    if (ncw <= 8) return _mm256_permutevar8x32_ps(t[0], idx);
+    if (ncw > 32) return _mm256_i32gather_ps(book, idx, 4);
+    const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
+    const __m256 low = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t[0], idx),
+                                        _mm256_permutevar8x32_ps(t[1], idx), bit3);
+    if (ncw == 16) return low;
+    const __m256 high = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t[2], idx),
+                                         _mm256_permutevar8x32_ps(t[3], idx), bit3);
+    return _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 27)));
+  };
+  for (size_t r = 0; r < rows; ++r) {
+    const uint64_t first = first_code + r * row_stride;
+    const uint64_t end_byte = ((first + count) * bits + 7) / 8;
+    float* out = out_rows + r * count;
+    size_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+      // Eight codes of b < 8 bits and a start offset of at most 7 fit in one 64-bit load;
+      // 8-bit codes always start byte aligned.
+      const uint64_t pos = (first + i) * bits;
+      if ((pos >> 3) + 8 > end_byte) break;
+      uint64_t word;
+      std::memcpy(&word, stream + (pos >> 3), sizeof word);
+      word >>= pos & 7;
+      const int low = static_cast<int>(static_cast<uint32_t>(word));
+      const int high = static_cast<int>(static_cast<uint32_t>(bits == 8 ? word >> 32 : word >> (4 * bits)));
+      const __m256i words = _mm256_set_m128i(_mm_set1_epi32(high), _mm_set1_epi32(low));
+      _mm256_storeu_ps(out + i, lookup(_mm256_and_si256(_mm256_srlv_epi32(words, shifts), mask)));
     }
-  }
-  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(acc + i * cols, a[i]);
-}
-
-// `n` runs of one row each: acc + t(r).
-template <int MR, int MODE>
-inline void gemm_single8(const float* x, size_t xs, size_t n, const float* w, size_t cols,
-                         float* acc) {
-  __m256 a[MR];
-  for (int i = 0; i < MR; ++i) a[i] = _mm256_loadu_ps(acc + i * cols);
-  for (size_t r = 0; r < n; ++r, w += cols, x += xs) {
-    const __m256 wr = _mm256_loadu_ps(w);
-    for (int i = 0; i < MR; ++i) {
-      const __m256 xv = _mm256_broadcast_ss(x + i);
-      a[i] = _mm256_add_ps(a[i], MODE == kGemmMask ? _mm256_and_ps(xv, wr) : _mm256_mul_ps(xv, wr));
+    for (; i < count; ++i) {
+      const uint64_t pos = (first + i) * bits;
+      const unsigned shift = static_cast<unsigned>(pos & 7);
+      unsigned word = stream[pos >> 3];
+      if (shift + bits > 8) word |= static_cast<unsigned>(stream[(pos >> 3) + 1]) << 8;
+      out[i] = book[(word >> shift) & (ncw - 1)];
     }
-  }
-  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(acc + i * cols, a[i]);
-}
-
-template <int MODE, int TREE>
-void gemm_rows(const float* x, size_t xs, size_t rows, const uint32_t* group_begin,
-               size_t groups, const float* w, size_t cols, float* acc) {
-  // Segments of consecutive runs: runs of `want` rows (whole subvectors for TREE, single
-  // rows otherwise) go to a specialized kernel, the others to the general one.
-  const size_t want = TREE != 0 ? TREE : 1;
-  struct Segment { size_t g0, g1; bool special; };
-  Segment segments[64];
-  size_t count = 0;
-  auto len = [&](size_t g) { return size_t{group_begin[g + 1] - group_begin[g]}; };
-  for (size_t g = 0; g < groups;) {
-    size_t h = g;
-    const bool special = len(g) == want;
-    while (h < groups && (len(h) == want) == special) ++h;
-    if (count == 64) {  // too fragmented: one general segment for the rest
-      segments[count - 1].g1 = groups;
-      segments[count - 1].special = false;
-      break;
-    }
-    segments[count++] = {g, h, special};
-    g = h;
-  }
-  constexpr int MR = TREE != 0 ? 4 : 6;
-  for (size_t c = 0; c < cols; c += 8) {
-    auto block = [&](auto mr, size_t m) {
-      constexpr int R = decltype(mr)::value;
-      for (size_t i = 0; i < count; ++i) {
-        const Segment& sg = segments[i];
-        const size_t r0 = group_begin[sg.g0];
-        if (sg.special && TREE != 0)
-          gemm_tree8<R, (TREE != 0 ? TREE : 4)>(x + r0 * xs + m, xs, sg.g1 - sg.g0, w + r0 * cols + c, cols, acc + m * cols + c);
-        else if (sg.special)
-          gemm_single8<R, MODE>(x + r0 * xs + m, xs, sg.g1 - sg.g0, w + r0 * cols + c, cols, acc + m * cols + c);
-        else
-          gemm_block8<R, MODE>(x + m, xs, group_begin + sg.g0, sg.g1 - sg.g0, w + c, cols,
-                               acc + m * cols + c);
-      }
-    };
-    size_t m = 0;
-    for (; m + MR <= rows; m += MR) block(std::integral_constant<int, MR>{}, m);
-    for (; m < rows; ++m) block(std::integral_constant<int, 1>{}, m);
   }
 }
 
+// --- tile GEMM ------------------------------------------------------------------------
+
+// MR rows x 16 columns: each lane is one output's chain of fused multiply-adds in k order,
+// the scalar table's exact sequence, so the result is bit-identical.
 template <int MR>
-inline void gemm_fma_block16(const float* x, size_t xs, size_t tile_rows, const float* w,
-                             size_t cols, float* acc) {
+inline void dense_block16(const float* x, size_t K, const float* w, size_t N, float* y,
+                          size_t ldy) {
   __m256 a[MR][2];
-  for (int i = 0; i < MR; ++i) {
-    a[i][0] = _mm256_loadu_ps(acc + i * cols);
-    a[i][1] = _mm256_loadu_ps(acc + i * cols + 8);
-  }
-  for (size_t r = 0; r < tile_rows; ++r) {
-    const __m256 w0 = _mm256_loadu_ps(w + r * cols), w1 = _mm256_loadu_ps(w + r * cols + 8);
+  for (int i = 0; i < MR; ++i) a[i][0] = a[i][1] = _mm256_setzero_ps();
+  for (size_t k = 0; k < K; ++k) {
+    const __m256 w0 = _mm256_loadu_ps(w + k * N), w1 = _mm256_loadu_ps(w + k * N + 8);
     for (int i = 0; i < MR; ++i) {
-      const __m256 xv = _mm256_broadcast_ss(x + r * xs + i);
+      const __m256 xv = _mm256_broadcast_ss(x + i * K + k);
       a[i][0] = _mm256_fmadd_ps(xv, w0, a[i][0]);
       a[i][1] = _mm256_fmadd_ps(xv, w1, a[i][1]);
     }
   }
   for (int i = 0; i < MR; ++i) {
-    _mm256_storeu_ps(acc + i * cols, a[i][0]);
-    _mm256_storeu_ps(acc + i * cols + 8, a[i][1]);
+    _mm256_storeu_ps(y + i * ldy, a[i][0]);
+    _mm256_storeu_ps(y + i * ldy + 8, a[i][1]);
   }
 }
 
-void decode_gemm_avx2(const float* x, size_t xs, size_t rows, const uint32_t* group_begin,
-                      size_t groups, size_t tile_rows, const float* w, size_t cols, int mode,
-                      size_t d, size_t num_codewords, float* acc) {
-  if (mode == kGemmExact) return gemm_rows<kGemmExact, 0>(x, xs, rows, group_begin, groups, w, cols, acc);
-  if (mode == kGemmMask) return gemm_rows<kGemmMask, 0>(x, xs, rows, group_begin, groups, w, cols, acc);
-  if (mode == kGemmLut) {
-    // Where build_lut_avx2 sums pairwise (whole codewords of d = 4 or 8, >= 8 codewords).
-    if (num_codewords >= 8 && d == 4) return gemm_rows<kGemmLut, 4>(x, xs, rows, group_begin, groups, w, cols, acc);
-    if (num_codewords >= 8 && d == 8) return gemm_rows<kGemmLut, 8>(x, xs, rows, group_begin, groups, w, cols, acc);
-    return gemm_rows<kGemmLut, 0>(x, xs, rows, group_begin, groups, w, cols, acc);
-  }
-  size_t c = 0;
-  for (; c + 16 <= cols; c += 16) {
+void dense_gemm_avx2(const float* x, size_t M, size_t K, const float* w, size_t N, float* y,
+                     size_t ldy) {
+  const size_t wide = N / 16 * 16;
+  for (size_t n = 0; n < wide; n += 16) {
     size_t m = 0;
-    for (; m + 6 <= rows; m += 6) gemm_fma_block16<6>(x + m, xs, tile_rows, w + c, cols, acc + m * cols + c);
-    for (; m < rows; ++m) gemm_fma_block16<1>(x + m, xs, tile_rows, w + c, cols, acc + m * cols + c);
+    for (; m + 6 <= M; m += 6) dense_block16<6>(x + m * K, K, w + n, N, y + m * ldy + n, ldy);
+    for (; m < M; ++m) dense_block16<1>(x + m * K, K, w + n, N, y + m * ldy + n, ldy);
   }
-  for (; c < cols; c += 8)  // one last block of 8 columns: fused, one row at a time
-    for (size_t m = 0; m < rows; ++m) {
-      __m256 a = _mm256_loadu_ps(acc + m * cols + c);
-      for (size_t r = 0; r < tile_rows; ++r)
-        a = _mm256_fmadd_ps(_mm256_broadcast_ss(x + r * xs + m), _mm256_loadu_ps(w + r * cols + c), a);
-      _mm256_storeu_ps(acc + m * cols + c, a);
+  for (size_t m = 0; m < M; ++m)  // the last N % 16 columns
+    for (size_t n = wide; n < N; ++n) {
+      float acc = 0.0f;
+      for (size_t k = 0; k < K; ++k) acc = std::fma(x[m * K + k], w[k * N + n], acc);
+      y[m * ldy + n] = acc;
     }
 }
 
@@ -491,7 +422,8 @@ const KernelTable& avx2_kernel_table() {
     t.quantize_luts = quantize_luts_avx2;
     t.fastscan_u8 = fastscan_u8_avx2;
     t.fastscan_f32 = fastscan_f32_avx2;
-    t.decode_gemm = decode_gemm_avx2;
+    t.decode_codes = decode_codes_avx2;
+    t.dense_gemm = dense_gemm_avx2;
     t.decode_row = decode_row_avx2;
     return t;
   }();

@@ -9,9 +9,14 @@
 //
 // decode_row (VQGather): whole codeword chunks, 4 floats per step, the same adds per element
 // as scalar (bit-identical); d < 4 tails are scalar.
+//
+// dense_gemm (the tile path's built-in GEMM, used where no host GEMM is lent, e.g. outside
+// ONNX Runtime): 4 rows x 8 columns per block, one vfmaq_f32 chain per output in k order,
+// the scalar table's std::fma sequence: bit-identical.
 #include <arm_neon.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "vq_kernel.h"
 
@@ -71,6 +76,40 @@ void decode_row_neon(const uint8_t* codes, size_t T, size_t S, size_t d, size_t 
   }
 }
 
+template <int MR>
+inline void dense_block8(const float* x, size_t K, const float* w, size_t N, float* y, size_t ldy) {
+  float32x4_t a[MR][2];
+  for (int i = 0; i < MR; ++i) a[i][0] = a[i][1] = vdupq_n_f32(0.0f);
+  for (size_t k = 0; k < K; ++k) {
+    const float32x4_t w0 = vld1q_f32(w + k * N), w1 = vld1q_f32(w + k * N + 4);
+    for (int i = 0; i < MR; ++i) {
+      const float32x4_t xv = vdupq_n_f32(x[i * K + k]);
+      a[i][0] = vfmaq_f32(a[i][0], xv, w0);
+      a[i][1] = vfmaq_f32(a[i][1], xv, w1);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    vst1q_f32(y + i * ldy, a[i][0]);
+    vst1q_f32(y + i * ldy + 4, a[i][1]);
+  }
+}
+
+void dense_gemm_neon(const float* x, size_t M, size_t K, const float* w, size_t N, float* y,
+                     size_t ldy) {
+  const size_t wide = N / 8 * 8;
+  for (size_t n = 0; n < wide; n += 8) {
+    size_t m = 0;
+    for (; m + 4 <= M; m += 4) dense_block8<4>(x + m * K, K, w + n, N, y + m * ldy + n, ldy);
+    for (; m < M; ++m) dense_block8<1>(x + m * K, K, w + n, N, y + m * ldy + n, ldy);
+  }
+  for (size_t m = 0; m < M; ++m)  // the last N % 8 columns
+    for (size_t n = wide; n < N; ++n) {
+      float acc = 0.0f;
+      for (size_t k = 0; k < K; ++k) acc = std::fma(x[m * K + k], w[k * N + n], acc);
+      y[m * ldy + n] = acc;
+    }
+}
+
 }  // namespace
 
 const KernelTable& neon_kernel_table() {
@@ -79,6 +118,7 @@ const KernelTable& neon_kernel_table() {
     t.name = "neon";
     t.fastscan_u8 = fastscan_u8_neon;
     t.decode_row = decode_row_neon;
+    t.dense_gemm = dense_gemm_neon;
     return t;
   }();
   return table;

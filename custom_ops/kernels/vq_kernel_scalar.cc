@@ -165,37 +165,25 @@ void fastscan_f32_scalar(const uint8_t* codes, size_t entries, const float* luts
   }
 }
 
-float gemm_term(float x, float w, int mode) {
-  if (mode != kGemmMask) return x * w;
-  uint32_t a, b;
-  std::memcpy(&a, &x, 4);
-  std::memcpy(&b, &w, 4);
-  a &= b;
-  std::memcpy(&x, &a, 4);
-  return x;
+void decode_codes_scalar(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows,
+                         size_t count, unsigned bits, const float* book, float* out) {
+  uint8_t codes[256];
+  for (size_t r = 0; r < rows; ++r)
+    for (size_t i = 0; i < count; i += sizeof codes) {
+      const size_t n = std::min(sizeof codes, count - i);
+      unpack_codes_scalar(stream, first + r * row_stride + i, n, bits, codes);
+      for (size_t j = 0; j < n; ++j) out[r * count + i + j] = book[codes[j]];
+    }
 }
 
-void decode_gemm_scalar(const float* x, size_t x_stride, size_t rows,
-                        const uint32_t* group_begin, size_t groups, size_t tile_rows,
-                        const float* w, size_t cols, int mode, size_t /*d*/,
-                        size_t /*num_codewords*/, float* acc) {
-  for (size_t m = 0; m < rows; ++m) {
-    const float* xr = x + m;
-    for (size_t i = 0; i < cols; ++i) {
-      float a = acc[m * cols + i];
-      if (mode == kGemmFma) {
-        for (size_t r = 0; r < tile_rows; ++r) a = std::fma(xr[r * x_stride], w[r * cols + i], a);
-      } else {
-        for (size_t g = 0; g < groups; ++g) {
-          const size_t r0 = group_begin[g], r1 = group_begin[g + 1];
-          float p = gemm_term(xr[r0 * x_stride], w[r0 * cols + i], mode);
-          for (size_t r = r0 + 1; r < r1; ++r) p += gemm_term(xr[r * x_stride], w[r * cols + i], mode);
-          a += p;
-        }
-      }
-      acc[m * cols + i] = a;
+void dense_gemm_scalar(const float* x, size_t M, size_t K, const float* w, size_t N, float* y,
+                       size_t ldy) {
+  for (size_t m = 0; m < M; ++m)
+    for (size_t n = 0; n < N; ++n) {
+      float acc = 0.0f;
+      for (size_t k = 0; k < K; ++k) acc = std::fma(x[m * K + k], w[k * N + n], acc);
+      y[m * ldy + n] = acc;
     }
-  }
 }
 
 void decode_row_scalar(const uint8_t* codes, size_t T, size_t S, size_t d, size_t L,
@@ -222,7 +210,7 @@ const KernelTable& scalar_kernel_table() {
       lut_gather8_scalar, scatter_add_scalar,  bucket_dot_scalar,    dot_scalar,
       axpy_scalar,
       quantize_luts_scalar, fastscan_u8_scalar, fastscan_f32_scalar,
-      decode_gemm_scalar, decode_row_scalar,
+      decode_codes_scalar, dense_gemm_scalar, decode_row_scalar,
   };
   return table;
 }

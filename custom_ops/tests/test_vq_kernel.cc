@@ -368,30 +368,36 @@ void test_shapes_against_scalar(const KernelTable& simd, std::mt19937& rng) {
 }
 
 
-// --- decode-tile GEMM ------------------------------------------------------------------
+// --- tile GEMM ----------------------------------------------------------------------------
 
-bool decode_is_exact(const VQProblem& p) {  // same bits as the batch-independent path
-  VQProblem small = p;
-  small.M = 0;
-  return onnxvq::kernels::choose_path(small) != onnxvq::kernels::VQPath::kFastScan;
+// A host GEMM the way the op lends ONNX Runtime's: plain double sums (another order than the
+// built-in one), honouring w_nk, so the tests see the driver's tile layout and the host branch.
+void reference_gemm(void*, size_t M, size_t K, size_t N, const float* x, const float* w, bool w_nk,
+                    float* y) {
+  for (size_t m = 0; m < M; ++m)
+    for (size_t n = 0; n < N; ++n) {
+      double sum = 0.0;
+      for (size_t k = 0; k < K; ++k) sum += double(x[m * K + k]) * (w_nk ? w[n * K + k] : w[k * N + n]);
+      y[m * N + n] = static_cast<float>(sum);
+    }
 }
 
-// Layouts with awkward tile shapes (N around the 64-output tile, K around the 64-row block)
-// at M = threshold - 1, threshold, threshold + 1: the decode path against the naive oracle,
-// and (where it reproduces the small-batch order) bit for bit against one row at a time.
-void test_decode_gemm(const KernelTable& kernels, std::mt19937& rng) {
-  using onnxvq::kernels::VQPath;
-  int cases = 0, decoded = 0;
+// Layouts with awkward tile shapes (K around the 128-input depth chunk, N around output
+// tiles, d longer than a chunk) at M = threshold, threshold + 1: the tile path, with the
+// built-in GEMM and with a host GEMM, against the naive oracle; below the threshold the
+// small path agrees within the fp32 tier (plus the uint8 tables' step where they are used).
+void test_tile_gemm(const KernelTable& kernels, std::mt19937& rng) {
+  int tiled = 0;
   for (int i = 0; i < scaled(400); ++i) {
     auto pick = [&](std::initializer_list<size_t> values) {
       return *(values.begin() + rng() % values.size());
     };
     Case c;
     VQProblem& p = c.p;
-    p.K = pick({1, 5, 31, 63, 64, 65, 130});
+    p.K = pick({1, 5, 31, 127, 128, 129, 300});
     p.N = pick({1, 7, 63, 64, 65, 130});
-    p.bits = static_cast<unsigned>(pick({1, 1, 2, 4, 4, 8}));
-    p.d = pick({1, 1, 2, 3, 4, 8, 70});  // 70: one subvector longer than a 64-row block
+    p.bits = static_cast<unsigned>(pick({1, 1, 2, 3, 4, 4, 5, 7, 8}));
+    p.d = pick({1, 1, 2, 3, 4, 8, 130});  // 130: one subvector longer than a depth chunk
     p.T = pick({1, 1, 2});
     p.axis = static_cast<int>(rng() % 3 == 0);
     if (p.bits == 1 && rng() % 2) p.d = 1, p.T = 1, p.axis = 0;  // binary (bit_lut) layouts
@@ -401,100 +407,83 @@ void test_decode_gemm(const KernelTable& kernels, std::mt19937& rng) {
     if (p.axis == 0 && p.bits == 4 && rng() % 2) p.format_version = 2;
     p.exact_lut = rng() % 2;
     p.M = 1;
-    const size_t threshold = onnxvq::kernels::decode_gemm_min_rows(p);
-    if (threshold == static_cast<size_t>(-1)) continue;
-    const size_t M = threshold + 1;
-    p.M = M;
+    const size_t threshold = onnxvq::kernels::tile_gemm_min_rows(p, kernels);
+    if (threshold > 64) continue;
+    p.M = threshold + rng() % 2;
     fill_case(c, rng);
-    onnxvq::kernels::vq_matmul(p, {}, kernels);
-    const std::string path = onnxvq::kernels::path_name(onnxvq::kernels::choose_path(p));
-    EXPECT(path == "decode_gemm", "M=%zu threshold=%zu path=%s", M, threshold, path.c_str());
-    ++decoded;
     const std::vector<double> expected = naive_matmul(c);
     double scale = 1.0;
     for (double v : expected) scale = std::max(scale, std::abs(v));
-    for (size_t e = 0; e < expected.size(); ++e)
-      if (!(std::abs(double(c.y[e]) - expected[e]) <= 1e-5 * scale)) {
-        EXPECT(false, "decode_gemm vs oracle: axis=%d K=%zu N=%zu bits=%u d=%zu T=%zu gs=%zu M=%zu "
-               "y[%zu]=%g expected %g", p.axis, p.K, p.N, p.bits, p.d, p.T, p.group_size, M, e,
-               c.y[e], expected[e]);
-        break;
-      }
-    // Fewer rows: threshold - 1 (the small path), threshold (decode), and single rows.
-    const bool exact = decode_is_exact(p);
-    for (size_t rows : {threshold - 1, threshold, size_t{1}}) {
-      if (rows == 0) continue;
-      VQProblem q = p;
-      q.M = rows;
-      std::vector<float> y(rows * p.N);
-      q.y = y.data();
-      onnxvq::kernels::vq_matmul(q, {}, kernels);
-      for (size_t e = 0; e < y.size(); ++e) {
-        const bool ok = exact ? std::memcmp(&y[e], &c.y[e], sizeof(float)) == 0
-                              : std::abs(double(y[e]) - expected[e]) <=
-                                    1e-5 * scale + (0.5 * p.T * p.S + 1.0) * max_lut_step(c) * 1.01;
-        if (!ok) {
-          EXPECT(false, "%s: M=%zu vs M=%zu rows differ (exact=%d): axis=%d K=%zu N=%zu bits=%u "
-                 "d=%zu T=%zu fmt=%d y[%zu]=%g vs %g", kernels.name, rows, M, exact, p.axis, p.K,
-                 p.N, p.bits, p.d, p.T, p.format_version, e, y[e], c.y[e]);
+    const std::string path = onnxvq::kernels::path_name(onnxvq::kernels::choose_path(p, kernels));
+    EXPECT(path == "tile_gemm", "M=%zu threshold=%zu path=%s", p.M, threshold, path.c_str());
+    for (bool host : {false, true}) {
+      const onnxvq::kernels::DenseGemm gemm{host ? reference_gemm : nullptr, nullptr};
+      std::fill(c.y.begin(), c.y.end(), std::nanf(""));
+      onnxvq::kernels::vq_matmul(p, {}, kernels, gemm);
+      for (size_t e = 0; e < expected.size(); ++e)
+        if (!(std::abs(double(c.y[e]) - expected[e]) <= 1e-5 * scale)) {
+          EXPECT(false, "%s tile_gemm (host=%d) vs oracle: axis=%d K=%zu N=%zu bits=%u d=%zu T=%zu "
+                 "gs=%zu fmt=%d M=%zu y[%zu]=%g expected %g", kernels.name, host, p.axis, p.K, p.N,
+                 p.bits, p.d, p.T, p.group_size, p.format_version, p.M, e, c.y[e], expected[e]);
           break;
         }
-      }
     }
-    ++cases;
+    if (threshold > 1) {  // one row less: the small path, the same outputs within tolerance
+      VQProblem q = p;
+      q.M = threshold - 1;
+      std::vector<float> y(q.M * p.N);
+      q.y = y.data();
+      onnxvq::kernels::vq_matmul(q, {}, kernels);
+      const double lut_step = p.format_version == 2 && !p.exact_lut ? max_lut_step(c) : 0.0;
+      for (size_t e = 0; e < y.size(); ++e)
+        if (!(std::abs(double(y[e]) - expected[e]) <= 1e-5 * scale + (0.5 * p.T * p.S + 1.0) * lut_step * 1.01)) {
+          EXPECT(false, "%s: M=%zu (small path) vs oracle: axis=%d K=%zu N=%zu bits=%u d=%zu fmt=%d "
+                 "y[%zu]=%g expected %g", kernels.name, q.M, p.axis, p.K, p.N, p.bits, p.d,
+                 p.format_version, e, y[e], expected[e]);
+          break;
+        }
+    }
+    ++tiled;
   }
-  std::printf("%s: %d decode-GEMM cases (M = threshold-1, threshold, threshold+1) passed\n",
-              kernels.name, decoded);
+  EXPECT(tiled >= scaled(400) / 4, "%s: only %d tile-GEMM cases", kernels.name, tiled);
+  std::printf("%s: %d tile-GEMM cases (built-in and host GEMM) passed\n", kernels.name, tiled);
 }
 
-// The micro-kernel alone against scalar: bit-identical for kGemmExact, kGemmMask and
-// kGemmFma; kGemmLut follows each table's build_lut (avx2: pairwise at d = 4, 8), within
-// 1e-5 of the output scale.
-void test_decode_gemm_micro_kernel(const KernelTable& simd, std::mt19937& rng) {
+// The tile path's micro-kernels alone against scalar, bit for bit: dense_gemm on tail shapes
+// and decode_codes for every width from every start (streams sized exactly, so a sanitizer
+// build sees any read past the last byte that holds a requested code).
+void test_tile_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
   using namespace onnxvq::kernels;
   const KernelTable& scalar = scalar_kernel_table();
   std::normal_distribution<float> normal;
   int cases = 0;
-  for (int i = 0; i < scaled(300); ++i) {
-    const int mode = static_cast<int>(rng() % 4);
-    const size_t rows = 1 + rng() % 14, cols = 8 * (1 + rng() % 9);
-    const size_t d = std::vector<size_t>{1, 2, 3, 4, 8}[rng() % 5], ncw = rng() % 2 ? 256 : 4;
-    std::vector<uint32_t> groups{0};
-    while (groups.size() < 2 + rng() % 20) {
-      const size_t len = rng() % 5 == 0 ? 1 + rng() % d : d;  // now and then a short run
-      groups.push_back(groups.back() + static_cast<uint32_t>(len));
-    }
-    const size_t tile_rows = groups.back(), xs = rows + rng() % 3;
-    std::vector<float> x(tile_rows * xs), w(tile_rows * cols), acc(rows * cols);
+  for (int i = 0; i < scaled(300); ++i, ++cases) {
+    const size_t M = 1 + rng() % 14, K = 1 + rng() % 40, N = 1 + rng() % 70, ldy = N + rng() % 3;
+    std::vector<float> x(M * K), w(K * N), want(M * ldy, 7.0f), got(M * ldy, 7.0f);
     for (auto& v : x) v = normal(rng);
-    for (auto& v : acc) v = normal(rng);
-    for (auto& v : w) {
-      v = normal(rng);
-      if (mode == kGemmMask) {
-        const uint32_t bits = rng() % 2 ? 0xffffffffu : 0u;
-        std::memcpy(&v, &bits, sizeof v);
-      }
-    }
-    std::vector<float> want = acc, got = acc;
-    scalar.decode_gemm(x.data(), xs, rows, groups.data(), groups.size() - 1, tile_rows, w.data(),
-                       cols, mode, d, ncw, want.data());
-    simd.decode_gemm(x.data(), xs, rows, groups.data(), groups.size() - 1, tile_rows, w.data(),
-                     cols, mode, d, ncw, got.data());
-    double scale = 1.0;
-    for (float v : want) scale = std::max(scale, double(std::abs(v)));
-    for (size_t e = 0; e < want.size(); ++e) {
-      const bool ok = mode == kGemmLut
-                          ? std::abs(double(got[e]) - want[e]) <= 1e-5 * scale * std::sqrt(double(tile_rows))
-                          : std::memcmp(&got[e], &want[e], sizeof(float)) == 0;
-      if (!ok) {
-        EXPECT(false, "%s decode_gemm mode=%d rows=%zu cols=%zu d=%zu tile_rows=%zu acc[%zu]=%g "
-               "scalar %g", simd.name, mode, rows, cols, d, tile_rows, e, got[e], want[e]);
-        break;
-      }
-    }
-    ++cases;
+    for (auto& v : w) v = normal(rng);
+    scalar.dense_gemm(x.data(), M, K, w.data(), N, want.data(), ldy);
+    simd.dense_gemm(x.data(), M, K, w.data(), N, got.data(), ldy);
+    EXPECT(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0,
+           "%s dense_gemm M=%zu K=%zu N=%zu ldy=%zu differs from scalar", simd.name, M, K, N, ldy);
   }
-  std::printf("%s: %d decode-GEMM micro-kernel cases agree with scalar\n", simd.name, cases);
+  for (unsigned bits = 1; bits <= 8; ++bits)
+    for (int i = 0; i < scaled(100); ++i, ++cases) {
+      const uint64_t first = rng() % 40;
+      const size_t count = rng() % 90, rows = 1 + rng() % 3, stride = count + rng() % 5;
+      const uint64_t codes = first + (rows - 1) * stride + count;  // one past the last code read
+      std::vector<uint8_t> stream(std::max<uint64_t>(1, (codes * bits + 7) / 8));
+      for (auto& b : stream) b = static_cast<uint8_t>(rng());
+      std::vector<float> book(size_t{1} << bits);
+      for (auto& v : book) v = normal(rng);
+      std::vector<float> want(rows * count), got(rows * count);
+      scalar.decode_codes(stream.data(), first, stride, rows, count, bits, book.data(), want.data());
+      simd.decode_codes(stream.data(), first, stride, rows, count, bits, book.data(), got.data());
+      EXPECT(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0,
+             "%s decode_codes bits=%u first=%llu rows=%zu count=%zu differs from scalar", simd.name,
+             bits, static_cast<unsigned long long>(first), rows, count);
+    }
+  std::printf("%s: %d tile-GEMM micro-kernel cases equal to scalar\n", simd.name, cases);
 }
 
 // --- the uint8 fast-scan guard ------------------------------------------------------------
@@ -638,7 +627,7 @@ int main() {
   test_unpack_codes(scalar, rng);
   test_against_oracle(scalar, rng);
   test_threads_do_not_change_bits(scalar, rng);
-  test_decode_gemm(scalar, rng);
+  test_tile_gemm(scalar, rng);
   test_fastscan_guard(rng);
   // Every other table this build has and this CPU runs must agree with the scalar one
   // (under qemu on AArch64 that includes NEON; AVX-512 only on CPUs that have it).
@@ -651,8 +640,8 @@ int main() {
     test_threads_do_not_change_bits(*tables[i], rng);
     test_fastscan_micro_kernels(*tables[i], rng);
     test_shapes_against_scalar(*tables[i], rng);
-    test_decode_gemm(*tables[i], rng);
-    test_decode_gemm_micro_kernel(*tables[i], rng);
+    test_tile_gemm(*tables[i], rng);
+    test_tile_micro_kernels(*tables[i], rng);
     test_guard_simd_matches_scalar(*tables[i], rng);
   }
   g_failures += run_gather_tests(tables, count);
