@@ -11,6 +11,7 @@
 #include <cstring>
 #include <exception>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -111,6 +112,15 @@ struct Context {
 
 void build_luts(const Context& c, size_t m0, size_t rows, size_t g, float* luts) {
   const VQProblem& p = c.p;
+  if (p.d == 1 && !p.per_subspace) {  // scalar codebooks: a whole (m, t) per call
+    const Blocks blocks = Blocks::split(rows * p.T, task_count(double(rows) * p.T * p.S * c.ncw));
+    run_tasks(c.runner, blocks.count, [&](size_t task) {
+      for (size_t u = blocks.begin(task); u < blocks.end(task); ++u)
+        c.k.build_lut_d1(p.x + (m0 + u / p.T) * p.K, p.S, c.codebook(u % p.T, 0, g), c.ncw,
+                         luts + u * p.S * c.ncw);
+    });
+    return;
+  }
   const size_t units = rows * p.T * p.S;  // one unit: the 2^bits entries of one (m, t, s)
   const Blocks blocks = Blocks::split(units, task_count(double(units) * c.ncw * p.d));
   run_tasks(c.runner, blocks.count, [&](size_t task) {
@@ -400,7 +410,10 @@ void run_direct_axis1(const Context& c) {
 //   y[m][n] = F[m][n] (+ bias[n])                           (float tables)
 // A row whose tables are not finite (inf/NaN inputs) takes the float tables, so non-finite
 // values propagate as in the other paths; so does a row whose uint8 tables the guard
-// (fastscan_uint8_error, vq_kernel.h) estimates too coarse.
+// (fastscan_uint8_error, vq_kernel.h) estimates too coarse. Only those rows pay for the float
+// tables. When a chunk has as many rejected rows as the float tables' tile threshold, they
+// go to the tile GEMM instead (tile_gemm_rows); when more than 1 in 16 rows of the first
+// chunk is rejected (transformer activations), the whole input does (run_tile_gemm_path).
 
 std::atomic<uint64_t> g_uint8_rows{0}, g_exact_rows{0};  // onnxvq_fastscan_row_counts
 
@@ -409,7 +422,60 @@ bool fastscan_covers(const VQProblem& p) {
          (p.row_groups() == 1 || p.group_size % kFastScanBlockRows == 0);
 }
 
-void run_fastscan_path(const Context& c, bool exact) {
+void run_tile_gemm_path(const Context& c, const DenseGemm& host);
+
+// fastscan_uint8_error() for scalar codebooks (d = 1, one stage, 16 codewords), from the
+// row's inputs and the codebook's order statistics instead of its 16 * K table values: table
+// s is x[s] * codebook, so its range is |x[s]| (c1 - c16) and its 3rd-largest minus
+// 3rd-smallest |x[s]| (c3 - c14) for the sorted codewords c1 >= ... >= c16. The same
+// estimate up to the tables' rounding, in scalar double: the same choice on every ISA.
+double scalar_codebook_uint8_error(const float* x, size_t count, const float* codebook) {
+  double sorted[kFastScanCodewords];
+  for (size_t c = 0; c < kFastScanCodewords; ++c) sorted[c] = codebook[c];
+  std::sort(sorted, sorted + kFastScanCodewords);
+  const double full = sorted[kFastScanCodewords - 1] - sorted[0];
+  const double inner = sorted[kFastScanCodewords - 3] - sorted[2];
+  if (!std::isfinite(full)) return std::numeric_limits<double>::infinity();
+  double widest = 0.0, spread = 0.0;
+  size_t varying = 0;
+  for (size_t s = 0; s < count; ++s) {
+    const double a = std::abs(static_cast<double>(x[s]));
+    if (!std::isfinite(a)) return std::numeric_limits<double>::infinity();
+    widest = std::max(widest, a * full);
+    varying += a * full > 0.0;
+    spread += (a * inner) * (a * inner);
+  }
+  if (widest == 0.0) return 0.0;
+  if (!(spread > 0.0)) return std::numeric_limits<double>::infinity();
+  return widest / 255.0 * std::sqrt(static_cast<double>(varying) / spread);
+}
+
+size_t tile_threshold(const VQProblem& p, VQPath small, const KernelTable& kernels);
+
+// Rows the uint8 guard rejects need exact arithmetic; when a chunk has as many of them as the
+// float tables' tile-GEMM threshold, the tile GEMM computes them (gathered into a dense X)
+// instead of the slower float tables. Which rows go there depends only on the rows' own
+// tables (and, for the all-or-nothing switch in run_fastscan_path, on the first chunk's),
+// never on the thread count.
+void tile_gemm_rows(const Context& c, const DenseGemm& host, size_t m0, const char* state,
+                    size_t rows) {
+  const VQProblem& p = c.p;
+  std::vector<size_t> picked;
+  for (size_t m = 0; m < rows; ++m)
+    if (state[m] == 2) picked.push_back(m0 + m);
+  std::vector<float> x(picked.size() * p.K), y(picked.size() * p.N);
+  for (size_t i = 0; i < picked.size(); ++i)
+    std::copy(p.x + picked[i] * p.K, p.x + (picked[i] + 1) * p.K, &x[i * p.K]);
+  VQProblem sub = p;
+  sub.M = picked.size();
+  sub.x = x.data();
+  sub.y = y.data();
+  run_tile_gemm_path(Context(sub, c.k, c.runner), host);
+  for (size_t i = 0; i < picked.size(); ++i)
+    std::copy(&y[i * p.N], &y[(i + 1) * p.N], p.y + picked[i] * p.N);
+}
+
+void run_fastscan_path(const Context& c, bool exact, const DenseGemm& host) {
   const VQProblem& p = c.p;
   const size_t E = p.entries();
   const size_t lut_row = E * kFastScanCodewords;  // floats (and uint8 entries) per row
@@ -419,14 +485,34 @@ void run_fastscan_path(const Context& c, bool exact) {
   const size_t blocks_per_group =
       c.Gr == 1 ? p.fastscan_blocks() : p.group_size / kFastScanBlockRows;
 
-  std::vector<float> luts(chunk * lut_row);
-  std::vector<uint8_t> qluts(exact ? 0 : chunk * q_stride, 0);  // padding stays zero
+  // Uninitialized (a chunk's tables are megabytes, rebuilt on every call); only the uint8
+  // tables' padding must be zero.
+  const std::unique_ptr<float[]> lut_memory(new float[chunk * lut_row]);
+  const std::unique_ptr<uint8_t[]> qlut_memory(new uint8_t[exact ? 1 : chunk * q_stride]);
+  float* const luts = lut_memory.get();
+  uint8_t* const qluts = qlut_memory.get();
+  for (size_t m = 0; m < chunk && !exact; ++m)
+    std::memset(qluts + m * q_stride + lut_row, 0, q_stride - lut_row);
   std::vector<float> scale(chunk), offset(chunk);
-  std::vector<char> quantized(chunk);
+  std::vector<char> quantized(chunk);  // per row: 1 uint8 tables, 0 float tables, 2 tile GEMM
+  const size_t tile_rows = exact || c.Gr != 1 ? kNever : tile_threshold(p, VQPath::kFastScanExact, c.k);
+  const bool scalar_books = p.d == 1 && p.T == 1 && !p.per_subspace;
+  if (scalar_books && p.M >= tile_rows) {
+    // Scalar codebooks: the guard needs no tables, so the switch below is decided first.
+    const size_t rows = std::min(chunk, p.M), limit_rows = rows / 16;
+    size_t rejected = 0;
+    for (size_t m = 0; m < rows && rejected <= limit_rows; ++m)
+      rejected += !(scalar_codebook_uint8_error(p.x + m * p.K, p.K, c.codebook(0, 0, 0)) <=
+                    fastscan_max_rel_error());
+    if (rejected > limit_rows) {
+      g_exact_rows.fetch_add(p.M, std::memory_order_relaxed);
+      return run_tile_gemm_path(c, host);
+    }
+  }
   for (size_t m0 = 0; m0 < p.M; m0 += chunk) {
     const size_t rows = std::min(chunk, p.M - m0);
     for (size_t g = 0; g < c.Gr; ++g) {
-      build_luts(c, m0, rows, g, luts.data());
+      build_luts(c, m0, rows, g, luts);
       if (!exact) {
         // The guard decides per row from its own tables (the same on every table and
         // thread count); a row it rejects is never quantized and takes the float tables.
@@ -434,15 +520,29 @@ void run_fastscan_path(const Context& c, bool exact) {
         run_tasks(c.runner, task_count(double(rows) * lut_row * 4), [&](size_t task) {
           const Blocks b = Blocks::split(rows, task_count(double(rows) * lut_row * 4));
           for (size_t m = b.begin(task); m < b.end(task); ++m) {
-            const float* row = luts.data() + m * lut_row;
-            quantized[m] = fastscan_uint8_error(row, E) <= limit &&
-                           c.k.quantize_luts(row, E, qluts.data() + m * q_stride, &scale[m],
+            const float* row = luts + m * lut_row;
+            const double error =
+                scalar_books ? scalar_codebook_uint8_error(p.x + (m0 + m) * p.K, p.K, c.codebook(0, 0, g))
+                             : fastscan_uint8_error(row, E);
+            quantized[m] = error <= limit &&
+                           c.k.quantize_luts(row, E, qluts + m * q_stride, &scale[m],
                                              &offset[m]);
           }
         });
         const size_t fast = static_cast<size_t>(std::count(quantized.begin(), quantized.begin() + rows, 1));
+        // Inputs whose first chunk the guard mostly rejects (transformer activations) would
+        // run mostly on float tables: the tile GEMM computes all of them instead. MiniLM at
+        // batch 1 (36 rows): km4 233 ms routed row by row, 64 ms all on the tile path.
+        if (m0 == 0 && g == 0 && p.M >= tile_rows && 16 * (rows - fast) > rows) {
+          g_exact_rows.fetch_add(p.M, std::memory_order_relaxed);
+          return run_tile_gemm_path(c, host);
+        }
         g_uint8_rows.fetch_add(fast, std::memory_order_relaxed);
         g_exact_rows.fetch_add(rows - fast, std::memory_order_relaxed);
+        if (rows - fast >= tile_rows) {
+          for (size_t m = 0; m < rows; ++m) quantized[m] = quantized[m] ? 1 : 2;
+          tile_gemm_rows(c, host, m0, quantized.data(), rows);
+        }
       }
       const size_t first_block = g * blocks_per_group;
       const size_t num_blocks = std::min(blocks_per_group, p.fastscan_blocks() - first_block);
@@ -451,18 +551,26 @@ void run_fastscan_path(const Context& c, bool exact) {
       run_tasks(c.runner, blocks.count, [&](size_t task) {
         std::vector<uint32_t> sums(exact ? 0 : rows * kFastScanBlockRows);
         std::vector<float> fsums(rows * kFastScanBlockRows);
-        bool all_quantized = !exact;
-        for (size_t m = 0; m < rows && all_quantized; ++m) all_quantized = quantized[m];
+        bool all_quantized = !exact;  // no row needs the float tables
+        for (size_t m = 0; m < rows && all_quantized; ++m) all_quantized = quantized[m] != 0;
         for (size_t b = first_block + blocks.begin(task); b < first_block + blocks.end(task); ++b) {
           const uint8_t* codes = p.codes + b * E * kFastScanGroupBytes;
           const size_t n0 = b * kFastScanBlockRows;
           const size_t count = std::min(kFastScanBlockRows, p.N - n0);
-          if (!exact) c.k.fastscan_u8(codes, E, qluts.data(), q_stride, rows, sums.data());
-          if (!all_quantized) c.k.fastscan_f32(codes, E, luts.data(), lut_row, rows, fsums.data());
+          if (!exact) c.k.fastscan_u8(codes, E, qluts, q_stride, rows, sums.data());
+          if (exact) {
+            c.k.fastscan_f32(codes, E, luts, lut_row, rows, fsums.data());
+          } else if (!all_quantized) {  // only the rows on float tables pay for them
+            for (size_t m = 0; m < rows; ++m)
+              if (quantized[m] == 0)
+                c.k.fastscan_f32(codes, E, luts + m * lut_row, lut_row, 1,
+                                 fsums.data() + m * kFastScanBlockRows);
+          }
           for (size_t m = 0; m < rows; ++m) {
+            if (!exact && quantized[m] == 2) continue;  // computed by the tile GEMM
             float* y = p.y + (m0 + m) * p.N + n0;
             const size_t at = m * kFastScanBlockRows;
-            if (!exact && quantized[m]) {
+            if (!exact && quantized[m] == 1) {
               for (size_t i = 0; i < count; ++i)
                 y[i] = (scale[m] * static_cast<float>(sums[at + i]) + offset[m]) + c.bias(n0 + i);
             } else {
@@ -783,12 +891,12 @@ struct TileGemmThreshold {
 };
 constexpr size_t kAnyD = static_cast<size_t>(-1);
 constexpr TileGemmThreshold kTileGemmThresholds[] = {
-    // uint8 fast-scan: on random inputs the tile path wins only from 64 rows (d = 1) or never
-    // (d >= 2), but rows the uint8 guard rejects (transformer activations: most MiniLM rows)
-    // run on float tables, so fast-scan takes the float-table thresholds. MiniLM batch 1
-    // (36 rows), km4: 436 ms on fast-scan vs 56 ms for km5 on the tile path.
-    {VQPath::kFastScan, 4, 4, 1, 1, nullptr, 8},
-    {VQPath::kFastScan, 4, 4, 2, kAnyD, nullptr, 32},
+    // uint8 fast-scan: rows the guard rejects (transformer activations: most MiniLM rows) go
+    // to the tile GEMM inside the fast-scan path once there are as many as the float-table
+    // rows below say (run_fastscan_path); before that, MiniLM batch 1 (36 rows) with km4 took
+    // 436 ms on float tables vs 64 ms on the tile path.
+    {VQPath::kFastScan, 4, 4, 1, 1, nullptr, 64},
+    {VQPath::kFastScan, 4, 4, 2, kAnyD, nullptr, kNever},
     {VQPath::kFastScanExact, 4, 4, 1, 1, nullptr, 8},       // km4: 0.75 at 8, 1.39 at 4
     {VQPath::kFastScanExact, 4, 4, 2, kAnyD, nullptr, 32},  // pq4-d4: 0.97 at 32, 1.47 at 16
     {VQPath::kLut, 1, 8, 1, kAnyD, nullptr, 8},
@@ -810,12 +918,16 @@ size_t measured_min_rows(const VQProblem& p, VQPath small, const KernelTable& ke
   }
   return best ? best->min_rows : kNever;
 }
+// The table's row for `small`, or ONNXVQ_TILE_GEMM_MIN_ROWS when set.
+size_t tile_threshold(const VQProblem& p, VQPath small, const KernelTable& kernels) {
+  static const size_t forced = env_size("ONNXVQ_TILE_GEMM_MIN_ROWS");
+  return forced ? forced : measured_min_rows(p, small, kernels);
+}
+
 }  // namespace
 
 size_t tile_gemm_min_rows(const VQProblem& p, const KernelTable& kernels) {
-  static const size_t forced = env_size("ONNXVQ_TILE_GEMM_MIN_ROWS");
-  if (forced) return forced;
-  return measured_min_rows(p, choose_small_path(p), kernels);
+  return tile_threshold(p, choose_small_path(p), kernels);
 }
 
 VQPath choose_path(const VQProblem& p, const KernelTable& kernels) {
@@ -849,8 +961,8 @@ void vq_matmul(const VQProblem& problem, const TaskRunner& runner, const KernelT
     case VQPath::kColumnBuckets: return run_column_buckets_path(context);
     case VQPath::kDirect:
       return problem.axis == 0 ? run_direct_axis0(context) : run_direct_axis1(context);
-    case VQPath::kFastScan: return run_fastscan_path(context, /*exact=*/false);
-    case VQPath::kFastScanExact: return run_fastscan_path(context, /*exact=*/true);
+    case VQPath::kFastScan: return run_fastscan_path(context, /*exact=*/false, gemm);
+    case VQPath::kFastScanExact: return run_fastscan_path(context, /*exact=*/true, gemm);
   }
 }
 

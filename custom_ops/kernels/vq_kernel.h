@@ -104,6 +104,12 @@ struct KernelTable {
   void (*build_lut)(const float* x, size_t len, const float* codewords, size_t d,
                     size_t num_codewords, float* lut);
 
+  /// Scalar codebooks (d = 1), many subspaces at once: lut[s*num_codewords + c] =
+  /// 0.0f + x[s] * codebook[c] for s < count, c < num_codewords: what build_lut gives for
+  /// each x[s] alone, bit for bit (the 0.0f + keeps its sign of zero).
+  void (*build_lut_d1)(const float* x, size_t count, const float* codebook, size_t num_codewords,
+                       float* lut);
+
   /// For each of `rows` lookup tables (table m at luts + m*lut_row_stride, entry i's
   /// codewords at + i*num_codewords): out[m*out_stride] = sum_{i < count} table_m[i][codes[i]],
   /// summed i ascending from 0.0f.
@@ -243,7 +249,9 @@ enum class VQPath {
   kBitLut,         ///< axis 0, binary (1 bit, d == 1, shared codebook, T == 1): subset-sum byte tables
   kColumnBuckets,  ///< axis 1: bucket[s][c] = sum of x_k coded c in subspace s, y = sum_c bucket * codeword
   kDirect,         ///< any layout: y gathers codewords and multiplies directly
-  kFastScan,       ///< format 2: uint8 tables in registers, byte-shuffle lookups, 32 outputs per block
+  kFastScan,       ///< format 2: uint8 tables in registers, byte-shuffle lookups, 32 outputs per
+                   ///< block; rows the uint8 guard rejects take the float tables, or the tile
+                   ///< GEMM when a chunk has as many as the float tables' tile threshold
   kFastScanExact,  ///< format 2: float tables, same blocked codes (ONNXVQ_EXACT_LUT=1)
   kTileGemm,       ///< M >= a measured threshold (kTileGemmThresholds, vq_kernel.cc): decode
                    ///< W_hat a tile of outputs at a time (all of K, at most kTileBytes; never

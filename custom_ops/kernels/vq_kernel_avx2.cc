@@ -8,6 +8,7 @@
 //                                ascending): within a few ulp of scalar, tested at 1e-5
 //                                relative to the output scale
 //   decode_codes  bit-identical (copies codebook values)
+//   build_lut_d1  bit-identical (one multiply and the same 0.0f + per entry)
 //   dense_gemm  bit-identical: one fused multiply-add chain per output, k ascending
 //   decode_row (VQGather)  bit-identical: the same adds per element; d = 1 gathers 8
 //                          subspaces per instruction, d >= 4 adds whole codeword chunks
@@ -71,6 +72,20 @@ void build_lut_avx2(const float* x, size_t len, const float* codewords, size_t d
 
 // Vectorized over the `rows` tables (8 at a time, one gather per code), so each output
 // keeps the scalar summation order.
+// Eight codewords per multiply, one broadcast per input: the scalar products, bit for bit.
+void build_lut_d1_avx2(const float* x, size_t count, const float* codebook, size_t num_codewords,
+                       float* lut) {
+  const size_t wide = num_codewords / 8 * 8;
+  const __m256 zero = _mm256_setzero_ps();
+  for (size_t s = 0; s < count; ++s) {
+    const __m256 xs = _mm256_set1_ps(x[s]);
+    float* out = lut + s * num_codewords;
+    for (size_t c = 0; c < wide; c += 8)
+      _mm256_storeu_ps(out + c, _mm256_add_ps(zero, _mm256_mul_ps(xs, _mm256_loadu_ps(codebook + c))));
+    for (size_t c = wide; c < num_codewords; ++c) out[c] = 0.0f + x[s] * codebook[c];
+  }
+}
+
 void lut_gather_rows_avx2(const uint8_t* codes, size_t count, size_t num_codewords,
                           const float* luts, size_t lut_row_stride, size_t rows, float* out,
                           size_t out_stride) {
@@ -417,6 +432,7 @@ const KernelTable& avx2_kernel_table() {
     KernelTable t = scalar_kernel_table();
     t.name = "avx2";
     t.build_lut = build_lut_avx2;
+    t.build_lut_d1 = build_lut_d1_avx2;
     t.lut_gather_rows = lut_gather_rows_avx2;
     t.lut_gather8 = lut_gather8_avx2;
     t.quantize_luts = quantize_luts_avx2;

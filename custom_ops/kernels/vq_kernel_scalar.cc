@@ -46,6 +46,12 @@ void build_lut_scalar(const float* x, size_t len, const float* codewords, size_t
   }
 }
 
+void build_lut_d1_scalar(const float* x, size_t count, const float* codebook, size_t num_codewords,
+                         float* lut) {
+  for (size_t s = 0; s < count; ++s)
+    for (size_t c = 0; c < num_codewords; ++c) lut[s * num_codewords + c] = 0.0f + x[s] * codebook[c];
+}
+
 void lut_gather_rows_scalar(const uint8_t* codes, size_t count, size_t num_codewords,
                             const float* luts, size_t lut_row_stride, size_t rows, float* out,
                             size_t out_stride) {
@@ -206,7 +212,7 @@ void decode_row_scalar(const uint8_t* codes, size_t T, size_t S, size_t d, size_
 
 const KernelTable& scalar_kernel_table() {
   static const KernelTable table = {
-      "scalar",           unpack_codes_scalar, build_lut_scalar,     lut_gather_rows_scalar,
+      "scalar",           unpack_codes_scalar, build_lut_scalar,     build_lut_d1_scalar, lut_gather_rows_scalar,
       lut_gather8_scalar, scatter_add_scalar,  bucket_dot_scalar,    dot_scalar,
       axpy_scalar,
       quantize_luts_scalar, fastscan_u8_scalar, fastscan_f32_scalar,

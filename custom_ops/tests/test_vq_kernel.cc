@@ -483,6 +483,16 @@ void test_tile_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
              "%s decode_codes bits=%u first=%llu rows=%zu count=%zu differs from scalar", simd.name,
              bits, static_cast<unsigned long long>(first), rows, count);
     }
+  for (int i = 0; i < scaled(200); ++i, ++cases) {  // scalar-codebook tables, signed zeros too
+    const size_t count = rng() % 70, ncw = size_t{1} << (1 + rng() % 8);
+    std::vector<float> x(count), book(ncw), want(count * ncw), got(count * ncw);
+    for (auto& v : x) v = rng() % 7 == 0 ? -0.0f : normal(rng);
+    for (auto& v : book) v = rng() % 7 == 0 ? 0.0f : normal(rng);
+    scalar.build_lut_d1(x.data(), count, book.data(), ncw, want.data());
+    simd.build_lut_d1(x.data(), count, book.data(), ncw, got.data());
+    EXPECT(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0,
+           "%s build_lut_d1 count=%zu codewords=%zu differs from scalar", simd.name, count, ncw);
+  }
   std::printf("%s: %d tile-GEMM micro-kernel cases equal to scalar\n", simd.name, cases);
 }
 
@@ -574,6 +584,33 @@ void test_fastscan_guard(std::mt19937& rng) {
            static_cast<unsigned long long>(exact));
     EXPECT(rel_error(c.y, naive_matmul(c)) <= kUint8TierRtol, "guard: ordinary rows d=%zu", d);
   }
+  // Rejected rows go to the tile GEMM: a few of them (every fifth row, at least the float
+  // tables' tile threshold: 8 at d = 1, 32 at d >= 2) gathered next to uint8 rows; most of
+  // them (every other row) switch the whole input. Both exact, the same bits with threads.
+  for (size_t d : {1u, 4u})
+    for (size_t every : {5u, 2u}) {
+      const size_t M = d == 1 ? 60 : 200;  // d = 1 takes the tile path outright from 64 rows
+      Case c = guard_case(rng, M, 515, 65, d, d > 1, 0, 1.0f, false);
+      for (size_t m = 0; m < M; m += every)
+        for (size_t i = 0; i < 3; ++i) c.x[m * 515 + (i * 7919 + 3) % 515] *= 100.0f;
+      onnxvq_fastscan_row_counts(nullptr, nullptr, 1);
+      vq_matmul(c.p, {}, scalar);
+      onnxvq_fastscan_row_counts(&fast, &exact, 1);
+      const size_t outliers = (M + every - 1) / every;
+      const bool switched = every == 2;
+      EXPECT(switched ? fast == 0 && exact == M
+                      : fast + exact == M && exact >= outliers * 9 / 10 && exact >= (d == 1 ? 8u : 32u),
+             "guard to tile: d=%zu every %zu: uint8 %llu exact %llu of %zu rows", d, every,
+             static_cast<unsigned long long>(fast), static_cast<unsigned long long>(exact), M);
+      const std::vector<double> ref = naive_matmul(c);
+      EXPECT(rel_error(c.y, ref) <= kUint8TierRtol, "guard to tile: d=%zu error %g", d, rel_error(c.y, ref));
+      const std::vector<float> serial = c.y;
+      TaskRunner runner;
+      runner.run = threaded_run;
+      vq_matmul(c.p, runner, scalar);
+      EXPECT(std::memcmp(serial.data(), c.y.data(), serial.size() * sizeof(float)) == 0,
+             "guard to tile: d=%zu every %zu: threads change bits", d, every);
+    }
   // The estimate: 0 for constant tables, +inf for non-finite ones.
   std::vector<float> flat(3 * 16, 2.5f);
   EXPECT(fastscan_uint8_error(flat.data(), 3) == 0.0, "constant tables");
