@@ -44,7 +44,7 @@ class OrtGemm {
   static void run(void* call_data, size_t M, size_t K, size_t N, const float* x, const float* w,
                   bool w_nk, float* y) {
     const Call& call = *static_cast<const Call*>(call_data);
-    const Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+    const Ort::MemoryInfo& cpu = call.gemm->cpu_;
     const std::array<int64_t, 2> x_shape{int64_t(M), int64_t(K)}, y_shape{int64_t(M), int64_t(N)};
     const std::array<int64_t, 2> w_shape = w_nk ? std::array<int64_t, 2>{int64_t(N), int64_t(K)}
                                                 : std::array<int64_t, 2>{int64_t(K), int64_t(N)};
@@ -60,6 +60,8 @@ class OrtGemm {
   }
 
   Ort::Op nk_, kn_;
+  // Describes the tensors wrapped around our buffers; made once, not per call (hundreds per MatMul).
+  Ort::MemoryInfo cpu_ = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
 };
 
 }  // namespace onnxvq::op_common

@@ -497,6 +497,11 @@ void run_fastscan_path(const Context& c, bool exact, const DenseGemm& host) {
   std::vector<char> quantized(chunk);  // per row: 1 uint8 tables, 0 float tables, 2 tile GEMM
   const size_t tile_rows = exact || c.Gr != 1 ? kNever : tile_threshold(p, VQPath::kFastScanExact, c.k);
   const bool scalar_books = p.d == 1 && p.T == 1 && !p.per_subspace;
+  // The switch to the tile GEMM for inputs the guard mostly rejects (see below).
+  auto all_on_tile_gemm = [&] {
+    g_exact_rows.fetch_add(p.M, std::memory_order_relaxed);
+    run_tile_gemm_path(c, host);
+  };
   if (scalar_books && p.M >= tile_rows) {
     // Scalar codebooks: the guard needs no tables, so the switch below is decided first.
     const size_t rows = std::min(chunk, p.M), limit_rows = rows / 16;
@@ -504,10 +509,7 @@ void run_fastscan_path(const Context& c, bool exact, const DenseGemm& host) {
     for (size_t m = 0; m < rows && rejected <= limit_rows; ++m)
       rejected += !(scalar_codebook_uint8_error(p.x + m * p.K, p.K, c.codebook(0, 0, 0)) <=
                     fastscan_max_rel_error());
-    if (rejected > limit_rows) {
-      g_exact_rows.fetch_add(p.M, std::memory_order_relaxed);
-      return run_tile_gemm_path(c, host);
-    }
+    if (rejected > limit_rows) return all_on_tile_gemm();
   }
   for (size_t m0 = 0; m0 < p.M; m0 += chunk) {
     const size_t rows = std::min(chunk, p.M - m0);
@@ -533,10 +535,7 @@ void run_fastscan_path(const Context& c, bool exact, const DenseGemm& host) {
         // Inputs whose first chunk the guard mostly rejects (transformer activations) would
         // run mostly on float tables: the tile GEMM computes all of them instead. MiniLM at
         // batch 1 (36 rows): km4 233 ms routed row by row, 64 ms all on the tile path.
-        if (m0 == 0 && g == 0 && p.M >= tile_rows && 16 * (rows - fast) > rows) {
-          g_exact_rows.fetch_add(p.M, std::memory_order_relaxed);
-          return run_tile_gemm_path(c, host);
-        }
+        if (m0 == 0 && g == 0 && p.M >= tile_rows && 16 * (rows - fast) > rows) return all_on_tile_gemm();
         g_uint8_rows.fetch_add(fast, std::memory_order_relaxed);
         g_exact_rows.fetch_add(rows - fast, std::memory_order_relaxed);
         if (rows - fast >= tile_rows) {
