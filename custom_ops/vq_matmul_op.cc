@@ -8,6 +8,7 @@
 // Names and numbers come from generated/vq_schema.h (python -m onnxvq.ops.schema).
 #include "vq_op_common.h"
 #include "ort_gemm.h"
+#include <cstdlib>
 
 #include <cstddef>
 #include <cstdint>
@@ -118,8 +119,9 @@ void VQMatMulKernel::Compute(OrtKernelContext* raw_context) const {
   problem.bias = bias ? bias.GetTensorData<float>() : nullptr;
   problem.y = y.GetTensorMutableData<float>();
   const op_common::OrtGemm::Call gemm = gemm_.in(raw_context);
+  static const bool builtin_only = std::getenv("ONNXVQ_BUILTIN_GEMM") != nullptr;  // benchmarks
   kernels::vq_matmul(problem, op_common::ort_task_runner(raw_context),
-                     kernels::active_kernel_table(), gemm.dense());
+                     kernels::active_kernel_table(), builtin_only ? kernels::DenseGemm{} : gemm.dense());
 }
 
 // --- C boundary helpers -------------------------------------------------------------------

@@ -609,39 +609,62 @@ constexpr size_t kTileScratchBytes = size_t{512} << 10;  // partial products + s
 // W_hat[k0 + j][n0 + i] (N x K, the GEMM's w_nk), axis 1 as tile[j*count + i] (K x N).
 // Chunks start at subspace boundaries along the axis the subvectors run on (k0 on axis 0,
 // n0 on axis 1), so each row of M's piece is whole subspaces (the last may be cut by L).
-void decode_tile(const Context& c, size_t k0, size_t depth, size_t n0, size_t count,
-                 float* tile) {
+// Rows [i0, i1) of the tile (serial; decode_tile runs them as tasks).
+void decode_tile_rows(const Context& c, size_t k0, size_t depth, size_t n0, size_t count,
+                      size_t i0, size_t i1, float* tile) {
   const VQProblem& p = c.p;
   const size_t stage_stride = c.Gs * c.Gr * c.ncw * p.d;
   const size_t subspace_stride = p.per_subspace ? c.Gr * c.ncw * p.d : 0;
   const bool by_output = p.axis == 0;                  // rows of M are outputs
-  const size_t rows = by_output ? count : depth;       // rows of M in the tile
   const size_t first_row = by_output ? n0 : k0;
   const size_t along = by_output ? k0 : n0;            // offset along a row of M
   const size_t length = by_output ? depth : count;     // floats per row of M in the tile
   const size_t s0 = along / p.d, width = ceil_div(along + length, p.d) - s0;
   // Scalar codebooks (k-means, binary) in a format-1 stream decode straight from the stream.
   const bool scalar_codes = p.format_version == 1 && p.d == 1 && p.T == 1 && !p.per_subspace;
-  const Blocks blocks = Blocks::split(rows, task_count(double(rows) * length * p.T));
-  run_tasks(c.runner, blocks.count, [&](size_t task) {
-    std::vector<uint8_t> codes(scalar_codes ? 0 : p.T * width);
-    for (size_t i = blocks.begin(task); i < blocks.end(task); ++i) {
-      const size_t r = first_row + i;
-      if (scalar_codes) {  // the rest of this task's rows in r's row group, in one call
-        const size_t last = std::min(first_row + blocks.end(task), c.group_end(c.group_of_row(r)));
-        c.k.decode_codes(p.codes, static_cast<uint64_t>(r) * p.S + s0, p.S, last - r, length,
-                         p.bits, c.codebook(0, 0, c.group_of_row(r)), tile + i * length);
-        i += last - r - 1;
-        continue;
-      }
-      for (size_t t = 0; t < p.T; ++t) c.unpack(t, r, s0, width, codes.data() + t * width);
-      c.k.decode_row(codes.data(), p.T, width, p.d, length, c.codebook(0, s0, c.group_of_row(r)),
-                     stage_stride, subspace_stride, tile + i * length);
+  std::vector<uint8_t> codes(scalar_codes ? 0 : p.T * width);
+  for (size_t i = i0; i < i1; ++i) {
+    const size_t r = first_row + i;
+    if (scalar_codes) {  // the rest of these rows in r's row group, in one call
+      const size_t last = std::min(first_row + i1, c.group_end(c.group_of_row(r)));
+      c.k.decode_codes(p.codes, static_cast<uint64_t>(r) * p.S + s0, p.S, last - r, length,
+                       p.bits, c.codebook(0, 0, c.group_of_row(r)), tile + i * length);
+      i += last - r - 1;
+      continue;
     }
+    for (size_t t = 0; t < p.T; ++t) c.unpack(t, r, s0, width, codes.data() + t * width);
+    c.k.decode_row(codes.data(), p.T, width, p.d, length, c.codebook(0, s0, c.group_of_row(r)),
+                   stage_stride, subspace_stride, tile + i * length);
+  }
+}
+
+void decode_tile(const Context& c, size_t k0, size_t depth, size_t n0, size_t count,
+                 float* tile) {
+  const size_t rows = c.p.axis == 0 ? count : depth;  // rows of M in the tile
+  const size_t length = c.p.axis == 0 ? depth : count;
+  const Blocks blocks = Blocks::split(rows, task_count(double(rows) * length * c.p.T));
+  run_tasks(c.runner, blocks.count, [&](size_t task) {
+    decode_tile_rows(c, k0, depth, n0, count, blocks.begin(task), blocks.end(task), tile);
   });
 }
 
+void run_panel_gemm_path(const Context& c);
+
+bool fastscan_d1_panels(const VQProblem& p);
+
+// The built-in panel GEMM or the host's: measured side by side (gemm pass-through forced at
+// every M, 1 thread, AVX-512 host, 2026-12-02, ms own / ORT Gemm): fast-scan km4 panels decode
+// straight from the 16-byte groups and win at every M (4096x4096: 3.3 / 22.4 at M = 8, 12.1 /
+// 33.1 at 64, 105 / 140 at 512); every layout wins from 64 rows (km5 19.6 / 21.9, binary 17.6 /
+// 20.4, pq4-d4 31.1 / 36.1 at M = 64; 384x1536 0.58 / 0.63 for km5) except pq8-d4 on 4096x4096
+// (54.5 / 44.6); below 32 rows the host's wins on format-1 rows (km5 at M = 1: 9.9 / 6.1).
+constexpr size_t kOwnGemmMinRows = 32;
+bool use_own_gemm(const VQProblem& p, const DenseGemm& host) {
+  return host.run == nullptr || fastscan_d1_panels(p) || p.M >= kOwnGemmMinRows;
+}
+
 void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
+  if (use_own_gemm(c.p, host)) return run_panel_gemm_path(c);
   const VQProblem& p = c.p;
   // Depth chunks: whole subspaces on axis 0 (at least one). Output tiles: whole subspaces on
   // axis 1, within kTileBytes of decoded W_hat, and few enough that the tile's partial
@@ -659,8 +682,7 @@ void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
     for (size_t m = 0; m < p.M; ++m)
       std::copy(p.x + m * p.K + k0, p.x + m * p.K + k0 + len, &xpack[p.M * k0 + m * len]);
   }
-  const bool transpose = host.run == nullptr && p.axis == 0;  // dense_gemm takes K x N
-  std::vector<float> tile(depth * cols), kn(transpose ? depth * cols : 0);
+  std::vector<float> tile(depth * cols);
   std::vector<float> part(p.M * cols), sum(p.M * cols);
   for (size_t n0 = 0; n0 < p.N; n0 += cols) {
     const size_t count = std::min(cols, p.N - n0);
@@ -669,21 +691,7 @@ void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
       const float* x = chunks > 1 ? &xpack[p.M * k0] : p.x;  // X[:, k0 : k0 + len], dense
       decode_tile(c, k0, len, n0, count, tile.data());
       float* out = q == 0 ? sum.data() : part.data();
-      if (host.run) {
-        host.run(host.context, p.M, len, count, x, tile.data(), p.axis == 0, out);
-      } else {
-        const float* w = tile.data();
-        if (transpose) {
-          for (size_t i = 0; i < count; ++i)
-            for (size_t j = 0; j < len; ++j) kn[j * count + i] = tile[i * len + j];
-          w = kn.data();
-        }
-        const Blocks gemm_rows = Blocks::split(p.M, task_count(double(p.M) * len * count / 8));
-        run_tasks(c.runner, gemm_rows.count, [&](size_t task) {
-          const size_t m0 = gemm_rows.begin(task);
-          c.k.dense_gemm(x + m0 * len, gemm_rows.end(task) - m0, len, w, count, out + m0 * count, count);
-        });
-      }
+      host.run(host.context, p.M, len, count, x, tile.data(), p.axis == 0, out);
       if (q > 0)
         for (size_t e = 0; e < p.M * count; ++e) sum[e] += part[e];
     }
@@ -693,6 +701,74 @@ void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
       for (size_t i = 0; i < count; ++i) dst[i] = src[i] + c.bias(n0 + i);
     }
   }
+}
+
+// --- panel GEMM (many rows, the built-in GEMM) ---------------------------------------------
+// W_hat is decoded a panel at a time (kPanelDepth inputs x kPanelCols outputs, K x N, in
+// L1/L2) and the table's dense_gemm multiplies all of X with it, accumulating into Y:
+//   for each panel column [n0, n1), for k0 = 0, kPanelDepth, ...:
+//     Y[:, n0:n1] (+)= X[:, k0:k1] . W_hat[k0:k1, n0:n1];  then Y[:, n0:n1] += bias
+// dense_gemm continues each output's one fused multiply-add chain across the panels, so
+// every output is one chain over k ascending: its bits depend on neither the panels, the
+// thread count nor M. Tasks own whole panel columns (each panel decoded once).
+
+// Panel depth: long runs of each output's codes (format-1 rows are read a panel's depth at a
+// time, 64 rows apart: 256 inputs decoded km5 at 2.3 codes/ns, 1024 at 3.4), but X's rows
+// over the depth, kPanelXBytes at most, stay in L2 while every panel column uses them.
+constexpr size_t kPanelMaxDepth = 1024, kPanelMinDepth = 256;
+constexpr size_t kPanelXBytes = size_t{256} << 10;
+constexpr size_t kPanelCols = 64;
+
+bool fastscan_d1_panels(const VQProblem& p) {
+  return p.format_version == 2 && p.axis == 0 && p.d == 1 && p.T == 1 && !p.per_subspace &&
+         (p.row_groups() == 1 || p.group_size % kFastScanBlockRows == 0);
+}
+
+// panel[j*count + i] = W_hat[k0 + j][n0 + i] for j < depth, i < count.
+void decode_panel(const Context& c, size_t k0, size_t depth, size_t n0, size_t count,
+                  float* panel, float* scratch) {
+  const VQProblem& p = c.p;
+  if (p.axis == 1) return decode_tile_rows(c, k0, depth, n0, count, 0, depth, panel);  // K x N
+  if (fastscan_d1_panels(p)) {  // 32 outputs per block: each 16-byte group is a panel row
+    for (size_t b = 0; b * kFastScanBlockRows < count; ++b) {
+      const size_t first = n0 + b * kFastScanBlockRows;  // n0 is a block boundary
+      const size_t block = first / kFastScanBlockRows;
+      const uint8_t* groups = p.codes + (block * p.S + k0) * kFastScanGroupBytes;
+      c.k.decode_fastscan_d1(groups, depth, std::min(kFastScanBlockRows, count - b * kFastScanBlockRows),
+                             c.codebook(0, 0, c.group_of_row(first)), panel + b * kFastScanBlockRows,
+                             count);
+    }
+    return;
+  }
+  decode_tile_rows(c, k0, depth, n0, count, 0, count, scratch);  // N x K, then transposed
+  c.k.transpose(scratch, count, depth, depth, panel, count);
+}
+
+void run_panel_gemm_path(const Context& c) {
+  const VQProblem& p = c.p;
+  // Panels start at subspace boundaries along the axis the subvectors run on, and at
+  // fast-scan block boundaries.
+  const size_t depth_unit = p.axis == 0 ? p.d : 1;
+  const size_t col_unit = p.axis == 1 ? p.d : (p.format_version == 2 ? kFastScanBlockRows : 1);
+  const size_t fit = std::clamp(kPanelXBytes / (p.M * sizeof(float)), kPanelMinDepth, kPanelMaxDepth);
+  const size_t depth = std::min(p.K, std::max<size_t>(1, fit / depth_unit) * depth_unit);
+  const size_t cols = std::min(p.N, std::max<size_t>(1, kPanelCols / col_unit) * col_unit);
+  const size_t columns = ceil_div(p.N, cols);
+  const Blocks blocks = Blocks::split(columns, task_count(double(p.M + 4) * p.K * p.N / 16));
+  run_tasks(c.runner, blocks.count, [&](size_t task) {
+    std::vector<float> panel(depth * cols), scratch(p.axis == 0 ? depth * cols : 0);
+    for (size_t q = blocks.begin(task); q < blocks.end(task); ++q) {
+      const size_t n0 = q * cols, count = std::min(cols, p.N - n0);
+      for (size_t k0 = 0; k0 < p.K; k0 += depth) {
+        const size_t len = std::min(depth, p.K - k0);
+        decode_panel(c, k0, len, n0, count, panel.data(), scratch.data());
+        c.k.dense_gemm(p.x + k0, p.K, p.M, len, panel.data(), count, p.y + n0, p.N, k0 > 0);
+      }
+      if (p.bias)
+        for (size_t m = 0; m < p.M; ++m)
+          for (size_t i = 0; i < count; ++i) p.y[m * p.N + n0 + i] += p.bias[n0 + i];
+    }
+  });
 }
 
 // --- dispatch ---------------------------------------------------------------------------
@@ -879,8 +955,8 @@ size_t env_size(const char* name) {
 //   bit_lut (binary)       12.9 .. 0.69   64 (384x1536: 1.04 at 32)
 //   column_buckets (pq8-d4 axis out)  6.3 .. 0.14  4
 //   fastscan_exact (ONNXVQ_EXACT_LUT=1)  km4 4.8 .. 0.19: 8; pq4-d4 15 .. 0.71: 32
-// `isa` nullptr: any table without a row of its own (AVX-512 hosts have no rows of their
-// own yet: they inherit the AVX2 measurements).
+// `isa` nullptr: any table without a row of its own (AVX-512 hosts inherit the AVX2 rows
+// except where they have their own).
 struct TileGemmThreshold {
   VQPath small;
   unsigned min_bits, max_bits;  // code widths the row covers
@@ -895,6 +971,9 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     // rows below say (run_fastscan_path); before that, MiniLM batch 1 (36 rows) with km4 took
     // 436 ms on float tables vs 64 ms on the tile path.
     {VQPath::kFastScan, 4, 4, 1, 1, nullptr, 64},
+    // AVX-512 (2026-12-02), km4 fast-scan vs the panel GEMM, ms: 4096x4096 2.37 / 2.63 at
+    // M = 8, 5.91 / 3.98 at 16; 1280x1000 0.318 / 0.322 at 16, 0.90 / 0.47 at 32.
+    {VQPath::kFastScan, 4, 4, 1, 1, "avx512", 16},
     {VQPath::kFastScan, 4, 4, 2, kAnyD, nullptr, kNever},
     {VQPath::kFastScanExact, 4, 4, 1, 1, nullptr, 8},       // km4: 0.75 at 8, 1.39 at 4
     {VQPath::kFastScanExact, 4, 4, 2, kAnyD, nullptr, 32},  // pq4-d4: 0.97 at 32, 1.47 at 16

@@ -172,11 +172,24 @@ struct KernelTable {
   void (*decode_codes)(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows,
                        size_t count, unsigned bits, const float* book, float* out);
 
-  /// The built-in dense GEMM of the tile path (used when the caller supplies no DenseGemm):
-  ///   y[m*ldy + n] = sum_{k < K} x[m*K + k] * w[k*N + n]   for m < M, n < N
-  /// one fused multiply-add per term, k ascending from 0.0f, so every table gives the same bits.
-  void (*dense_gemm)(const float* x, size_t M, size_t K, const float* w, size_t N, float* y,
-                     size_t ldy);
+  /// One fast-scan block with a scalar codebook (format 2, d = 1, one stage) as panel rows:
+  /// groups holds `depth` consecutive 16-byte groups (one per input); for j < depth, i < cols:
+  ///   out[j*ld + i] = book[i < 16 ? groups[j*16 + i] & 15 : groups[j*16 + i - 16] >> 4]
+  /// cols <= 32 (the block's last outputs may be past N). Copies values: every table's bits.
+  void (*decode_fastscan_d1)(const uint8_t* groups, size_t depth, size_t cols, const float* book,
+                             float* out, size_t ld);
+
+  /// dst[j*ld_dst + i] = src[i*ld_src + j] for i < rows, j < cols (a copy: every table's bits).
+  void (*transpose)(const float* src, size_t rows, size_t cols, size_t ld_src, float* dst,
+                    size_t ld_dst);
+
+  /// The tile path's dense GEMM on a decoded panel of W_hat (K x N, row stride N):
+  ///   acc = accumulate ? y[m*ldy + n] : 0.0f;  acc = fma(x[m*ldx + k], w[k*N + n], acc), k ascending
+  ///   y[m*ldy + n] = acc                                   for m < M, n < N
+  /// one fused multiply-add per term, so every table gives the same bits, and a GEMM split
+  /// along K into calls that accumulate gives the bits of one call over all of K.
+  void (*dense_gemm)(const float* x, size_t ldx, size_t M, size_t K, const float* w, size_t N,
+                     float* y, size_t ldy, bool accumulate);
 
   // --- VQGather (vq_gather.cc) ---------------------------------------------------------------
 
@@ -254,11 +267,12 @@ enum class VQPath {
                    ///< GEMM when a chunk has as many as the float tables' tile threshold
   kFastScanExact,  ///< format 2: float tables, same blocked codes (ONNXVQ_EXACT_LUT=1)
   kTileGemm,       ///< M >= a measured threshold (kTileGemmThresholds, vq_kernel.cc): decode
-                   ///< W_hat a tile of outputs at a time (all of K, at most kTileBytes; never
-                   ///< all of W_hat) and run one dense GEMM of X with the tile: the caller's
-                   ///< DenseGemm (the ORT op passes ONNX Runtime's own Gemm) or the table's
-                   ///< dense_gemm. Agrees with the other paths within float rounding (the
-                   ///< fp32 tier), not bit for bit; never depends on the thread count.
+                   ///< W_hat a panel or tile at a time (never all of W_hat) and multiply with a
+                   ///< dense GEMM: the table's dense_gemm on K x N panels (every output one FMA
+                   ///< chain over k: the same bits at any M and thread count), or, for format-1
+                   ///< layouts below 32 rows, the caller's DenseGemm (the ORT op passes ONNX
+                   ///< Runtime's own Gemm; ONNXVQ_BUILTIN_GEMM=1 never does). Agrees with the
+                   ///< other paths within float rounding (the fp32 tier), not bit for bit.
 };
 
 /// A dense float GEMM the caller lends the tile path (the ORT op: ONNX Runtime's Gemm, MLAS):

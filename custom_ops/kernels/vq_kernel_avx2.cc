@@ -332,19 +332,84 @@ void decode_codes_avx2(const uint8_t* stream, uint64_t first_code, uint64_t row_
   }
 }
 
+// One panel row per group: nibbles widened to 32-bit indices, looked up in the 16 floats
+// (two 8-float permutes, picked by bit 3), masked stores for a short block.
+void decode_fastscan_d1_avx2(const uint8_t* groups, size_t depth, size_t cols, const float* book,
+                             float* out, size_t ld) {
+  const __m256 lo_book = _mm256_loadu_ps(book), hi_book = _mm256_loadu_ps(book + 8);
+  const __m256i nibble = _mm256_set1_epi32(0x0f), eight = _mm256_set1_epi32(8);
+  __m256i masks[4];
+  for (int v = 0; v < 4; ++v) {
+    const int valid = static_cast<int>(std::min<size_t>(8, cols > size_t(8 * v) ? cols - 8 * v : 0));
+    masks[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  auto look = [&](__m256i index) {
+    const __m256 low = _mm256_permutevar8x32_ps(lo_book, index);
+    const __m256 high = _mm256_permutevar8x32_ps(hi_book, index);
+    return _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(index, eight), 28)));
+  };
+  for (size_t j = 0; j < depth; ++j) {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(groups + j * kFastScanGroupBytes));
+    const __m256i b0 = _mm256_cvtepu8_epi32(bytes), b1 = _mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8));
+    const __m256 w[4] = {look(_mm256_and_si256(b0, nibble)), look(_mm256_and_si256(b1, nibble)),
+                         look(_mm256_srli_epi32(b0, 4)), look(_mm256_srli_epi32(b1, 4))};
+    float* row = out + j * ld;
+    if (cols == 32) {
+      for (int v = 0; v < 4; ++v) _mm256_storeu_ps(row + 8 * v, w[v]);
+    } else {
+      for (int v = 0; v < 4 && size_t(8 * v) < cols; ++v) _mm256_maskstore_ps(row + 8 * v, masks[v], w[v]);
+    }
+  }
+}
+
+// 8 x 8 blocks in registers (unpack, shuffle, lane permute), the edges one float at a time.
+void transpose_avx2(const float* src, size_t rows, size_t cols, size_t ld_src, float* dst,
+                    size_t ld_dst) {
+  size_t i = 0;
+  for (; i + 8 <= rows; i += 8) {
+    size_t j = 0;
+    for (; j + 8 <= cols; j += 8) {
+      __m256 r[8], t[8];
+      for (int q = 0; q < 8; ++q) r[q] = _mm256_loadu_ps(src + (i + q) * ld_src + j);
+      for (int q = 0; q < 8; q += 2) {
+        t[q] = _mm256_unpacklo_ps(r[q], r[q + 1]);
+        t[q + 1] = _mm256_unpackhi_ps(r[q], r[q + 1]);
+      }
+      for (int q = 0; q < 8; q += 4) {
+        r[q] = _mm256_shuffle_ps(t[q], t[q + 2], 0x44);
+        r[q + 1] = _mm256_shuffle_ps(t[q], t[q + 2], 0xee);
+        r[q + 2] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0x44);
+        r[q + 3] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0xee);
+      }
+      for (int q = 0; q < 4; ++q) {
+        t[q] = _mm256_permute2f128_ps(r[q], r[q + 4], 0x20);
+        t[q + 4] = _mm256_permute2f128_ps(r[q], r[q + 4], 0x31);
+      }
+      for (int q = 0; q < 8; ++q) _mm256_storeu_ps(dst + (j + q) * ld_dst + i, t[q]);  // column j + q
+    }
+    for (; j < cols; ++j)
+      for (size_t q = i; q < i + 8; ++q) dst[j * ld_dst + q] = src[q * ld_src + j];
+  }
+  for (; i < rows; ++i)
+    for (size_t j = 0; j < cols; ++j) dst[j * ld_dst + i] = src[i * ld_src + j];
+}
+
 // --- tile GEMM ------------------------------------------------------------------------
 
 // MR rows x 16 columns: each lane is one output's chain of fused multiply-adds in k order,
 // the scalar table's exact sequence, so the result is bit-identical.
 template <int MR>
-inline void dense_block16(const float* x, size_t K, const float* w, size_t N, float* y,
-                          size_t ldy) {
+inline void dense_block16(const float* x, size_t ldx, size_t K, const float* w, size_t N,
+                          float* y, size_t ldy, bool accumulate) {
   __m256 a[MR][2];
-  for (int i = 0; i < MR; ++i) a[i][0] = a[i][1] = _mm256_setzero_ps();
+  for (int i = 0; i < MR; ++i) {
+    a[i][0] = accumulate ? _mm256_loadu_ps(y + i * ldy) : _mm256_setzero_ps();
+    a[i][1] = accumulate ? _mm256_loadu_ps(y + i * ldy + 8) : _mm256_setzero_ps();
+  }
   for (size_t k = 0; k < K; ++k) {
     const __m256 w0 = _mm256_loadu_ps(w + k * N), w1 = _mm256_loadu_ps(w + k * N + 8);
     for (int i = 0; i < MR; ++i) {
-      const __m256 xv = _mm256_broadcast_ss(x + i * K + k);
+      const __m256 xv = _mm256_broadcast_ss(x + i * ldx + k);
       a[i][0] = _mm256_fmadd_ps(xv, w0, a[i][0]);
       a[i][1] = _mm256_fmadd_ps(xv, w1, a[i][1]);
     }
@@ -355,18 +420,19 @@ inline void dense_block16(const float* x, size_t K, const float* w, size_t N, fl
   }
 }
 
-void dense_gemm_avx2(const float* x, size_t M, size_t K, const float* w, size_t N, float* y,
-                     size_t ldy) {
+void dense_gemm_avx2(const float* x, size_t ldx, size_t M, size_t K, const float* w, size_t N,
+                     float* y, size_t ldy, bool accumulate) {
   const size_t wide = N / 16 * 16;
   for (size_t n = 0; n < wide; n += 16) {
     size_t m = 0;
-    for (; m + 6 <= M; m += 6) dense_block16<6>(x + m * K, K, w + n, N, y + m * ldy + n, ldy);
-    for (; m < M; ++m) dense_block16<1>(x + m * K, K, w + n, N, y + m * ldy + n, ldy);
+    for (; m + 6 <= M; m += 6)
+      dense_block16<6>(x + m * ldx, ldx, K, w + n, N, y + m * ldy + n, ldy, accumulate);
+    for (; m < M; ++m) dense_block16<1>(x + m * ldx, ldx, K, w + n, N, y + m * ldy + n, ldy, accumulate);
   }
   for (size_t m = 0; m < M; ++m)  // the last N % 16 columns
     for (size_t n = wide; n < N; ++n) {
-      float acc = 0.0f;
-      for (size_t k = 0; k < K; ++k) acc = std::fma(x[m * K + k], w[k * N + n], acc);
+      float acc = accumulate ? y[m * ldy + n] : 0.0f;
+      for (size_t k = 0; k < K; ++k) acc = std::fma(x[m * ldx + k], w[k * N + n], acc);
       y[m * ldy + n] = acc;
     }
 }
@@ -440,6 +506,8 @@ const KernelTable& avx2_kernel_table() {
     t.fastscan_f32 = fastscan_f32_avx2;
     t.decode_codes = decode_codes_avx2;
     t.dense_gemm = dense_gemm_avx2;
+    t.decode_fastscan_d1 = decode_fastscan_d1_avx2;
+    t.transpose = transpose_avx2;
     t.decode_row = decode_row_avx2;
     return t;
   }();

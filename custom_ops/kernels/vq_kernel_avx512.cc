@@ -2,11 +2,14 @@
 // selected at run time on CPUs that have these extensions (and the OS saves zmm state).
 //
 // fastscan_u8 takes four entries per 512-bit register (one 16-byte group or table per
-// 128-bit lane); otherwise the same scheme as the AVX2 kernel (see there). Bit-identical
-// to scalar. The other functions come from the AVX2 table (every AVX-512 CPU has AVX2).
+// 128-bit lane); otherwise the same scheme as the AVX2 kernel (see there). dense_gemm runs
+// 8 rows x 32 columns per block (16 accumulators), masked loads and stores for the last
+// columns. Both bit-identical to scalar. The other functions come from the AVX2 table
+// (every AVX-512 CPU has AVX2).
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "vq_kernel.h"
 
@@ -70,6 +73,119 @@ void fastscan_u8_avx512(const uint8_t* codes, size_t entries, const uint8_t* qlu
   }
 }
 
+// Scalar-codebook decode, 16 codes per step: the step's bytes in one masked 16-byte load
+// (never past the last byte holding a requested code), two 64-bit words of eight codes each
+// (the AVX2 scheme), spread to 16 lanes, shifted per lane and looked up in up to 32 codewords
+// held in two registers (one two-source permute), gathered beyond that; the last step masked.
+void decode_codes_avx512(const uint8_t* stream, uint64_t first_code, uint64_t row_stride,
+                         size_t rows, size_t count, unsigned bits, const float* book, float* out_rows) {
+  const size_t ncw = size_t{1} << bits;
+  const int b = static_cast<int>(bits);
+  const __m512i shifts = _mm512_setr_epi32(0, b, 2 * b, 3 * b, 0, b, 2 * b, 3 * b, 0, b, 2 * b,
+                                           3 * b, 0, b, 2 * b, 3 * b);
+  const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i mask = _mm512_set1_epi32(static_cast<int>(ncw - 1));
+  float padded[32] = {};
+  std::memcpy(padded, book, std::min<size_t>(ncw, 32) * sizeof(float));
+  const __m512 t0 = _mm512_loadu_ps(padded), t1 = _mm512_loadu_ps(padded + 16);
+  const unsigned half = bits == 8 ? 32 : 4 * bits;  // bits of the first four codes of eight
+  for (size_t r = 0; r < rows; ++r) {
+    const uint64_t first = first_code + r * row_stride;
+    const uint64_t end_byte = ((first + count) * bits + 7) / 8;
+    float* out = out_rows + r * count;
+    for (size_t i = 0; i < count; i += 16) {
+      // Eight codes of b < 8 bits after a start offset of at most 7 fit in 64 bits; the
+      // second eight start exactly b bytes later (8-bit codes are byte aligned).
+      const uint64_t pos = (first + i) * bits, byte = pos >> 3;
+      const uint64_t avail = end_byte - byte;
+      alignas(16) uint8_t raw[16];
+      const __m128i* src = reinterpret_cast<const __m128i*>(stream + byte);
+      // (a masked load only where needed: on this AMD core it costs several plain ones)
+      _mm_store_si128(reinterpret_cast<__m128i*>(raw),
+                      avail >= 16 ? _mm_loadu_si128(src) : _mm_maskz_loadu_epi8(__mmask16((1u << avail) - 1), src));
+      uint64_t first8, second8;
+      std::memcpy(&first8, raw, 8);
+      std::memcpy(&second8, raw + bits, 8);
+      first8 >>= pos & 7;
+      second8 >>= pos & 7;
+      const __m128i words = _mm_setr_epi32(static_cast<int>(first8), static_cast<int>(first8 >> half),
+                                           static_cast<int>(second8), static_cast<int>(second8 >> half));
+      const __m512i idx = _mm512_and_si512(
+          _mm512_srlv_epi32(_mm512_permutexvar_epi32(spread, _mm512_castsi128_si512(words)), shifts), mask);
+      const __m512 v = ncw <= 32 ? _mm512_permutex2var_ps(t0, idx, t1) : _mm512_i32gather_ps(idx, book, 4);
+      const size_t n = std::min<size_t>(16, count - i);
+      _mm512_mask_storeu_ps(out + i, n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1), v);
+    }
+  }
+}
+
+// One panel row per group: 16 nibbles of each half as 32-bit indices into the 16 floats.
+void decode_fastscan_d1_avx512(const uint8_t* groups, size_t depth, size_t cols, const float* book,
+                               float* out, size_t ld) {
+  const __m512 table = _mm512_loadu_ps(book);
+  const __mmask16 low = cols >= 16 ? 0xffff : __mmask16((1u << cols) - 1);
+  const __mmask16 high = cols >= 32 ? 0xffff : cols <= 16 ? 0 : __mmask16((1u << (cols - 16)) - 1);
+  for (size_t j = 0; j < depth; ++j) {
+    const __m512i bytes = _mm512_cvtepu8_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(groups + j * kFastScanGroupBytes)));
+    const __m512 w0 = _mm512_permutexvar_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(0x0f)), table);
+    const __m512 w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table);
+    _mm512_mask_storeu_ps(out + j * ld, low, w0);
+    _mm512_mask_storeu_ps(out + j * ld + 16, high, w1);
+  }
+}
+
+// MR rows x V vectors of 16 columns (the last one masked to `last` lanes): each lane is one
+// output's chain of fused multiply-adds in k order, the scalar table's exact sequence.
+template <int MR, int V>
+inline void dense_block(const float* x, size_t ldx, size_t K, const float* w, size_t N, float* y,
+                        size_t ldy, bool accumulate, __mmask16 last) {
+  // Unrolled by hand-held pragmas: GCC keeps a[][] in registers only when every index is a
+  // constant (otherwise it spills the accumulators on every k).
+  const __mmask16 first_mask = V == 1 ? last : __mmask16(0xffff);
+  __m512 a[MR][V];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    a[i][0] = accumulate ? _mm512_maskz_loadu_ps(first_mask, y + i * ldy) : _mm512_setzero_ps();
+    if (V == 2) a[i][V - 1] = accumulate ? _mm512_maskz_loadu_ps(last, y + i * ldy + 16) : _mm512_setzero_ps();
+  }
+  for (size_t k = 0; k < K; ++k) {
+    const __m512 w0 = _mm512_maskz_loadu_ps(first_mask, w + k * N);
+    const __m512 w1 = V == 2 ? _mm512_maskz_loadu_ps(last, w + k * N + 16) : w0;
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const __m512 xv = _mm512_set1_ps(x[i * ldx + k]);
+      a[i][0] = _mm512_fmadd_ps(xv, w0, a[i][0]);
+      if (V == 2) a[i][V - 1] = _mm512_fmadd_ps(xv, w1, a[i][V - 1]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    _mm512_mask_storeu_ps(y + i * ldy, first_mask, a[i][0]);
+    if (V == 2) _mm512_mask_storeu_ps(y + i * ldy + 16, last, a[i][V - 1]);
+  }
+}
+
+template <int V>
+void dense_rows(const float* x, size_t ldx, size_t M, size_t K, const float* w, size_t N, float* y,
+                size_t ldy, bool accumulate, __mmask16 last) {
+  size_t m = 0;
+  for (; m + 8 <= M; m += 8) dense_block<8, V>(x + m * ldx, ldx, K, w, N, y + m * ldy, ldy, accumulate, last);
+  for (; m + 4 <= M; m += 4) dense_block<4, V>(x + m * ldx, ldx, K, w, N, y + m * ldy, ldy, accumulate, last);
+  for (; m < M; ++m) dense_block<1, V>(x + m * ldx, ldx, K, w, N, y + m * ldy, ldy, accumulate, last);
+}
+
+void dense_gemm_avx512(const float* x, size_t ldx, size_t M, size_t K, const float* w, size_t N,
+                       float* y, size_t ldy, bool accumulate) {
+  size_t n = 0;
+  for (; n + 32 <= N; n += 32) dense_rows<2>(x, ldx, M, K, w + n, N, y + n, ldy, accumulate, 0xffff);
+  const size_t rest = N - n;  // 0 .. 31 columns: one full vector and/or one masked one
+  if (rest > 16)
+    dense_rows<2>(x, ldx, M, K, w + n, N, y + n, ldy, accumulate, __mmask16((1u << (rest - 16)) - 1));
+  else if (rest > 0)
+    dense_rows<1>(x, ldx, M, K, w + n, N, y + n, ldy, accumulate, __mmask16((1u << rest) - 1));
+}
+
 }  // namespace
 
 const KernelTable& avx512_kernel_table() {
@@ -77,6 +193,9 @@ const KernelTable& avx512_kernel_table() {
     KernelTable t = avx2_kernel_table();
     t.name = "avx512";
     t.fastscan_u8 = fastscan_u8_avx512;
+    t.dense_gemm = dense_gemm_avx512;
+    t.decode_codes = decode_codes_avx512;
+    t.decode_fastscan_d1 = decode_fastscan_d1_avx512;
     return t;
   }();
   return table;

@@ -76,14 +76,19 @@ void decode_row_neon(const uint8_t* codes, size_t T, size_t S, size_t d, size_t 
   }
 }
 
+// MR rows x 8 columns, one fused multiply-add chain per output in k order (as scalar).
 template <int MR>
-inline void dense_block8(const float* x, size_t K, const float* w, size_t N, float* y, size_t ldy) {
+inline void dense_block8(const float* x, size_t ldx, size_t K, const float* w, size_t N, float* y,
+                         size_t ldy, bool accumulate) {
   float32x4_t a[MR][2];
-  for (int i = 0; i < MR; ++i) a[i][0] = a[i][1] = vdupq_n_f32(0.0f);
+  for (int i = 0; i < MR; ++i) {
+    a[i][0] = accumulate ? vld1q_f32(y + i * ldy) : vdupq_n_f32(0.0f);
+    a[i][1] = accumulate ? vld1q_f32(y + i * ldy + 4) : vdupq_n_f32(0.0f);
+  }
   for (size_t k = 0; k < K; ++k) {
     const float32x4_t w0 = vld1q_f32(w + k * N), w1 = vld1q_f32(w + k * N + 4);
     for (int i = 0; i < MR; ++i) {
-      const float32x4_t xv = vdupq_n_f32(x[i * K + k]);
+      const float32x4_t xv = vdupq_n_f32(x[i * ldx + k]);
       a[i][0] = vfmaq_f32(a[i][0], xv, w0);
       a[i][1] = vfmaq_f32(a[i][1], xv, w1);
     }
@@ -94,18 +99,19 @@ inline void dense_block8(const float* x, size_t K, const float* w, size_t N, flo
   }
 }
 
-void dense_gemm_neon(const float* x, size_t M, size_t K, const float* w, size_t N, float* y,
-                     size_t ldy) {
+void dense_gemm_neon(const float* x, size_t ldx, size_t M, size_t K, const float* w, size_t N,
+                     float* y, size_t ldy, bool accumulate) {
   const size_t wide = N / 8 * 8;
   for (size_t n = 0; n < wide; n += 8) {
     size_t m = 0;
-    for (; m + 4 <= M; m += 4) dense_block8<4>(x + m * K, K, w + n, N, y + m * ldy + n, ldy);
-    for (; m < M; ++m) dense_block8<1>(x + m * K, K, w + n, N, y + m * ldy + n, ldy);
+    for (; m + 4 <= M; m += 4)
+      dense_block8<4>(x + m * ldx, ldx, K, w + n, N, y + m * ldy + n, ldy, accumulate);
+    for (; m < M; ++m) dense_block8<1>(x + m * ldx, ldx, K, w + n, N, y + m * ldy + n, ldy, accumulate);
   }
   for (size_t m = 0; m < M; ++m)  // the last N % 8 columns
     for (size_t n = wide; n < N; ++n) {
-      float acc = 0.0f;
-      for (size_t k = 0; k < K; ++k) acc = std::fma(x[m * K + k], w[k * N + n], acc);
+      float acc = accumulate ? y[m * ldy + n] : 0.0f;
+      for (size_t k = 0; k < K; ++k) acc = std::fma(x[m * ldx + k], w[k * N + n], acc);
       y[m * ldy + n] = acc;
     }
 }

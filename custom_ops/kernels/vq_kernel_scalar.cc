@@ -182,12 +182,27 @@ void decode_codes_scalar(const uint8_t* stream, uint64_t first, uint64_t row_str
     }
 }
 
-void dense_gemm_scalar(const float* x, size_t M, size_t K, const float* w, size_t N, float* y,
-                       size_t ldy) {
+void decode_fastscan_d1_scalar(const uint8_t* groups, size_t depth, size_t cols, const float* book,
+                               float* out, size_t ld) {
+  for (size_t j = 0; j < depth; ++j)
+    for (size_t i = 0; i < cols; ++i) {
+      const uint8_t byte = groups[j * kFastScanGroupBytes + i % 16];
+      out[j * ld + i] = book[i < 16 ? byte & 0x0f : byte >> 4];
+    }
+}
+
+void transpose_scalar(const float* src, size_t rows, size_t cols, size_t ld_src, float* dst,
+                      size_t ld_dst) {
+  for (size_t i = 0; i < rows; ++i)
+    for (size_t j = 0; j < cols; ++j) dst[j * ld_dst + i] = src[i * ld_src + j];
+}
+
+void dense_gemm_scalar(const float* x, size_t ldx, size_t M, size_t K, const float* w, size_t N,
+                       float* y, size_t ldy, bool accumulate) {
   for (size_t m = 0; m < M; ++m)
     for (size_t n = 0; n < N; ++n) {
-      float acc = 0.0f;
-      for (size_t k = 0; k < K; ++k) acc = std::fma(x[m * K + k], w[k * N + n], acc);
+      float acc = accumulate ? y[m * ldy + n] : 0.0f;
+      for (size_t k = 0; k < K; ++k) acc = std::fma(x[m * ldx + k], w[k * N + n], acc);
       y[m * ldy + n] = acc;
     }
 }
@@ -216,7 +231,7 @@ const KernelTable& scalar_kernel_table() {
       lut_gather8_scalar, scatter_add_scalar,  bucket_dot_scalar,    dot_scalar,
       axpy_scalar,
       quantize_luts_scalar, fastscan_u8_scalar, fastscan_f32_scalar,
-      decode_codes_scalar, dense_gemm_scalar, decode_row_scalar,
+      decode_codes_scalar, decode_fastscan_d1_scalar, transpose_scalar, dense_gemm_scalar, decode_row_scalar,
   };
   return table;
 }

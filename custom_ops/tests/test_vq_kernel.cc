@@ -458,14 +458,51 @@ void test_tile_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
   std::normal_distribution<float> normal;
   int cases = 0;
   for (int i = 0; i < scaled(300); ++i, ++cases) {
-    const size_t M = 1 + rng() % 14, K = 1 + rng() % 40, N = 1 + rng() % 70, ldy = N + rng() % 3;
-    std::vector<float> x(M * K), w(K * N), want(M * ldy, 7.0f), got(M * ldy, 7.0f);
+    // Row strides past K, an accumulating call, and K split in two: one chain over all of K.
+    const size_t M = 1 + rng() % 20, K = 1 + rng() % 40, N = 1 + rng() % 70, ldy = N + rng() % 3;
+    const size_t ldx = K + rng() % 3, split = rng() % (K + 1);
+    const bool accumulate = rng() % 3 == 0;
+    std::vector<float> x(M * ldx), w(K * N), want(M * ldy, 7.0f);
     for (auto& v : x) v = normal(rng);
     for (auto& v : w) v = normal(rng);
-    scalar.dense_gemm(x.data(), M, K, w.data(), N, want.data(), ldy);
-    simd.dense_gemm(x.data(), M, K, w.data(), N, got.data(), ldy);
+    for (auto& v : want) v = normal(rng);
+    std::vector<float> got = want, two = want;
+    scalar.dense_gemm(x.data(), ldx, M, K, w.data(), N, want.data(), ldy, accumulate);
+    simd.dense_gemm(x.data(), ldx, M, K, w.data(), N, got.data(), ldy, accumulate);
     EXPECT(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0,
-           "%s dense_gemm M=%zu K=%zu N=%zu ldy=%zu differs from scalar", simd.name, M, K, N, ldy);
+           "%s dense_gemm M=%zu K=%zu N=%zu ldx=%zu ldy=%zu acc=%d differs from scalar", simd.name,
+           M, K, N, ldx, ldy, int(accumulate));
+    simd.dense_gemm(x.data(), ldx, M, split, w.data(), N, two.data(), ldy, accumulate);
+    simd.dense_gemm(x.data() + split, ldx, M, K - split, w.data() + split * N, N, two.data(), ldy,
+                    accumulate || split > 0);
+    EXPECT(std::memcmp(want.data(), two.data(), want.size() * sizeof(float)) == 0,
+           "%s dense_gemm split at %zu of K=%zu differs from one call", simd.name, split, K);
+  }
+  for (int i = 0; i < scaled(200); ++i, ++cases) {
+    const size_t depth = rng() % 40, cols = 1 + rng() % 32, ld = cols + rng() % 40;
+    std::vector<uint8_t> groups(depth * kFastScanGroupBytes);
+    for (auto& b : groups) b = static_cast<uint8_t>(rng());
+    std::vector<float> book(16), want(depth * ld, 7.0f), got(depth * ld, 7.0f);
+    for (auto& v : book) v = normal(rng);
+    scalar.decode_fastscan_d1(groups.data(), depth, cols, book.data(), want.data(), ld);
+    simd.decode_fastscan_d1(groups.data(), depth, cols, book.data(), got.data(), ld);
+    EXPECT(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0,
+           "%s decode_fastscan_d1 depth=%zu cols=%zu ld=%zu differs from scalar", simd.name, depth,
+           cols, ld);
+  }
+  for (int i = 0; i < scaled(200); ++i, ++cases) {
+    const size_t rows = rng() % 30, cols = rng() % 30, ld_src = cols + rng() % 3,
+                 ld_dst = rows + rng() % 3;
+    std::vector<float> src(std::max<size_t>(1, rows * ld_src)), want(std::max<size_t>(1, cols * ld_dst), 7.0f);
+    for (auto& v : src) v = normal(rng);
+    std::vector<float> got = want;
+    scalar.transpose(src.data(), rows, cols, ld_src, want.data(), ld_dst);
+    simd.transpose(src.data(), rows, cols, ld_src, got.data(), ld_dst);
+    EXPECT(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0,
+           "%s transpose %zu x %zu differs from scalar", simd.name, rows, cols);
+    for (size_t r = 0; r < rows; ++r)
+      for (size_t q = 0; q < cols; ++q)
+        EXPECT(want[q * ld_dst + r] == src[r * ld_src + q], "scalar transpose wrong at %zu,%zu", r, q);
   }
   for (unsigned bits = 1; bits <= 8; ++bits)
     for (int i = 0; i < scaled(100); ++i, ++cases) {
