@@ -2,7 +2,7 @@
 // selected at run time on CPUs that have these extensions (and the OS saves zmm state).
 //
 // fastscan_u8 takes four entries per 512-bit register (one 16-byte group or table per
-// 128-bit lane); otherwise the same scheme as the AVX2 kernel (see there). dense_gemm runs
+// 128-bit lane), two rows per code load; otherwise the same scheme as the AVX2 kernel (see there). dense_gemm runs
 // 8 rows x 32 columns per block (16 accumulators), masked loads and stores for the last
 // columns. Both bit-identical to scalar. The other functions come from the AVX2 table
 // (every AVX-512 CPU has AVX2).
@@ -27,43 +27,53 @@ inline void widen_add(__m512i words, __m512i* total) {
   *total = _mm512_add_epi32(*total, _mm512_add_epi32(low, high));
 }
 
-void fastscan_u8_avx512(const uint8_t* codes, size_t entries, const uint8_t* qluts,
-                        size_t qlut_stride, size_t rows, uint32_t* out) {
+// R rows of tables against one block's codes: each step's code bytes are loaded and split
+// into nibbles once for all R rows.
+template <int R>
+void fastscan_rows_avx512(const uint8_t* codes, size_t entries, const uint8_t* tables,
+                          size_t qlut_stride, uint32_t* out) {
   const __m512i nibble = _mm512_set1_epi8(0x0f);
-  for (size_t m = 0; m < rows; ++m) {
-    const uint8_t* table = qluts + m * qlut_stride;
-    __m512i total[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
-                        _mm512_setzero_si512()};
-    for (size_t e = 0; e < entries;) {
-      const size_t end = std::min(entries, e + 4 * kFlushQuads);
-      __m512i lo_all = _mm512_setzero_si512(), lo_odd = _mm512_setzero_si512();
-      __m512i hi_all = _mm512_setzero_si512(), hi_odd = _mm512_setzero_si512();
-      for (; e < end; e += 4) {
-        // A tail of 1-3 entries loads only its own code bytes; the table is zero padded
-        // to a multiple of 64 bytes, so the missing lanes add zero.
-        const size_t valid = std::min<size_t>(4, end - e);
-        const __mmask64 mask = valid == 4 ? ~__mmask64{0} : (__mmask64{1} << (16 * valid)) - 1;
-        const __m512i group = _mm512_maskz_loadu_epi8(mask, codes + e * 16);
-        const __m512i lut = _mm512_loadu_si512(table + e * 16);
-        const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(group, nibble));
-        const __m512i hi =
-            _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(group, 4), nibble));
-        lo_all = _mm512_add_epi16(lo_all, lo);
-        lo_odd = _mm512_add_epi16(lo_odd, _mm512_srli_epi16(lo, 8));
-        hi_all = _mm512_add_epi16(hi_all, hi);
-        hi_odd = _mm512_add_epi16(hi_odd, _mm512_srli_epi16(hi, 8));
+  __m512i total[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < 4; ++i) total[r][i] = _mm512_setzero_si512();
+  for (size_t e = 0; e < entries;) {
+    const size_t end = std::min(entries, e + 4 * kFlushQuads);
+    __m512i lo_all[R], lo_odd[R], hi_all[R], hi_odd[R];
+    for (int r = 0; r < R; ++r) lo_all[r] = lo_odd[r] = hi_all[r] = hi_odd[r] = _mm512_setzero_si512();
+    for (; e < end; e += 4) {
+      // A tail of 1-3 entries loads only its own code bytes (masked: a masked load costs
+      // several plain ones here, so only there); the tables are zero padded to a multiple
+      // of 64 bytes, so the missing lanes add zero.
+      const size_t valid = std::min<size_t>(4, end - e);
+      const __m512i group = valid == 4 ? _mm512_loadu_si512(codes + e * 16)
+                                       : _mm512_maskz_loadu_epi8((__mmask64{1} << (16 * valid)) - 1, codes + e * 16);
+      const __m512i lo_idx = _mm512_and_si512(group, nibble);
+      const __m512i hi_idx = _mm512_and_si512(_mm512_srli_epi16(group, 4), nibble);
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r) {
+        const __m512i lut = _mm512_loadu_si512(tables + r * qlut_stride + e * 16);
+        const __m512i lo = _mm512_shuffle_epi8(lut, lo_idx);
+        const __m512i hi = _mm512_shuffle_epi8(lut, hi_idx);
+        lo_all[r] = _mm512_add_epi16(lo_all[r], lo);
+        lo_odd[r] = _mm512_add_epi16(lo_odd[r], _mm512_srli_epi16(lo, 8));
+        hi_all[r] = _mm512_add_epi16(hi_all[r], hi);
+        hi_odd[r] = _mm512_add_epi16(hi_odd[r], _mm512_srli_epi16(hi, 8));
       }
-      e = end;
-      widen_add(_mm512_sub_epi16(lo_all, _mm512_slli_epi16(lo_odd, 8)), &total[0]);
-      widen_add(lo_odd, &total[1]);
-      widen_add(_mm512_sub_epi16(hi_all, _mm512_slli_epi16(hi_odd, 8)), &total[2]);
-      widen_add(hi_odd, &total[3]);
     }
-    // Each total holds 16 u32: lanes 0-7 and 8-15 are the two 256-bit halves of the four
-    // 128-bit entry lanes after widening; fold the halves (entries e..e+1 vs e+2..e+3).
+    e = end;
+    for (int r = 0; r < R; ++r) {
+      widen_add(_mm512_sub_epi16(lo_all[r], _mm512_slli_epi16(lo_odd[r], 8)), &total[r][0]);
+      widen_add(lo_odd[r], &total[r][1]);
+      widen_add(_mm512_sub_epi16(hi_all[r], _mm512_slli_epi16(hi_odd[r], 8)), &total[r][2]);
+      widen_add(hi_odd[r], &total[r][3]);
+    }
+  }
+  // Each total holds 16 u32: lanes 0-7 and 8-15 are the two 256-bit halves of the four
+  // 128-bit entry lanes after widening; fold the halves (entries e..e+1 vs e+2..e+3).
+  for (int r = 0; r < R; ++r) {
     alignas(64) uint32_t parts[4][16];
-    for (int i = 0; i < 4; ++i) _mm512_store_si512(parts[i], total[i]);
-    uint32_t* sums = out + m * kFastScanBlockRows;
+    for (int i = 0; i < 4; ++i) _mm512_store_si512(parts[i], total[r][i]);
+    uint32_t* sums = out + r * kFastScanBlockRows;
     for (int i = 0; i < 8; ++i) {
       sums[2 * i] = parts[0][i] + parts[0][i + 8];
       sums[2 * i + 1] = parts[1][i] + parts[1][i + 8];
@@ -71,6 +81,14 @@ void fastscan_u8_avx512(const uint8_t* codes, size_t entries, const uint8_t* qlu
       sums[17 + 2 * i] = parts[3][i] + parts[3][i + 8];
     }
   }
+}
+
+void fastscan_u8_avx512(const uint8_t* codes, size_t entries, const uint8_t* qluts,
+                        size_t qlut_stride, size_t rows, uint32_t* out) {
+  size_t m = 0;
+  for (; m + 2 <= rows; m += 2)
+    fastscan_rows_avx512<2>(codes, entries, qluts + m * qlut_stride, qlut_stride, out + m * kFastScanBlockRows);
+  if (m < rows) fastscan_rows_avx512<1>(codes, entries, qluts + m * qlut_stride, qlut_stride, out + m * kFastScanBlockRows);
 }
 
 // Scalar-codebook decode, 16 codes per step: the step's bytes in one masked 16-byte load
