@@ -275,7 +275,9 @@ def test_float16_codebooks_convert_exactly():
 
 BIG_LAYOUTS = {
     "lut": VQLayout.for_weight(256, 300, bits=8, subvector_len=4, axis=0, stages=2),
-    "row_buckets": VQLayout.for_weight(256, 300, bits=2, subvector_len=1, axis=0,
+    "decode_dot": VQLayout.for_weight(256, 300, bits=2, subvector_len=1, axis=0,
+                                      codebook_per_subspace=0, group_size=7),
+    "row_buckets": VQLayout.for_weight(256, 300, bits=2, subvector_len=1, axis=0, stages=2,
                                        codebook_per_subspace=0, group_size=7),
     "column_buckets": VQLayout.for_weight(256, 300, bits=8, subvector_len=1, axis=1),
     "direct_axis0": VQLayout.for_weight(256, 300, bits=6, subvector_len=2, axis=0, group_size=9),
@@ -319,7 +321,7 @@ def test_sweep_reaches_every_path():
                + list(PATH_LAYOUTS.values())
                + list(BIG_LAYOUTS.values()))
     reached = {(kernel_path(layout), layout.axis) for layout in layouts}
-    assert reached >= {("lut", 0), ("row_buckets", 0), ("direct", 0), ("bit_lut", 0),
+    assert reached >= {("lut", 0), ("row_buckets", 0), ("decode_dot", 0), ("direct", 0), ("bit_lut", 0),
                        ("column_buckets", 1), ("direct", 1)}
     for name, layout in {**PATH_LAYOUTS, **BIG_LAYOUTS}.items():
         assert kernel_path(layout) == name.replace("_axis0", "").replace("_axis1", "")
@@ -331,7 +333,7 @@ def test_force_scalar_environment_variable():
     env = {**os.environ, "ONNXVQ_FORCE_SCALAR": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "scalar"
-    assert _library().onnxvq_kernel_name().decode() in {"scalar", "avx2", "avx512", "neon"}
+    assert _library().onnxvq_kernel_name().decode() in {"scalar", "avx2", "avx512", "avx512vbmi", "neon"}
 
 
 # --- validation: errors, not crashes ----------------------------------------------------------

@@ -27,6 +27,7 @@ const KernelTable& avx2_kernel_table();
 #endif
 #if defined(ONNXVQ_HAVE_AVX512)
 const KernelTable& avx512_kernel_table();
+const KernelTable& avx512vbmi_kernel_table();
 #endif
 #if defined(ONNXVQ_HAVE_NEON)
 const KernelTable& neon_kernel_table();
@@ -288,6 +289,37 @@ void run_bit_lut_path(const Context& c) {
       }
     });
   }
+}
+
+// --- axis 0, scalar codebooks in a format-1 stream, few rows: decode and dot ---------------
+// Each output's codes decode into its row of W_hat (decode_codes: K floats, in L1), which
+// every input row then meets in dot_rows (16 lane chains added in a fixed tree). The order
+// depends on K alone, so every table, thread count and M gives the same bits. Per output
+// the cost is one decode plus M dense dot products: no tables, no scatter, no repacking.
+
+bool decode_dot_covers(const VQProblem& p) {
+  return p.format_version == 1 && p.axis == 0 && p.d == 1 && p.T == 1 && !p.per_subspace &&
+         p.bits >= 2;
+}
+
+void run_decode_dot_path(const Context& c) {
+  const VQProblem& p = c.p;
+  constexpr size_t kOutputs = 4;  // decoded rows per dot_rows call (independent chains)
+  const Blocks blocks = Blocks::split(ceil_div(p.N, kOutputs), task_count(double(p.M + 4) * p.K * p.N / 16));
+  run_tasks(c.runner, blocks.count, [&](size_t task) {
+    std::vector<float> rows(kOutputs * p.K);
+    const size_t n_end = std::min(p.N, blocks.end(task) * kOutputs);
+    for (size_t n0 = blocks.begin(task) * kOutputs; n0 < n_end; n0 += kOutputs) {
+      const size_t count = std::min(kOutputs, p.N - n0);
+      for (size_t j = 0; j < count; ++j)
+        c.k.decode_codes(p.codes, static_cast<uint64_t>(n0 + j) * p.S, p.S, 1, p.K, p.bits,
+                         c.codebook(0, 0, c.group_of_row(n0 + j)), rows.data() + j * p.K);
+      c.k.dot_rows(p.x, p.K, p.M, rows.data(), p.K, count, p.K, p.y + n0, p.N);
+      if (p.bias)
+        for (size_t m = 0; m < p.M; ++m)
+          for (size_t j = 0; j < count; ++j) p.y[m * p.N + n0 + j] += p.bias[n0 + j];
+    }
+  });
 }
 
 // --- axis 1: bucket sums per subspace ----------------------------------------------------
@@ -789,7 +821,7 @@ bool env_flag(const char* name) {
 // The tables this build has and this CPU runs, best last. __builtin_cpu_supports also
 // checks that the OS saves the wide registers (XGETBV), so AVX state is usable.
 struct TableList {
-  const KernelTable* tables[4];
+  const KernelTable* tables[5];
   size_t count = 0;
   std::string names;
   TableList() {
@@ -800,8 +832,10 @@ struct TableList {
 #endif
 #if defined(ONNXVQ_HAVE_AVX512)
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma")) {
       tables[count++] = &avx512_kernel_table();
+      if (__builtin_cpu_supports("avx512vbmi")) tables[count++] = &avx512vbmi_kernel_table();
+    }
 #endif
 #if defined(ONNXVQ_HAVE_NEON)
     tables[count++] = &neon_kernel_table();  // NEON is mandatory on AArch64
@@ -939,6 +973,7 @@ VQPath choose_small_path(const VQProblem& p) {
     // Scalar codebooks shared across the row: adding inputs that share a code and
     // multiplying once per codeword needs 2^bits floats, where a LUT needs K * 2^bits.
     if (bit_lut_covers(p)) return VQPath::kBitLut;
+    if (decode_dot_covers(p)) return VQPath::kDecodeDot;
     if (p.d == 1 && p.subspace_groups() == 1 && p.S >= ncw) return VQPath::kRowBuckets;
     return tables_pay_off ? VQPath::kLut : VQPath::kDirect;
   }
@@ -964,7 +999,7 @@ size_t env_size(const char* name) {
 //   column_buckets (pq8-d4 axis out)  6.3 .. 0.14  4
 //   fastscan_exact (ONNXVQ_EXACT_LUT=1)  km4 4.8 .. 0.19: 8; pq4-d4 15 .. 0.71: 32
 // `isa` nullptr: any table without a row of its own (AVX-512 hosts inherit the AVX2 rows
-// except where they have their own).
+// except where they have their own); "avx512" covers every table named avx512*.
 struct TileGemmThreshold {
   VQPath small;
   unsigned min_bits, max_bits;  // code widths the row covers
@@ -987,6 +1022,7 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     {VQPath::kFastScanExact, 4, 4, 2, kAnyD, nullptr, 32},  // pq4-d4: 0.97 at 32, 1.47 at 16
     {VQPath::kLut, 1, 8, 1, kAnyD, nullptr, 8},
     {VQPath::kRowBuckets, 1, 8, 1, kAnyD, nullptr, 1},
+    {VQPath::kDecodeDot, 2, 8, 1, 1, nullptr, 32},
     {VQPath::kBitLut, 1, 1, 1, 1, nullptr, 64},
     {VQPath::kColumnBuckets, 1, 8, 1, kAnyD, nullptr, 4},   // pq8-d4 axis out: 0.95 at 4
     // Codebooks per few rows (groups smaller than the codebook): the direct gather-dot is
@@ -999,7 +1035,7 @@ size_t measured_min_rows(const VQProblem& p, VQPath small, const KernelTable& ke
   for (const TileGemmThreshold& row : kTileGemmThresholds) {
     if (row.small != small || p.bits < row.min_bits || p.bits > row.max_bits) continue;
     if (p.d < row.min_d || p.d > row.max_d) continue;
-    if (row.isa != nullptr && std::strcmp(row.isa, kernels.name) != 0) continue;
+    if (row.isa != nullptr && std::strncmp(row.isa, kernels.name, std::strlen(row.isa)) != 0) continue;
     if (best == nullptr || (best->isa == nullptr && row.isa != nullptr)) best = &row;
   }
   return best ? best->min_rows : kNever;
@@ -1028,6 +1064,7 @@ const char* path_name(VQPath path) {
     case VQPath::kBitLut: return "bit_lut";
     case VQPath::kColumnBuckets: return "column_buckets";
     case VQPath::kDirect: return "direct";
+    case VQPath::kDecodeDot: return "decode_dot";
     case VQPath::kFastScan: return "fastscan";
     case VQPath::kFastScanExact: return "fastscan_exact";
     case VQPath::kTileGemm: return "tile_gemm";
@@ -1043,6 +1080,7 @@ void vq_matmul(const VQProblem& problem, const TaskRunner& runner, const KernelT
     case VQPath::kTileGemm: return run_tile_gemm_path(context, gemm);
     case VQPath::kLut: return run_lut_path(context);
     case VQPath::kRowBuckets: return run_row_buckets_path(context);
+    case VQPath::kDecodeDot: return run_decode_dot_path(context);
     case VQPath::kBitLut: return run_bit_lut_path(context);
     case VQPath::kColumnBuckets: return run_column_buckets_path(context);
     case VQPath::kDirect:

@@ -179,6 +179,15 @@ struct KernelTable {
   void (*decode_fastscan_d1)(const uint8_t* groups, size_t depth, size_t cols, const float* book,
                              float* out, size_t ld);
 
+  /// Decoded rows of W_hat (output j's K floats at w + j*ldw, j < outputs <= 4) against
+  /// `rows` input rows (the decode-dot path): for each (m, j), 16 lane chains of fused
+  /// multiply-adds, lane l over k = l, l + 16, ... ascending from 0.0f (acc_l = fma(x[m*ldx +
+  /// k], w_j[k], acc_l)), then added in a fixed tree,
+  ///   out[m*out_stride + j] = ((a0 + a8) + (a4 + a12)) + ((a2 + a10) + (a6 + a14)) + (odd lanes alike)
+  /// exactly as reduce16() in vq_kernel_scalar.cc, so every table gives the same bits.
+  void (*dot_rows)(const float* x, size_t ldx, size_t rows, const float* w, size_t ldw,
+                   size_t outputs, size_t K, float* out, size_t out_stride);
+
   /// dst[j*ld_dst + i] = src[i*ld_src + j] for i < rows, j < cols (a copy: every table's bits).
   void (*transpose)(const float* src, size_t rows, size_t cols, size_t ld_src, float* dst,
                     size_t ld_dst);
@@ -203,6 +212,12 @@ struct KernelTable {
   void (*decode_row)(const uint8_t* codes, size_t T, size_t S, size_t d, size_t L,
                      const float* books, size_t stage_stride, size_t subspace_stride, float* out);
 };
+
+/// dot_rows' fixed reduction of its 16 lanes, and its scalar steps k0 <= k < K into them
+/// (lanes[k % 16] = fma(x[k], w[k], lanes[k % 16])): SIMD tables finish their tails with
+/// these, so every table reduces in the same order.
+float reduce16(const float* lanes);
+void dot_rows_tail(const float* x, const float* w, size_t k0, size_t K, float* lanes);
 
 /// The portable table (always built).
 const KernelTable& scalar_kernel_table();
@@ -266,6 +281,8 @@ enum class VQPath {
                    ///< block; rows the uint8 guard rejects take the float tables, or the tile
                    ///< GEMM when a chunk has as many as the float tables' tile threshold
   kFastScanExact,  ///< format 2: float tables, same blocked codes (ONNXVQ_EXACT_LUT=1)
+  kDecodeDot,      ///< axis 0, format 1, scalar codebooks (k-means, 2-8 bits, any row groups): decode
+                   ///< each output's row of W_hat (decode_codes) and dot it with every input row
   kTileGemm,       ///< M >= a measured threshold (kTileGemmThresholds, vq_kernel.cc): decode
                    ///< W_hat a panel or tile at a time (never all of W_hat) and multiply with a
                    ///< dense GEMM: the table's dense_gemm on K x N panels (every output one FMA

@@ -362,6 +362,52 @@ void decode_fastscan_d1_avx2(const uint8_t* groups, size_t depth, size_t cols, c
   }
 }
 
+// R rows x J outputs at once: two ymm (lanes 0-7, 8-15) of lane chains per pair; tails and
+// the reduction by the shared scalar helpers (the same order as every table).
+template <int R, int J>
+void dot_block_avx2(const float* x, size_t ldx, const float* w, size_t ldw, size_t K, float* out,
+                    size_t out_stride) {
+  __m256 lo[R][J], hi[R][J];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < J; ++j) lo[r][j] = hi[r][j] = _mm256_setzero_ps();
+  const size_t whole = K / 16 * 16;
+  for (size_t k = 0; k < whole; k += 16) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m256 x0 = _mm256_loadu_ps(x + r * ldx + k), x1 = _mm256_loadu_ps(x + r * ldx + k + 8);
+#pragma GCC unroll 4
+      for (int j = 0; j < J; ++j) {
+        lo[r][j] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(w + j * ldw + k), lo[r][j]);
+        hi[r][j] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(w + j * ldw + k + 8), hi[r][j]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) {
+      alignas(32) float lanes[16];
+      _mm256_store_ps(lanes, lo[r][j]);
+      _mm256_store_ps(lanes + 8, hi[r][j]);
+      dot_rows_tail(x + r * ldx, w + j * ldw, whole, K, lanes);
+      out[r * out_stride + j] = reduce16(lanes);
+    }
+}
+
+void dot_rows_avx2(const float* x, size_t ldx, size_t rows, const float* w, size_t ldw,
+                   size_t outputs, size_t K, float* out, size_t out_stride) {
+  for (size_t m = 0; m < rows; m += 2) {
+    const bool pair = m + 2 <= rows;
+    size_t j = 0;
+    for (; j + 4 <= outputs; j += 4)
+      pair ? dot_block_avx2<2, 4>(x + m * ldx, ldx, w + j * ldw, ldw, K, out + m * out_stride + j, out_stride)
+           : dot_block_avx2<1, 4>(x + m * ldx, ldx, w + j * ldw, ldw, K, out + m * out_stride + j, out_stride);
+    for (; j < outputs; ++j)
+      pair ? dot_block_avx2<2, 1>(x + m * ldx, ldx, w + j * ldw, ldw, K, out + m * out_stride + j, out_stride)
+           : dot_block_avx2<1, 1>(x + m * ldx, ldx, w + j * ldw, ldw, K, out + m * out_stride + j, out_stride);
+  }
+}
+
 // 8 x 8 blocks in registers (unpack, shuffle, lane permute), the edges one float at a time.
 void transpose_avx2(const float* src, size_t rows, size_t cols, size_t ld_src, float* dst,
                     size_t ld_dst) {
@@ -508,6 +554,7 @@ const KernelTable& avx2_kernel_table() {
     t.dense_gemm = dense_gemm_avx2;
     t.decode_fastscan_d1 = decode_fastscan_d1_avx2;
     t.transpose = transpose_avx2;
+    t.dot_rows = dot_rows_avx2;
     t.decode_row = decode_row_avx2;
     return t;
   }();

@@ -153,6 +153,54 @@ void decode_fastscan_d1_avx512(const uint8_t* groups, size_t depth, size_t cols,
   }
 }
 
+// R rows x J outputs at once: one zmm of 16 lane chains per pair (J independent chains even
+// at one row, which hides the FMA latency); whole 16-input steps in registers, the last
+// K % 16 inputs and the reduction by the shared scalar helpers (the same order).
+template <int R, int J>
+void dot_block_avx512(const float* x, size_t ldx, const float* w, size_t ldw, size_t K, float* out,
+                      size_t out_stride) {
+  __m512 acc[R][J];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < J; ++j) acc[r][j] = _mm512_setzero_ps();
+  const size_t whole = K / 16 * 16;
+  for (size_t k = 0; k < whole; k += 16) {
+    __m512 wv[J];
+#pragma GCC unroll 4
+    for (int j = 0; j < J; ++j) wv[j] = _mm512_loadu_ps(w + j * ldw + k);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512 xv = _mm512_loadu_ps(x + r * ldx + k);
+#pragma GCC unroll 4
+      for (int j = 0; j < J; ++j) acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) {
+      alignas(64) float lanes[16];
+      _mm512_store_ps(lanes, acc[r][j]);
+      dot_rows_tail(x + r * ldx, w + j * ldw, whole, K, lanes);
+      out[r * out_stride + j] = reduce16(lanes);
+    }
+}
+
+template <int J>
+void dot_rows_j_avx512(const float* x, size_t ldx, size_t rows, const float* w, size_t ldw, size_t K,
+                       float* out, size_t out_stride) {
+  size_t m = 0;
+  for (; m + 4 <= rows; m += 4)
+    dot_block_avx512<4, J>(x + m * ldx, ldx, w, ldw, K, out + m * out_stride, out_stride);
+  for (; m < rows; ++m) dot_block_avx512<1, J>(x + m * ldx, ldx, w, ldw, K, out + m * out_stride, out_stride);
+}
+
+void dot_rows_avx512(const float* x, size_t ldx, size_t rows, const float* w, size_t ldw,
+                     size_t outputs, size_t K, float* out, size_t out_stride) {
+  if (outputs == 4) return dot_rows_j_avx512<4>(x, ldx, rows, w, ldw, K, out, out_stride);
+  for (size_t j = 0; j < outputs; ++j)
+    dot_rows_j_avx512<1>(x, ldx, rows, w + j * ldw, ldw, K, out + j, out_stride);
+}
+
 // MR rows x V vectors of 16 columns (the last one masked to `last` lanes): each lane is one
 // output's chain of fused multiply-adds in k order, the scalar table's exact sequence.
 template <int MR, int V>
@@ -213,6 +261,7 @@ const KernelTable& avx512_kernel_table() {
     t.fastscan_u8 = fastscan_u8_avx512;
     t.dense_gemm = dense_gemm_avx512;
     t.decode_codes = decode_codes_avx512;
+    t.dot_rows = dot_rows_avx512;
     t.decode_fastscan_d1 = decode_fastscan_d1_avx512;
     return t;
   }();

@@ -76,6 +76,25 @@ void decode_row_neon(const uint8_t* codes, size_t T, size_t S, size_t d, size_t 
   }
 }
 
+// One (row, output) pair at a time: four q registers of lane chains (lanes 0-3, 4-7, 8-11,
+// 12-15); tails and the reduction by the shared scalar helpers (the same order as every table).
+void dot_rows_neon(const float* x, size_t ldx, size_t rows, const float* w, size_t ldw,
+                   size_t outputs, size_t K, float* out, size_t out_stride) {
+  const size_t whole = K / 16 * 16;
+  for (size_t m = 0; m < rows; ++m)
+    for (size_t j = 0; j < outputs; ++j) {
+      const float* xr = x + m * ldx;
+      const float* wr = w + j * ldw;
+      float32x4_t a[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+      for (size_t k = 0; k < whole; k += 16)
+        for (int q = 0; q < 4; ++q) a[q] = vfmaq_f32(a[q], vld1q_f32(xr + k + 4 * q), vld1q_f32(wr + k + 4 * q));
+      float lanes[16];
+      for (int q = 0; q < 4; ++q) vst1q_f32(lanes + 4 * q, a[q]);
+      dot_rows_tail(xr, wr, whole, K, lanes);
+      out[m * out_stride + j] = reduce16(lanes);
+    }
+}
+
 // MR rows x 8 columns, one fused multiply-add chain per output in k order (as scalar).
 template <int MR>
 inline void dense_block8(const float* x, size_t ldx, size_t K, const float* w, size_t N, float* y,
@@ -125,6 +144,7 @@ const KernelTable& neon_kernel_table() {
     t.fastscan_u8 = fastscan_u8_neon;
     t.decode_row = decode_row_neon;
     t.dense_gemm = dense_gemm_neon;
+    t.dot_rows = dot_rows_neon;
     return t;
   }();
   return table;

@@ -191,6 +191,31 @@ void decode_fastscan_d1_scalar(const uint8_t* groups, size_t depth, size_t cols,
     }
 }
 
+}  // namespace
+
+float reduce16(const float* lanes) {
+  float r8[8], r4[4];
+  for (int j = 0; j < 8; ++j) r8[j] = lanes[j] + lanes[j + 8];
+  for (int j = 0; j < 4; ++j) r4[j] = r8[j] + r8[j + 4];
+  return (r4[0] + r4[2]) + (r4[1] + r4[3]);
+}
+
+void dot_rows_tail(const float* x, const float* w, size_t k0, size_t K, float* lanes) {
+  for (size_t k = k0; k < K; ++k) lanes[k % 16] = std::fma(x[k], w[k], lanes[k % 16]);
+}
+
+namespace {
+
+void dot_rows_scalar(const float* x, size_t ldx, size_t rows, const float* w, size_t ldw,
+                     size_t outputs, size_t K, float* out, size_t out_stride) {
+  for (size_t m = 0; m < rows; ++m)
+    for (size_t j = 0; j < outputs; ++j) {
+      float lanes[16] = {};
+      dot_rows_tail(x + m * ldx, w + j * ldw, 0, K, lanes);
+      out[m * out_stride + j] = reduce16(lanes);
+    }
+}
+
 void transpose_scalar(const float* src, size_t rows, size_t cols, size_t ld_src, float* dst,
                       size_t ld_dst) {
   for (size_t i = 0; i < rows; ++i)
@@ -231,7 +256,7 @@ const KernelTable& scalar_kernel_table() {
       lut_gather8_scalar, scatter_add_scalar,  bucket_dot_scalar,    dot_scalar,
       axpy_scalar,
       quantize_luts_scalar, fastscan_u8_scalar, fastscan_f32_scalar,
-      decode_codes_scalar, decode_fastscan_d1_scalar, transpose_scalar, dense_gemm_scalar, decode_row_scalar,
+      decode_codes_scalar, decode_fastscan_d1_scalar, dot_rows_scalar, transpose_scalar, dense_gemm_scalar, decode_row_scalar,
   };
   return table;
 }
