@@ -641,9 +641,10 @@ constexpr size_t kTileScratchBytes = size_t{512} << 10;  // partial products + s
 // W_hat[k0 + j][n0 + i] (N x K, the GEMM's w_nk), axis 1 as tile[j*count + i] (K x N).
 // Chunks start at subspace boundaries along the axis the subvectors run on (k0 on axis 0,
 // n0 on axis 1), so each row of M's piece is whole subspaces (the last may be cut by L).
-// Rows [i0, i1) of the tile (serial; decode_tile runs them as tasks).
+// Rows [i0, i1) of the tile (serial; decode_tile runs them as tasks), `ld` floats apart
+// (0: dense).
 void decode_tile_rows(const Context& c, size_t k0, size_t depth, size_t n0, size_t count,
-                      size_t i0, size_t i1, float* tile) {
+                      size_t i0, size_t i1, float* tile, size_t ld = 0) {
   const VQProblem& p = c.p;
   const size_t stage_stride = c.Gs * c.Gr * c.ncw * p.d;
   const size_t subspace_stride = p.per_subspace ? c.Gr * c.ncw * p.d : 0;
@@ -654,19 +655,20 @@ void decode_tile_rows(const Context& c, size_t k0, size_t depth, size_t n0, size
   const size_t s0 = along / p.d, width = ceil_div(along + length, p.d) - s0;
   // Scalar codebooks (k-means, binary) in a format-1 stream decode straight from the stream.
   const bool scalar_codes = p.format_version == 1 && p.d == 1 && p.T == 1 && !p.per_subspace;
+  if (ld == 0) ld = length;
   std::vector<uint8_t> codes(scalar_codes ? 0 : p.T * width);
   for (size_t i = i0; i < i1; ++i) {
     const size_t r = first_row + i;
-    if (scalar_codes) {  // the rest of these rows in r's row group, in one call
-      const size_t last = std::min(first_row + i1, c.group_end(c.group_of_row(r)));
+    if (scalar_codes) {  // the rest of these rows in r's row group, in one call when dense
+      const size_t last = ld == length ? std::min(first_row + i1, c.group_end(c.group_of_row(r))) : r + 1;
       c.k.decode_codes(p.codes, static_cast<uint64_t>(r) * p.S + s0, p.S, last - r, length,
-                       p.bits, c.codebook(0, 0, c.group_of_row(r)), tile + i * length);
+                       p.bits, c.codebook(0, 0, c.group_of_row(r)), tile + i * ld);
       i += last - r - 1;
       continue;
     }
     for (size_t t = 0; t < p.T; ++t) c.unpack(t, r, s0, width, codes.data() + t * width);
     c.k.decode_row(codes.data(), p.T, width, p.d, length, c.codebook(0, s0, c.group_of_row(r)),
-                   stage_stride, subspace_stride, tile + i * length);
+                   stage_stride, subspace_stride, tile + i * ld);
   }
 }
 
@@ -751,25 +753,26 @@ constexpr size_t kPanelMaxDepth = 1024, kPanelMinDepth = 256;
 constexpr size_t kPanelXBytes = size_t{256} << 10;
 constexpr size_t kPanelCols = 64, kPanelMinCols = 16;
 constexpr size_t kPanelRowsBytes = size_t{1} << 20;  // decoded whole rows (decodes_whole_rows)
+constexpr size_t kRowPad = 16;                         // floats after each decoded whole row
 
 bool fastscan_d1_panels(const VQProblem& p) {
   return p.format_version == 2 && p.axis == 0 && p.d == 1 && p.T == 1 && !p.per_subspace &&
          (p.row_groups() == 1 || p.group_size % kFastScanBlockRows == 0);
 }
 
-// Axis-0 layouts other than fast-scan km4 panels decode along rows of M (outputs): they
-// decode the panel column's rows over all of K at once (each row's codes read in one run;
-// read a panel's depth at a time, 64 rows apart, km5 decoded at 3.4 codes/ns) into
-// `rows_nk` and transpose a depth chunk at a time.
+// Axis-0 layouts other than fast-scan km4 panels decode along rows of M (outputs), N x K:
+// a panel column's rows over all of K at once (each row's codes read in one run: read a
+// panel's depth at a time, 64 rows apart, km5 decoded at 3.4 codes/ns), kRowPad floats
+// apart (4096 floats apart, rows met in the same L1 sets), transposed a depth chunk at a
+// time into K x N panels. (Y^T = W_hat^T X^T on the decoded rows instead, without the
+// transposes, measured no better: 0.43 vs 0.37 ms on 384x1536 at M = 36, 36 vs 28 ms for
+// pq8-d4 on 4096x4096 at M = 64; dense_gemm's columns are then M, often not 32-wide.)
 bool decodes_whole_rows(const VQProblem& p) { return p.axis == 0 && !fastscan_d1_panels(p); }
 
-// panel[j*count + i] = W_hat[k0 + j][n0 + i] for j < depth, i < count; rows_nk holds the
-// decoded rows n0 .. n0+count over all of K when decodes_whole_rows().
-void decode_panel(const Context& c, size_t k0, size_t depth, size_t n0, size_t count,
-                  const float* rows_nk, float* panel) {
+// panel[j*count + i] = W_hat[k0 + j][n0 + i] for j < depth, i < count (K x N layouts).
+void decode_panel(const Context& c, size_t k0, size_t depth, size_t n0, size_t count, float* panel) {
   const VQProblem& p = c.p;
-  if (p.axis == 1) return decode_tile_rows(c, k0, depth, n0, count, 0, depth, panel);  // K x N
-  if (!fastscan_d1_panels(p)) return c.k.transpose(rows_nk + k0, count, depth, p.K, panel, count);
+  if (p.axis == 1) return decode_tile_rows(c, k0, depth, n0, count, 0, depth, panel);
   for (size_t b = 0; b * kFastScanBlockRows < count; ++b) {  // each 16-byte group: a panel row
     const size_t first = n0 + b * kFastScanBlockRows;        // n0 is a block boundary
     const size_t block = first / kFastScanBlockRows;
@@ -795,14 +798,23 @@ void run_panel_gemm_path(const Context& c) {
   const size_t columns = ceil_div(p.N, cols);
   const Blocks blocks = Blocks::split(columns, task_count(double(p.M + 4) * p.K * p.N / 16));
   run_tasks(c.runner, blocks.count, [&](size_t task) {
-    std::vector<float> panel(depth * cols), rows_nk(whole_rows ? cols * p.K : 0);
+    // Per task (uninitialized: every element is written before it is read): the column's
+    // decoded rows (whole_rows: N x K, ld apart) and a K x N panel.
+    const size_t ld = p.K + kRowPad;
+    const size_t rows_size = whole_rows ? cols * ld : 0;
+    const std::unique_ptr<float[]> memory(new float[rows_size + depth * cols]);
+    float* const rows_nk = memory.get();
+    float* const panel = memory.get() + rows_size;
     for (size_t q = blocks.begin(task); q < blocks.end(task); ++q) {
       const size_t n0 = q * cols, count = std::min(cols, p.N - n0);
-      if (whole_rows) decode_tile_rows(c, 0, p.K, n0, count, 0, count, rows_nk.data());
+      if (whole_rows) decode_tile_rows(c, 0, p.K, n0, count, 0, count, rows_nk, ld);
       for (size_t k0 = 0; k0 < p.K; k0 += depth) {
         const size_t len = std::min(depth, p.K - k0);
-        decode_panel(c, k0, len, n0, count, rows_nk.data(), panel.data());
-        c.k.dense_gemm(p.x + k0, p.K, p.M, len, panel.data(), count, p.y + n0, p.N, k0 > 0);
+        if (whole_rows)
+          c.k.transpose(rows_nk + k0, count, len, ld, panel, count);
+        else
+          decode_panel(c, k0, len, n0, count, panel);
+        c.k.dense_gemm(p.x + k0, p.K, p.M, len, panel, count, p.y + n0, p.N, k0 > 0);
       }
       if (p.bias)
         for (size_t m = 0; m < p.M; ++m)
