@@ -1026,15 +1026,23 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     // rows below say (run_fastscan_path); before that, MiniLM batch 1 (36 rows) with km4 took
     // 436 ms on float tables vs 64 ms on the tile path.
     {VQPath::kFastScan, 4, 4, 1, 1, nullptr, 64},
-    // AVX-512 (2026-12-02), km4 fast-scan vs the panel GEMM, ms: 4096x4096 2.37 / 2.63 at
-    // M = 8, 5.91 / 3.98 at 16; 1280x1000 0.318 / 0.322 at 16, 0.90 / 0.47 at 32.
-    {VQPath::kFastScan, 4, 4, 1, 1, "avx512", 16},
+    // AVX-512 rows: bench/thresholds.py on avx512vbmi (2026-12-02), ratios tile / small at
+    // M = 8, 16, 32, 64 on 4096x4096, 384x1536, 1536x384, 1280x1000 (the panel GEMM from 32
+    // rows, fast-scan km4 panels at every M):
+    //   km4 fastscan   1.28/1.38/1.10/0.62, 1.09/0.92/0.76/0.74, 0.58/0.49/0.38/0.36, 1.04/0.84/0.70/0.64
+    //   binary bit_lut 1.42/0.79/0.28/0.28, 1.32/0.76/0.35/0.24, 0.63/0.36/0.18/0.13, 1.21/0.58/0.28/0.23
+    //   pq8-d4 axis out, column_buckets at M = 4, 8: 1.55/0.65, 0.26/0.16, 0.62/0.30, 0.66/0.35
+    //   km5 decode_dot 2.67/1.47/0.69/0.66, 1.17/1.10/0.87/0.75, 1.84/1.30/0.86/0.85, 2.14/1.59/1.14/1.06
+    //   (km3 per 16 rows alike: 0.74, 0.87, 0.84, 0.83 at 32): 32, though 1280x1000 wins later.
+    {VQPath::kFastScan, 4, 4, 1, 1, "avx512", 32},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx512", 16},
+    {VQPath::kColumnBuckets, 1, 8, 1, kAnyD, "avx512", 8},
     {VQPath::kFastScan, 4, 4, 2, kAnyD, nullptr, kNever},
     {VQPath::kFastScanExact, 4, 4, 1, 1, nullptr, 8},       // km4: 0.75 at 8, 1.39 at 4
     {VQPath::kFastScanExact, 4, 4, 2, kAnyD, nullptr, 32},  // pq4-d4: 0.97 at 32, 1.47 at 16
     {VQPath::kLut, 1, 8, 1, kAnyD, nullptr, 8},
     {VQPath::kRowBuckets, 1, 8, 1, kAnyD, nullptr, 1},
-    {VQPath::kDecodeDot, 2, 8, 1, 1, nullptr, 32},
+    {VQPath::kDecodeDot, 2, 8, 1, 1, nullptr, 32},  // measured on AVX-512 (above); AVX2 inherits it
     {VQPath::kBitLut, 1, 1, 1, 1, nullptr, 64},
     {VQPath::kColumnBuckets, 1, 8, 1, kAnyD, nullptr, 4},   // pq8-d4 axis out: 0.95 at 4
     // Codebooks per few rows (groups smaller than the codebook): the direct gather-dot is
