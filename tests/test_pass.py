@@ -209,6 +209,9 @@ def test_default_uint8_tables_stay_within_their_error_budget():
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONNXVQ_")}
+    # 64 rows on 128 outputs take the exact tile GEMM on some tables: pin the fast-scan path,
+    # whose uint8 tables are what this budget is about.
+    env["ONNXVQ_TILE_GEMM_MIN_ROWS"] = str(1 << 40)
     proc = subprocess.run([sys.executable, "-c", DEFAULT_TABLES_SCRIPT], capture_output=True, text=True, env=env,
                           cwd=os.path.dirname(os.path.dirname(__file__)))
     assert proc.returncode == 0, proc.stderr

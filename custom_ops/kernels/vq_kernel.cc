@@ -684,17 +684,17 @@ void decode_tile(const Context& c, size_t k0, size_t depth, size_t n0, size_t co
 
 void run_panel_gemm_path(const Context& c);
 
-bool fastscan_d1_panels(const VQProblem& p);
+bool fastscan_panels(const VQProblem& p);
 
 // The built-in panel GEMM or the host's: measured side by side (gemm pass-through forced at
-// every M, 1 thread, AVX-512 host, 2026-12-02, ms own / ORT Gemm): fast-scan km4 panels decode
+// every M, 1 thread, AVX-512 host, 2026-12-02, ms own / ORT Gemm): fast-scan panels decode
 // straight from the 16-byte groups and win at every M (4096x4096: 3.3 / 22.4 at M = 8, 12.1 /
 // 33.1 at 64, 105 / 140 at 512); every layout wins from 64 rows (km5 19.6 / 21.9, binary 17.6 /
 // 20.4, pq4-d4 31.1 / 36.1 at M = 64; 384x1536 0.58 / 0.63 for km5) except pq8-d4 on 4096x4096
 // (54.5 / 44.6); below 32 rows the host's wins on format-1 rows (km5 at M = 1: 9.9 / 6.1).
 constexpr size_t kOwnGemmMinRows = 32;
 bool use_own_gemm(const VQProblem& p, const DenseGemm& host) {
-  return host.run == nullptr || fastscan_d1_panels(p) || p.M >= kOwnGemmMinRows;
+  return host.run == nullptr || fastscan_panels(p) || p.M >= kOwnGemmMinRows;
 }
 
 void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
@@ -738,9 +738,9 @@ void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
 }
 
 // --- panel GEMM (many rows, the built-in GEMM) ---------------------------------------------
-// W_hat is decoded a panel at a time (kPanelDepth inputs x kPanelCols outputs, K x N, in
+// W_hat is decoded a panel at a time (256-1024 inputs x up to kPanelCols outputs, K x N, in
 // L1/L2) and the table's dense_gemm multiplies all of X with it, accumulating into Y:
-//   for each panel column [n0, n1), for k0 = 0, kPanelDepth, ...:
+//   for each panel column [n0, n1), for each depth chunk [k0, k1):
 //     Y[:, n0:n1] (+)= X[:, k0:k1] . W_hat[k0:k1, n0:n1];  then Y[:, n0:n1] += bias
 // dense_gemm continues each output's one fused multiply-add chain across the panels, so
 // every output is one chain over k ascending: its bits depend on neither the panels, the
@@ -755,9 +755,31 @@ constexpr size_t kPanelCols = 64, kPanelMinCols = 16;
 constexpr size_t kPanelRowsBytes = size_t{1} << 20;  // decoded whole rows (decodes_whole_rows)
 constexpr size_t kRowPad = 16;                         // floats after each decoded whole row
 
-bool fastscan_d1_panels(const VQProblem& p) {
-  return p.format_version == 2 && p.axis == 0 && p.d == 1 && p.T == 1 && !p.per_subspace &&
+// Per-thread scratch kept across calls: a panel task's buffers are megabytes, and fresh
+// ones (mmap'ed by malloc) cost page faults on every call (8% of km5 on 4096x4096 at M =
+// 512). Grows to the largest request; one buffer per thread of the runner.
+float* thread_scratch(size_t floats) {
+  thread_local std::unique_ptr<float[]> buffer;
+  thread_local size_t size = 0;
+  if (size < floats) {
+    buffer.reset();  // first, so the old and new buffers are never held together
+    size = 0;
+    buffer.reset(new float[floats]);
+    size = floats;
+  }
+  return buffer.get();
+}
+
+// Format-2 layouts whose blocks of 32 outputs each use one codebook decode straight from
+// the 16-byte groups into K x N panels (a group is a panel row for 32 outputs); scalar
+// codebooks (km4) a whole depth per call, the others (pq4, rq) a group per call through
+// their codebooks transposed once per call.
+bool fastscan_panels(const VQProblem& p) {
+  return p.format_version == 2 && p.axis == 0 &&
          (p.row_groups() == 1 || p.group_size % kFastScanBlockRows == 0);
+}
+bool fastscan_d1_panels(const VQProblem& p) {
+  return fastscan_panels(p) && p.d == 1 && p.T == 1 && !p.per_subspace;
 }
 
 // Axis-0 layouts other than fast-scan km4 panels decode along rows of M (outputs), N x K:
@@ -767,20 +789,45 @@ bool fastscan_d1_panels(const VQProblem& p) {
 // time into K x N panels. (Y^T = W_hat^T X^T on the decoded rows instead, without the
 // transposes, measured no better: 0.43 vs 0.37 ms on 384x1536 at M = 36, 36 vs 28 ms for
 // pq8-d4 on 4096x4096 at M = 64; dense_gemm's columns are then M, often not 32-wide.)
-bool decodes_whole_rows(const VQProblem& p) { return p.axis == 0 && !fastscan_d1_panels(p); }
+bool decodes_whole_rows(const VQProblem& p) { return p.axis == 0 && !fastscan_panels(p); }
 
-// panel[j*count + i] = W_hat[k0 + j][n0 + i] for j < depth, i < count (K x N layouts).
-void decode_panel(const Context& c, size_t k0, size_t depth, size_t n0, size_t count, float* panel) {
+// panel[j*count + i] = W_hat[k0 + j][n0 + i] for j < depth, i < count (K x N layouts);
+// `books_t`: every codebook transposed (fastscan_panels() other than km4).
+void decode_panel(const Context& c, size_t k0, size_t depth, size_t n0, size_t count,
+                  const float* books_t, float* panel) {
   const VQProblem& p = c.p;
   if (p.axis == 1) return decode_tile_rows(c, k0, depth, n0, count, 0, depth, panel);
-  for (size_t b = 0; b * kFastScanBlockRows < count; ++b) {  // each 16-byte group: a panel row
-    const size_t first = n0 + b * kFastScanBlockRows;        // n0 is a block boundary
-    const size_t block = first / kFastScanBlockRows;
-    const uint8_t* groups = p.codes + (block * p.S + k0) * kFastScanGroupBytes;
-    c.k.decode_fastscan_d1(groups, depth, std::min(kFastScanBlockRows, count - b * kFastScanBlockRows),
-                           c.codebook(0, 0, c.group_of_row(first)), panel + b * kFastScanBlockRows,
-                           count);
+  const bool d1 = fastscan_d1_panels(p);
+  for (size_t b = 0; b * kFastScanBlockRows < count; ++b) {
+    const size_t first = n0 + b * kFastScanBlockRows;  // n0 is a block boundary
+    const size_t block = first / kFastScanBlockRows, g = c.group_of_row(first);
+    const size_t cols = std::min(kFastScanBlockRows, count - b * kFastScanBlockRows);
+    float* out = panel + b * kFastScanBlockRows;
+    if (d1) {
+      c.k.decode_fastscan_d1(p.codes + (block * p.S + k0) * kFastScanGroupBytes, depth, cols,
+                             c.codebook(0, 0, g), out, count);
+      continue;
+    }
+    for (size_t t = 0; t < p.T; ++t)
+      for (size_t s = k0 / p.d; s * p.d < k0 + depth; ++s) {  // k0 is a subspace boundary
+        const uint8_t* group = p.codes + ((block * p.T + t) * p.S + s) * kFastScanGroupBytes;
+        const float* table = books_t + (c.codebook(t, s, g) - p.codebooks);
+        c.k.decode_fastscan_group(group, table, c.subspace_len(s), cols, out + (s * p.d - k0) * count,
+                                  count, t > 0);
+      }
   }
+}
+
+// Every codebook of a format-2 layout transposed: books_t[base + j*16 + c] = codeword c's
+// value j, base the codebook's offset in p.codebooks.
+std::vector<float> transposed_books(const Context& c) {
+  const VQProblem& p = c.p;
+  const size_t books = p.T * c.Gs * c.Gr, size = c.ncw * p.d;
+  std::vector<float> out(books * size);
+  for (size_t b = 0; b < books; ++b)
+    for (size_t code = 0; code < c.ncw; ++code)
+      for (size_t j = 0; j < p.d; ++j) out[b * size + j * c.ncw + code] = p.codebooks[b * size + code * p.d + j];
+  return out;
 }
 
 void run_panel_gemm_path(const Context& c) {
@@ -796,15 +843,16 @@ void run_panel_gemm_path(const Context& c) {
   const size_t wanted = std::clamp<size_t>(fit_cols, kPanelMinCols, kPanelCols);
   const size_t cols = std::min(p.N, std::max<size_t>(1, wanted / col_unit) * col_unit);
   const size_t columns = ceil_div(p.N, cols);
+  const std::vector<float> books_t =
+      fastscan_panels(p) && !fastscan_d1_panels(p) ? transposed_books(c) : std::vector<float>();
   const Blocks blocks = Blocks::split(columns, task_count(double(p.M + 4) * p.K * p.N / 16));
   run_tasks(c.runner, blocks.count, [&](size_t task) {
     // Per task (uninitialized: every element is written before it is read): the column's
     // decoded rows (whole_rows: N x K, ld apart) and a K x N panel.
     const size_t ld = p.K + kRowPad;
     const size_t rows_size = whole_rows ? cols * ld : 0;
-    const std::unique_ptr<float[]> memory(new float[rows_size + depth * cols]);
-    float* const rows_nk = memory.get();
-    float* const panel = memory.get() + rows_size;
+    float* const rows_nk = thread_scratch(rows_size + depth * cols);
+    float* const panel = rows_nk + rows_size;
     for (size_t q = blocks.begin(task); q < blocks.end(task); ++q) {
       const size_t n0 = q * cols, count = std::min(cols, p.N - n0);
       if (whole_rows) decode_tile_rows(c, 0, p.K, n0, count, 0, count, rows_nk, ld);
@@ -813,7 +861,7 @@ void run_panel_gemm_path(const Context& c) {
         if (whole_rows)
           c.k.transpose(rows_nk + k0, count, len, ld, panel, count);
         else
-          decode_panel(c, k0, len, n0, count, panel);
+          decode_panel(c, k0, len, n0, count, books_t.data(), panel);
         c.k.dense_gemm(p.x + k0, p.K, p.M, len, panel, count, p.y + n0, p.N, k0 > 0);
       }
       if (p.bias)
@@ -998,7 +1046,8 @@ size_t env_size(const char* name) {
   return static_cast<size_t>(std::strtoull(value, nullptr, 10));
 }
 
-// The kernel chooser's one table: from how many rows M the tile GEMM beats each small path.
+// The kernel chooser's one table: from how many rows M the tile GEMM beats each small path,
+// by path, code width, subvector length, ISA and (where it matters) the number of outputs N.
 // Measured by bench/thresholds.py (1 thread, hot, both paths side by side, ORT's Gemm as the
 // GEMM) on the layers 4096x4096, 384x1536, 1536x384 and 1280x1000 at M = 1, 2, 4, ..., 64:
 // the smallest M from which the tile path was faster at every larger M on every layer.
@@ -1018,6 +1067,7 @@ struct TileGemmThreshold {
   size_t min_d, max_d;          // subvector lengths the row covers
   const char* isa;
   size_t min_rows;
+  size_t max_outputs = static_cast<size_t>(-1);  // N the row covers (shape-specific rows)
 };
 constexpr size_t kAnyD = static_cast<size_t>(-1);
 constexpr TileGemmThreshold kTileGemmThresholds[] = {
@@ -1035,6 +1085,12 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     //   km5 decode_dot 2.67/1.47/0.69/0.66, 1.17/1.10/0.87/0.75, 1.84/1.30/0.86/0.85, 2.14/1.59/1.14/1.06
     //   (km3 per 16 rows alike: 0.74, 0.87, 0.84, 0.83 at 32): 32, though 1280x1000 wins later.
     {VQPath::kFastScan, 4, 4, 1, 1, "avx512", 32},
+    // Fast-scan with d >= 2 keeps winning on wide layers (pq4-d4 on 4096x4096: 2.4 at M =
+    // 64), not on narrow ones, where each row's tables cost more than its scan saves
+    // (1536x384, N = 384: pq4-d4 0.91 at M = 8, 0.44 at 64; rq 2x4 0.83 at 8; pq4-d8 0.89
+    // at 32): the same rows measured with the format-2 panel decoder.
+    {VQPath::kFastScan, 4, 4, 2, 4, "avx512", 8, 512},
+    {VQPath::kFastScan, 4, 4, 5, kAnyD, "avx512", 32, 512},
     {VQPath::kBitLut, 1, 1, 1, 1, "avx512", 16},
     {VQPath::kColumnBuckets, 1, 8, 1, kAnyD, "avx512", 8},
     {VQPath::kFastScan, 4, 4, 2, kAnyD, nullptr, kNever},
@@ -1054,7 +1110,7 @@ size_t measured_min_rows(const VQProblem& p, VQPath small, const KernelTable& ke
   const TileGemmThreshold* best = nullptr;
   for (const TileGemmThreshold& row : kTileGemmThresholds) {
     if (row.small != small || p.bits < row.min_bits || p.bits > row.max_bits) continue;
-    if (p.d < row.min_d || p.d > row.max_d) continue;
+    if (p.d < row.min_d || p.d > row.max_d || p.N > row.max_outputs) continue;
     if (row.isa != nullptr && std::strncmp(row.isa, kernels.name, std::strlen(row.isa)) != 0) continue;
     if (best == nullptr || (best->isa == nullptr && row.isa != nullptr)) best = &row;
   }

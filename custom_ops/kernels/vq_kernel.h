@@ -188,6 +188,15 @@ struct KernelTable {
   void (*dot_rows)(const float* x, size_t ldx, size_t rows, const float* w, size_t ldw,
                    size_t outputs, size_t K, float* out, size_t out_stride);
 
+  /// One fast-scan group (the 16 code bytes of one block of 32 outputs for one stage and
+  /// subspace) as `len` panel rows, through the subspace's codebook transposed (table[j*16
+  /// + c] = codeword c's value j): for j < len, i < cols (<= 32), with code_i the group's
+  /// nibble of output i (format 2: low nibbles are outputs 0-15, high ones 16-31),
+  ///   out[j*ld + i] = table[j*16 + code_i]   or, when `accumulate`, += (later stages)
+  /// Copies values (one float add per further stage): every table gives the same bits.
+  void (*decode_fastscan_group)(const uint8_t* group, const float* table, size_t len, size_t cols,
+                                float* out, size_t ld, bool accumulate);
+
   /// dst[j*ld_dst + i] = src[i*ld_src + j] for i < rows, j < cols (a copy: every table's bits).
   void (*transpose)(const float* src, size_t rows, size_t cols, size_t ld_src, float* dst,
                     size_t ld_dst);

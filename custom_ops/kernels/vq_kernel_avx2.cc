@@ -362,6 +362,34 @@ void decode_fastscan_d1_avx2(const uint8_t* groups, size_t depth, size_t cols, c
   }
 }
 
+// Nibbles widened once; each row's 16 table values looked up as in decode_fastscan_d1.
+void decode_fastscan_group_avx2(const uint8_t* group, const float* table, size_t len, size_t cols,
+                                float* out, size_t ld, bool accumulate) {
+  const __m256i nibble = _mm256_set1_epi32(0x0f), eight = _mm256_set1_epi32(8);
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(group));
+  const __m256i b0 = _mm256_cvtepu8_epi32(bytes), b1 = _mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8));
+  const __m256i index[4] = {_mm256_and_si256(b0, nibble), _mm256_and_si256(b1, nibble),
+                            _mm256_srli_epi32(b0, 4), _mm256_srli_epi32(b1, 4)};
+  __m256 pick[4];  // bit 3 of each index: the upper 8 values
+  for (int v = 0; v < 4; ++v)
+    pick[v] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(index[v], eight), 28));
+  __m256i masks[4];
+  for (int v = 0; v < 4; ++v) {
+    const int valid = static_cast<int>(std::min<size_t>(8, cols > size_t(8 * v) ? cols - 8 * v : 0));
+    masks[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  for (size_t j = 0; j < len; ++j) {
+    const __m256 lo_book = _mm256_loadu_ps(table + j * 16), hi_book = _mm256_loadu_ps(table + j * 16 + 8);
+    float* row = out + j * ld;
+    for (int v = 0; v < 4 && size_t(8 * v) < cols; ++v) {
+      __m256 w = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo_book, index[v]),
+                                  _mm256_permutevar8x32_ps(hi_book, index[v]), pick[v]);
+      if (accumulate) w = _mm256_add_ps(_mm256_maskload_ps(row + 8 * v, masks[v]), w);
+      _mm256_maskstore_ps(row + 8 * v, masks[v], w);
+    }
+  }
+}
+
 // R rows x J outputs at once: two ymm (lanes 0-7, 8-15) of lane chains per pair; tails and
 // the reduction by the shared scalar helpers (the same order as every table).
 template <int R, int J>
@@ -555,6 +583,7 @@ const KernelTable& avx2_kernel_table() {
     t.decode_fastscan_d1 = decode_fastscan_d1_avx2;
     t.transpose = transpose_avx2;
     t.dot_rows = dot_rows_avx2;
+    t.decode_fastscan_group = decode_fastscan_group_avx2;
     t.decode_row = decode_row_avx2;
     return t;
   }();

@@ -153,6 +153,26 @@ void decode_fastscan_d1_avx512(const uint8_t* groups, size_t depth, size_t cols,
   }
 }
 
+// Nibbles widened once, then one permute of the transposed codebook per row and half.
+void decode_fastscan_group_avx512(const uint8_t* group, const float* table, size_t len, size_t cols,
+                                  float* out, size_t ld, bool accumulate) {
+  const __mmask16 low = cols >= 16 ? 0xffff : __mmask16((1u << cols) - 1);
+  const __mmask16 high = cols >= 32 ? 0xffff : cols <= 16 ? 0 : __mmask16((1u << (cols - 16)) - 1);
+  const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group)));
+  const __m512i lo = _mm512_and_si512(bytes, _mm512_set1_epi32(0x0f)), hi = _mm512_srli_epi32(bytes, 4);
+  for (size_t j = 0; j < len; ++j) {
+    const __m512 values = _mm512_loadu_ps(table + j * 16);
+    __m512 w0 = _mm512_permutexvar_ps(lo, values), w1 = _mm512_permutexvar_ps(hi, values);
+    float* row = out + j * ld;
+    if (accumulate) {
+      w0 = _mm512_add_ps(_mm512_maskz_loadu_ps(low, row), w0);
+      w1 = _mm512_add_ps(_mm512_maskz_loadu_ps(high, row + 16), w1);
+    }
+    _mm512_mask_storeu_ps(row, low, w0);
+    _mm512_mask_storeu_ps(row + 16, high, w1);
+  }
+}
+
 // R rows x J outputs at once: one zmm of 16 lane chains per pair (J independent chains even
 // at one row, which hides the FMA latency); whole 16-input steps in registers, the last
 // K % 16 inputs and the reduction by the shared scalar helpers (the same order).
@@ -262,6 +282,7 @@ const KernelTable& avx512_kernel_table() {
     t.dense_gemm = dense_gemm_avx512;
     t.decode_codes = decode_codes_avx512;
     t.dot_rows = dot_rows_avx512;
+    t.decode_fastscan_group = decode_fastscan_group_avx512;
     t.decode_fastscan_d1 = decode_fastscan_d1_avx512;
     return t;
   }();

@@ -191,6 +191,16 @@ void decode_fastscan_d1_scalar(const uint8_t* groups, size_t depth, size_t cols,
     }
 }
 
+void decode_fastscan_group_scalar(const uint8_t* group, const float* table, size_t len, size_t cols,
+                                  float* out, size_t ld, bool accumulate) {
+  for (size_t j = 0; j < len; ++j)
+    for (size_t i = 0; i < cols; ++i) {
+      const uint8_t byte = group[i % 16];
+      const float v = table[j * 16 + (i < 16 ? byte & 0x0f : byte >> 4)];
+      out[j * ld + i] = accumulate ? out[j * ld + i] + v : v;
+    }
+}
+
 }  // namespace
 
 float reduce16(const float* lanes) {
@@ -256,7 +266,8 @@ const KernelTable& scalar_kernel_table() {
       lut_gather8_scalar, scatter_add_scalar,  bucket_dot_scalar,    dot_scalar,
       axpy_scalar,
       quantize_luts_scalar, fastscan_u8_scalar, fastscan_f32_scalar,
-      decode_codes_scalar, decode_fastscan_d1_scalar, dot_rows_scalar, transpose_scalar, dense_gemm_scalar, decode_row_scalar,
+      decode_codes_scalar, decode_fastscan_d1_scalar, dot_rows_scalar, decode_fastscan_group_scalar,
+      transpose_scalar, dense_gemm_scalar, decode_row_scalar,
   };
   return table;
 }
