@@ -1049,8 +1049,9 @@ size_t env_size(const char* name) {
 // The kernel chooser's one table: from how many rows M the tile GEMM beats each small path,
 // by path, code width, subvector length, ISA and (where it matters) the number of outputs N.
 // Measured by bench/thresholds.py (1 thread, hot, both paths side by side; the AVX2 rows with
-// ORT's Gemm on decoded tiles, before the panel GEMM, and not re-measured since) on the layers 4096x4096, 384x1536, 1536x384 and 1280x1000 at M = 1, 2, 4, ..., 64:
-// the smallest M from which the tile path was faster at every larger M on every layer.
+// ORT's Gemm on decoded tiles, before the panel GEMM, and not re-measured since) on the
+// layers 4096x4096, 384x1536, 1536x384 and 1280x1000 at M = 1, 2, 4, ..., 64: the smallest M
+// from which the tile path was faster at every larger M on every layer.
 // Ratios tile / small at M = 1 .. 64 on 4096x4096 (AVX2, 2026-12-02):
 //   fastscan d=4 (pq4-d4)  89 .. 4.3      never up to 64: uint8 tables in registers win
 //   fastscan d=1 (km4)     22 .. 0.16     64 (384x1536: 1.00 at 32)
