@@ -1093,6 +1093,7 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     {VQPath::kFastScan, 4, 4, 2, 4, "avx512", 8, 512},
     {VQPath::kFastScan, 4, 4, 5, kAnyD, "avx512", 32, 512},
     {VQPath::kBitLut, 1, 1, 1, 1, "avx512", 16},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx512", 8, 512},  // 1536x384: 1.34 at 4, 0.63 at 8
     {VQPath::kColumnBuckets, 1, 8, 1, kAnyD, "avx512", 8},
     {VQPath::kFastScan, 4, 4, 2, kAnyD, nullptr, kNever},
     {VQPath::kFastScanExact, 4, 4, 1, 1, nullptr, 8},       // km4: 0.75 at 8, 1.39 at 4
@@ -1113,7 +1114,12 @@ size_t measured_min_rows(const VQProblem& p, VQPath small, const KernelTable& ke
     if (row.small != small || p.bits < row.min_bits || p.bits > row.max_bits) continue;
     if (p.d < row.min_d || p.d > row.max_d || p.N > row.max_outputs) continue;
     if (row.isa != nullptr && std::strncmp(row.isa, kernels.name, std::strlen(row.isa)) != 0) continue;
-    if (best == nullptr || (best->isa == nullptr && row.isa != nullptr)) best = &row;
+    // The most specific row wins: an ISA's own over the shared ones, then one limited to
+    // narrow layers over an unlimited one; the first of equals.
+    auto specific = [](const TileGemmThreshold& r) {
+      return 2 * (r.isa != nullptr) + (r.max_outputs != static_cast<size_t>(-1));
+    };
+    if (best == nullptr || specific(row) > specific(*best)) best = &row;
   }
   return best ? best->min_rows : kNever;
 }
