@@ -254,6 +254,10 @@ void test_threads_do_not_change_bits(const KernelTable& kernels, std::mt19937& r
 // --- every SIMD table against the scalar one ------------------------------------------------
 
 bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+// Bit for bit, empty vectors included (memcmp must not see their null data()).
+bool same_floats(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+}
 
 // Integer fast-scan: equal to the bit, including 16-bit flush boundaries (E around 2*256
 // and 4*256), odd entry counts and saturated tables.
@@ -474,13 +478,13 @@ void test_tile_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
     std::vector<float> got = want, two = want;
     scalar.dense_gemm(x.data(), ldx, M, K, w.data(), N, want.data(), ldy, accumulate);
     simd.dense_gemm(x.data(), ldx, M, K, w.data(), N, got.data(), ldy, accumulate);
-    EXPECT(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0,
+    EXPECT(same_floats(want, got),
            "%s dense_gemm M=%zu K=%zu N=%zu ldx=%zu ldy=%zu acc=%d differs from scalar", simd.name,
            M, K, N, ldx, ldy, int(accumulate));
     simd.dense_gemm(x.data(), ldx, M, split, w.data(), N, two.data(), ldy, accumulate);
     simd.dense_gemm(x.data() + split, ldx, M, K - split, w.data() + split * N, N, two.data(), ldy,
                     accumulate || split > 0);
-    EXPECT(std::memcmp(want.data(), two.data(), want.size() * sizeof(float)) == 0,
+    EXPECT(same_floats(want, two),
            "%s dense_gemm split at %zu of K=%zu differs from one call", simd.name, split, K);
   }
   for (int i = 0; i < scaled(300); ++i, ++cases) {  // decode-dot rows, signed zeros too
@@ -492,7 +496,7 @@ void test_tile_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
     std::vector<float> want(std::max<size_t>(1, rows * stride), 7.0f), got = want;
     scalar.dot_rows(x.data(), ldx, rows, w.data(), ldw, outputs, K, want.data(), stride);
     simd.dot_rows(x.data(), ldx, rows, w.data(), ldw, outputs, K, got.data(), stride);
-    EXPECT(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0,
+    EXPECT(same_floats(want, got),
            "%s dot_rows rows=%zu outputs=%zu K=%zu differs from scalar", simd.name, rows, outputs, K);
     for (size_t m = 0; m < rows; ++m)
       for (size_t j = 0; j < outputs; ++j) {
@@ -513,7 +517,7 @@ void test_tile_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
     for (auto& v : book) v = normal(rng);
     scalar.decode_fastscan_d1(groups.data(), depth, cols, book.data(), want.data(), ld);
     simd.decode_fastscan_d1(groups.data(), depth, cols, book.data(), got.data(), ld);
-    EXPECT(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0,
+    EXPECT(same_floats(want, got),
            "%s decode_fastscan_d1 depth=%zu cols=%zu ld=%zu differs from scalar", simd.name, depth,
            cols, ld);
   }
@@ -528,7 +532,7 @@ void test_tile_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
     std::vector<float> got = want;
     scalar.decode_fastscan_group(group, table.data(), len, cols, want.data(), ld, accumulate);
     simd.decode_fastscan_group(group, table.data(), len, cols, got.data(), ld, accumulate);
-    EXPECT(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0,
+    EXPECT(same_floats(want, got),
            "%s decode_fastscan_group len=%zu cols=%zu ld=%zu acc=%d differs from scalar", simd.name,
            len, cols, ld, int(accumulate));
   }
@@ -540,7 +544,7 @@ void test_tile_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
     std::vector<float> got = want;
     scalar.transpose(src.data(), rows, cols, ld_src, want.data(), ld_dst);
     simd.transpose(src.data(), rows, cols, ld_src, got.data(), ld_dst);
-    EXPECT(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0,
+    EXPECT(same_floats(want, got),
            "%s transpose %zu x %zu differs from scalar", simd.name, rows, cols);
     for (size_t r = 0; r < rows; ++r)
       for (size_t q = 0; q < cols; ++q)
@@ -558,7 +562,7 @@ void test_tile_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
       std::vector<float> want(rows * count), got(rows * count);
       scalar.decode_codes(stream.data(), first, stride, rows, count, bits, book.data(), want.data());
       simd.decode_codes(stream.data(), first, stride, rows, count, bits, book.data(), got.data());
-      EXPECT(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0,
+      EXPECT(same_floats(want, got),
              "%s decode_codes bits=%u first=%llu rows=%zu count=%zu differs from scalar", simd.name,
              bits, static_cast<unsigned long long>(first), rows, count);
     }
@@ -569,7 +573,7 @@ void test_tile_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
     for (auto& v : book) v = rng() % 7 == 0 ? 0.0f : normal(rng);
     scalar.build_lut_d1(x.data(), count, book.data(), ncw, want.data());
     simd.build_lut_d1(x.data(), count, book.data(), ncw, got.data());
-    EXPECT(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0,
+    EXPECT(same_floats(want, got),
            "%s build_lut_d1 count=%zu codewords=%zu differs from scalar", simd.name, count, ncw);
   }
   std::printf("%s: %d tile-GEMM micro-kernel cases equal to scalar\n", simd.name, cases);
