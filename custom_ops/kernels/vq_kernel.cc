@@ -302,6 +302,9 @@ bool decode_dot_covers(const VQProblem& p) {
          p.bits >= 2;
 }
 
+void decode_tile_rows(const Context& c, size_t k0, size_t depth, size_t n0, size_t count,
+                      size_t i0, size_t i1, float* tile, size_t ld = 0);
+
 void run_decode_dot_path(const Context& c) {
   const VQProblem& p = c.p;
   constexpr size_t kOutputs = 4;  // decoded rows per dot_rows call (independent chains)
@@ -311,9 +314,7 @@ void run_decode_dot_path(const Context& c) {
     const size_t n_end = std::min(p.N, blocks.end(task) * kOutputs);
     for (size_t n0 = blocks.begin(task) * kOutputs; n0 < n_end; n0 += kOutputs) {
       const size_t count = std::min(kOutputs, p.N - n0);
-      for (size_t j = 0; j < count; ++j)
-        c.k.decode_codes(p.codes, static_cast<uint64_t>(n0 + j) * p.S, p.S, 1, p.K, p.bits,
-                         c.codebook(0, 0, c.group_of_row(n0 + j)), rows.data() + j * p.K);
+      decode_tile_rows(c, 0, p.K, n0, count, 0, count, rows.data());
       c.k.dot_rows(p.x, p.K, p.M, rows.data(), p.K, count, p.K, p.y + n0, p.N);
       if (p.bias)
         for (size_t m = 0; m < p.M; ++m)
@@ -644,7 +645,7 @@ constexpr size_t kTileScratchBytes = size_t{512} << 10;  // partial products + s
 // Rows [i0, i1) of the tile (serial; decode_tile runs them as tasks), `ld` floats apart
 // (0: dense).
 void decode_tile_rows(const Context& c, size_t k0, size_t depth, size_t n0, size_t count,
-                      size_t i0, size_t i1, float* tile, size_t ld = 0) {
+                      size_t i0, size_t i1, float* tile, size_t ld) {
   const VQProblem& p = c.p;
   const size_t stage_stride = c.Gs * c.Gr * c.ncw * p.d;
   const size_t subspace_stride = p.per_subspace ? c.Gr * c.ncw * p.d : 0;
@@ -746,9 +747,9 @@ void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
 // every output is one chain over k ascending: its bits depend on neither the panels, the
 // thread count nor M. Tasks own whole panel columns (each panel decoded once).
 
-// Panel depth: long runs of each output's codes (format-1 rows are read a panel's depth at a
-// time, 64 rows apart: 256 inputs decoded km5 at 2.3 codes/ns, 1024 at 3.4), but X's rows
-// over the depth, kPanelXBytes at most, stay in L2 while every panel column uses them.
+// Panel depth: deep enough that fast-scan and axis-1 panels decode long runs of codes,
+// shallow enough that X's rows over the depth (kPanelXBytes at most) stay in L2 while every
+// panel column uses them.
 constexpr size_t kPanelMaxDepth = 1024, kPanelMinDepth = 256;
 constexpr size_t kPanelXBytes = size_t{256} << 10;
 constexpr size_t kPanelCols = 64, kPanelMinCols = 16;
@@ -782,13 +783,13 @@ bool fastscan_d1_panels(const VQProblem& p) {
   return fastscan_panels(p) && p.d == 1 && p.T == 1 && !p.per_subspace;
 }
 
-// Axis-0 layouts other than fast-scan km4 panels decode along rows of M (outputs), N x K:
-// a panel column's rows over all of K at once (each row's codes read in one run: read a
-// panel's depth at a time, 64 rows apart, km5 decoded at 3.4 codes/ns), kRowPad floats
-// apart (4096 floats apart, rows met in the same L1 sets), transposed a depth chunk at a
-// time into K x N panels. (Y^T = W_hat^T X^T on the decoded rows instead, without the
-// transposes, measured no better: 0.43 vs 0.37 ms on 384x1536 at M = 36, 36 vs 28 ms for
-// pq8-d4 on 4096x4096 at M = 64; dense_gemm's columns are then M, often not 32-wide.)
+// Other axis-0 layouts decode along rows of M (outputs), N x K: a panel column's rows over
+// all of K at once, each row's codes in one run (a panel's depth at a time, 64 rows apart,
+// decoded km5 at 2.3-3.4 codes/ns), kRowPad floats apart (rows 4096 floats apart met in the
+// same L1 sets), then transposed a depth chunk at a time into K x N panels. (Y^T = W_hat^T
+// X^T on the decoded rows, without the transposes, measured no better: 0.43 vs 0.37 ms on
+// 384x1536 at M = 36, 36 vs 28 ms for pq8-d4 on 4096x4096 at M = 64; dense_gemm's columns
+// are then M, often not 32-wide.)
 bool decodes_whole_rows(const VQProblem& p) { return p.axis == 0 && !fastscan_panels(p); }
 
 // panel[j*count + i] = W_hat[k0 + j][n0 + i] for j < depth, i < count (K x N layouts);

@@ -332,32 +332,39 @@ void decode_codes_avx2(const uint8_t* stream, uint64_t first_code, uint64_t row_
   }
 }
 
-// One panel row per group: nibbles widened to 32-bit indices, looked up in the 16 floats
-// (two 8-float permutes, picked by bit 3), masked stores for a short block.
-void decode_fastscan_d1_avx2(const uint8_t* groups, size_t depth, size_t cols, const float* book,
-                             float* out, size_t ld) {
-  const __m256 lo_book = _mm256_loadu_ps(book), hi_book = _mm256_loadu_ps(book + 8);
-  const __m256i nibble = _mm256_set1_epi32(0x0f), eight = _mm256_set1_epi32(8);
-  __m256i masks[4];
+// Store masks for the first `cols` of a block's 32 outputs, 8 per register.
+inline void block_masks(size_t cols, __m256i masks[4]) {
   for (int v = 0; v < 4; ++v) {
     const int valid = static_cast<int>(std::min<size_t>(8, cols > size_t(8 * v) ? cols - 8 * v : 0));
     masks[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
-  auto look = [&](__m256i index) {
-    const __m256 low = _mm256_permutevar8x32_ps(lo_book, index);
-    const __m256 high = _mm256_permutevar8x32_ps(hi_book, index);
-    return _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(index, eight), 28)));
-  };
+}
+
+// A group's 32 nibbles as 32-bit indices: outputs 0-7, 8-15 (low nibbles), 16-23, 24-31.
+inline void group_indices(const uint8_t* group, __m256i index[4]) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(group));
+  const __m256i b0 = _mm256_cvtepu8_epi32(bytes), b1 = _mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8));
+  const __m256i nibble = _mm256_set1_epi32(0x0f);
+  index[0] = _mm256_and_si256(b0, nibble);
+  index[1] = _mm256_and_si256(b1, nibble);
+  index[2] = _mm256_srli_epi32(b0, 4);
+  index[3] = _mm256_srli_epi32(b1, 4);
+}
+
+// One panel row per group, looked up in the 16 floats (lookup16); masked stores for a short
+// block.
+void decode_fastscan_d1_avx2(const uint8_t* groups, size_t depth, size_t cols, const float* book,
+                             float* out, size_t ld) {
+  const __m256 lo_book = _mm256_loadu_ps(book), hi_book = _mm256_loadu_ps(book + 8);
+  __m256i masks[4];
+  block_masks(cols, masks);
   for (size_t j = 0; j < depth; ++j) {
-    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(groups + j * kFastScanGroupBytes));
-    const __m256i b0 = _mm256_cvtepu8_epi32(bytes), b1 = _mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8));
-    const __m256 w[4] = {look(_mm256_and_si256(b0, nibble)), look(_mm256_and_si256(b1, nibble)),
-                         look(_mm256_srli_epi32(b0, 4)), look(_mm256_srli_epi32(b1, 4))};
+    __m256i index[4];
+    group_indices(groups + j * kFastScanGroupBytes, index);
     float* row = out + j * ld;
-    if (cols == 32) {
-      for (int v = 0; v < 4; ++v) _mm256_storeu_ps(row + 8 * v, w[v]);
-    } else {
-      for (int v = 0; v < 4 && size_t(8 * v) < cols; ++v) _mm256_maskstore_ps(row + 8 * v, masks[v], w[v]);
+    for (int v = 0; v < 4 && size_t(8 * v) < cols; ++v) {
+      const __m256 w = lookup16(lo_book, hi_book, index[v]);
+      cols == 32 ? _mm256_storeu_ps(row + 8 * v, w) : _mm256_maskstore_ps(row + 8 * v, masks[v], w);
     }
   }
 }
@@ -365,25 +372,14 @@ void decode_fastscan_d1_avx2(const uint8_t* groups, size_t depth, size_t cols, c
 // Nibbles widened once; each row's 16 table values looked up as in decode_fastscan_d1.
 void decode_fastscan_group_avx2(const uint8_t* group, const float* table, size_t len, size_t cols,
                                 float* out, size_t ld, bool accumulate) {
-  const __m256i nibble = _mm256_set1_epi32(0x0f), eight = _mm256_set1_epi32(8);
-  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(group));
-  const __m256i b0 = _mm256_cvtepu8_epi32(bytes), b1 = _mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8));
-  const __m256i index[4] = {_mm256_and_si256(b0, nibble), _mm256_and_si256(b1, nibble),
-                            _mm256_srli_epi32(b0, 4), _mm256_srli_epi32(b1, 4)};
-  __m256 pick[4];  // bit 3 of each index: the upper 8 values
-  for (int v = 0; v < 4; ++v)
-    pick[v] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(index[v], eight), 28));
-  __m256i masks[4];
-  for (int v = 0; v < 4; ++v) {
-    const int valid = static_cast<int>(std::min<size_t>(8, cols > size_t(8 * v) ? cols - 8 * v : 0));
-    masks[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  }
+  __m256i index[4], masks[4];
+  group_indices(group, index);
+  block_masks(cols, masks);
   for (size_t j = 0; j < len; ++j) {
     const __m256 lo_book = _mm256_loadu_ps(table + j * 16), hi_book = _mm256_loadu_ps(table + j * 16 + 8);
     float* row = out + j * ld;
     for (int v = 0; v < 4 && size_t(8 * v) < cols; ++v) {
-      __m256 w = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo_book, index[v]),
-                                  _mm256_permutevar8x32_ps(hi_book, index[v]), pick[v]);
+      __m256 w = lookup16(lo_book, hi_book, index[v]);
       if (accumulate) w = _mm256_add_ps(_mm256_maskload_ps(row + 8 * v, masks[v]), w);
       _mm256_maskstore_ps(row + 8 * v, masks[v], w);
     }

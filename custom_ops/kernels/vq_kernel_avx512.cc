@@ -137,12 +137,14 @@ void decode_codes_avx512(const uint8_t* stream, uint64_t first_code, uint64_t ro
   }
 }
 
+// The first min(n, 16) lanes.
+inline __mmask16 half_mask(size_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
+
 // One panel row per group: 16 nibbles of each half as 32-bit indices into the 16 floats.
 void decode_fastscan_d1_avx512(const uint8_t* groups, size_t depth, size_t cols, const float* book,
                                float* out, size_t ld) {
   const __m512 table = _mm512_loadu_ps(book);
-  const __mmask16 low = cols >= 16 ? 0xffff : __mmask16((1u << cols) - 1);
-  const __mmask16 high = cols >= 32 ? 0xffff : cols <= 16 ? 0 : __mmask16((1u << (cols - 16)) - 1);
+  const __mmask16 low = half_mask(cols), high = half_mask(cols > 16 ? cols - 16 : 0);
   for (size_t j = 0; j < depth; ++j) {
     const __m512i bytes = _mm512_cvtepu8_epi32(
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(groups + j * kFastScanGroupBytes)));
@@ -156,8 +158,7 @@ void decode_fastscan_d1_avx512(const uint8_t* groups, size_t depth, size_t cols,
 // Nibbles widened once, then one permute of the transposed codebook per row and half.
 void decode_fastscan_group_avx512(const uint8_t* group, const float* table, size_t len, size_t cols,
                                   float* out, size_t ld, bool accumulate) {
-  const __mmask16 low = cols >= 16 ? 0xffff : __mmask16((1u << cols) - 1);
-  const __mmask16 high = cols >= 32 ? 0xffff : cols <= 16 ? 0 : __mmask16((1u << (cols - 16)) - 1);
+  const __mmask16 low = half_mask(cols), high = half_mask(cols > 16 ? cols - 16 : 0);
   const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group)));
   const __m512i lo = _mm512_and_si512(bytes, _mm512_set1_epi32(0x0f)), hi = _mm512_srli_epi32(bytes, 4);
   for (size_t j = 0; j < len; ++j) {
