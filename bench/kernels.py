@@ -14,7 +14,8 @@ with IOBinding (inputs and outputs bound once, so only the run is timed):
               km4 (scalar k-means, 4-bit, one codebook, format 2), bin (binary,
               per-output scale), km5 (5-bit k-means), km3-g16 (3-bit k-means, one
               codebook per 16 outputs), rq2x4 (RQ, 2 stages of 4 bits, d=4); the 4-bit
-              ones use format_version 2; pq8-d4-out (PQ along the output axis)
+              ones use format_version 2, pq8-d4 format 3 (byte-scan), as the quantizers
+              emit them; pq8-d4-out (PQ along the output axis)
 
 "hot" runs one copy of the weight over and over (it stays in cache when it fits); "cold"
 builds one graph with enough independent copies of the node, each with its own weight,
@@ -58,7 +59,7 @@ MAX_COPIES = 64
 # Our op's settings: name -> VQLayout.for_weight keyword arguments.
 VQ_VARIANTS = {
     "vq-pq4-d4": dict(bits=4, subvector_len=4, format_version=None),
-    "vq-pq8-d4": dict(bits=8, subvector_len=4),
+    "vq-pq8-d4": dict(bits=8, subvector_len=4, format_version=None),
     "vq-pq4-d8": dict(bits=4, subvector_len=8, format_version=None),
     "vq-km4": dict(bits=4, subvector_len=1, codebook_per_subspace=0, format_version=None),
     "vq-bin": dict(bits=1, subvector_len=1, codebook_per_subspace=0, group_size=1),

@@ -170,6 +170,17 @@ inline void check_sizes(const Node& node, Layout& layout) {
       too_large();
     layout.packed_bytes = bytes;
   }
+  if (a.format_version == schema::kByteScanFormatVersion) {
+    // Blocks of 64 rows, one byte per (row, entry): v1's bytes plus the last block's padding.
+    const uint64_t blocks = layout.rows / schema::kByteScanBlockRows +
+                            (layout.rows % schema::kByteScanBlockRows != 0);
+    uint64_t bytes = 0;
+    if (!checked_mul(blocks, static_cast<uint64_t>(a.T), &bytes) ||
+        !checked_mul(bytes, static_cast<uint64_t>(a.S), &bytes) ||
+        !checked_mul(bytes, schema::kByteScanBlockRows, &bytes) || bytes > limit)
+      too_large();
+    layout.packed_bytes = bytes;
+  }
   layout.codebooks_shape = {a.T, static_cast<int64_t>(layout.subspace_groups),
                             static_cast<int64_t>(layout.row_groups),
                             static_cast<int64_t>(layout.codewords), a.d};
@@ -222,6 +233,12 @@ Layout read_layout(const OrtApi& api, const OrtKernelInfo* info, const Node& nod
     node.fail(concat(VQ_ATTRIBUTE_NAME(format_version), ' ', schema::kFastScanFormatVersion, " needs ",
                      VQ_ATTRIBUTE_NAME(axis), ' ', schema::kAxisIn, " and ", schema::kFastScanBits,
                      "-bit codes, got axis ", a.axis, " and ", a.bits, " bits"));
+  if (a.format_version == schema::kByteScanFormatVersion &&
+      (a.axis != schema::kAxisIn || a.bits != schema::kByteScanBits || a.d < schema::kByteScanMinSubvectorLen))
+    node.fail(concat(VQ_ATTRIBUTE_NAME(format_version), ' ', schema::kByteScanFormatVersion, " needs ",
+                     VQ_ATTRIBUTE_NAME(axis), ' ', schema::kAxisIn, ", ", schema::kByteScanBits, "-bit codes and ",
+                     VQ_ATTRIBUTE_NAME(d), " >= ", schema::kByteScanMinSubvectorLen, ", got axis ", a.axis, ", ",
+                     a.bits, " bits and ", VQ_ATTRIBUTE_NAME(d), ' ', a.d));
 
   layout.rows = static_cast<uint64_t>(a.axis == schema::kAxisIn ? a.N : a.K);
   layout.length = static_cast<uint64_t>(a.axis == schema::kAxisIn ? a.K : a.N);
@@ -249,8 +266,9 @@ inline void check_codes(const Node& node, const Layout& layout, const Ort::Const
   const schema::Attributes& a = layout.attrs;
   if (shape.size() != 1 || static_cast<uint64_t>(shape[0]) != layout.packed_bytes)
     node.fail(concat("codes must have shape [", layout.packed_bytes, "] = [",
-                     a.format_version == schema::kFastScanFormatVersion ? "ceil(R/32)*T*S*16"
-                                                                        : "ceil(T*R*S*bits/8)",
+                     a.format_version == schema::kFastScanFormatVersion   ? "ceil(R/32)*T*S*16"
+                     : a.format_version == schema::kByteScanFormatVersion ? "ceil(R/64)*T*S*64"
+                                                                          : "ceil(T*R*S*bits/8)",
                      "] with T=", a.T, " R=", layout.rows, " S=", a.S, " bits=", a.bits, ", got ",
                      format_shape(shape)));
 }

@@ -436,7 +436,7 @@ def _bad_attributes(match, **changes):
 
 
 def test_unknown_format_version():
-    _bad_attributes(r"vq_node.*format_version 7 is not supported by this library \(supports 1, 2\); "
+    _bad_attributes(r"vq_node.*format_version 7 is not supported by this library \(supports 1, 2, 3\); "
                     r"upgrade onnxvq", format_version=7)
 
 

@@ -122,6 +122,18 @@ def test_both_format_versions(name, config, V, D, version):
     np.testing.assert_allclose(y, vq_gather_ref(idx, packed, books, layout), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("V", [1, 63, 64, 65, 130])
+def test_byte_scan_format(V):
+    """format_version 3 (8-bit codes in blocks of 64 rows): the same table rows as format 1."""
+    layout, packed, books, decoded = coded_table(f"pq-in-8bit-d4-v{V}", PQConfig(bits=8, dim=4, axis="in"), V, 18,
+                                                 format_version=3)
+    assert layout.format_version == 3 and packed.size == -(-V // 64) * layout.num_subspaces * 64
+    idx = indices_for(V, (5, 3), np.int64, seed=4)
+    y = onnxvq.session(gather_model(layout, packed, books)).run(None, {"indices": idx})[0]
+    np.testing.assert_array_equal(y, decoded[np.where(idx < 0, idx + V, idx)])
+    np.testing.assert_allclose(y, vq_gather_ref(idx, packed, books, layout), rtol=1e-6, atol=1e-7)
+
+
 def test_replaces_gather_exactly_on_the_decoded_table():
     """The op is Gather on its decoded table: compare with ORT's own Gather on T_hat."""
     layout, packed, books, decoded = coded_table("pq-in-6bit-d8", PQConfig(bits=6, dim=8), 31, 21)

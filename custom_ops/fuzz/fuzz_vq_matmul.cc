@@ -45,6 +45,9 @@ constexpr int64_t kV2 = 2;
 constexpr int64_t kV2Bits = 4;
 constexpr uint64_t kV2BlockRows = 32;
 constexpr uint64_t kV2GroupBytes = 16;
+// format_version 3 ("byte-scan" blocks): axis 0, 8-bit codes, d >= 2; one byte per code.
+constexpr int64_t kV3 = 3;
+constexpr uint64_t kV3BlockRows = 64;
 
 bool version_supported(int64_t v) {
   for (int64_t s : schema::kSupportedFormatVersions)
@@ -143,6 +146,7 @@ Derived derive(const Case& c) {
   if (K < 1 || N < 1 || sub < 1 || S < 1 || T < 1 || group < 1) return d;
   if (bits < 1 || bits > 8 || (axis != 0 && axis != 1) || (per != 0 && per != 1)) return d;
   if (v == kV2 && (axis != 0 || bits != kV2Bits)) return d;
+  if (v == kV3 && (axis != 0 || bits != 8 || sub < 2)) return d;
   d.R = static_cast<uint64_t>(axis == 0 ? N : K);
   d.L = static_cast<uint64_t>(axis == 0 ? K : N);
   if (static_cast<uint64_t>(S) != ceil_div(d.L, static_cast<uint64_t>(sub))) return d;
@@ -154,6 +158,10 @@ Derived derive(const Case& c) {
   if (v == kV2) {
     if (!mul_ok(ceil_div(d.R, kV2BlockRows), static_cast<uint64_t>(T), &n) ||
         !mul_ok(n, static_cast<uint64_t>(S), &n) || !mul_ok(n, kV2GroupBytes, &d.packed))
+      return d;
+  } else if (v == kV3) {
+    if (!mul_ok(ceil_div(d.R, kV3BlockRows), static_cast<uint64_t>(T), &n) ||
+        !mul_ok(n, static_cast<uint64_t>(S), &n) || !mul_ok(n, kV3BlockRows, &d.packed))
       return d;
   } else {
     if (!mul_ok(static_cast<uint64_t>(T), d.R, &n) || !mul_ok(n, static_cast<uint64_t>(S), &n) ||
@@ -267,7 +275,9 @@ Case make_case(Reader& in) {
   int64_t bits = in.range(1, 8);
   int64_t version = 1;
   if (axis == 0 && version_supported(kV2) && in.coin(30)) version = kV2, bits = kV2Bits;
-  const int64_t K = in.range(1, 48), N = in.range(1, 48), sub = in.range(1, 9);
+  const int64_t K = in.range(1, 48), N = in.range(1, 48);
+  int64_t sub = in.range(1, 9);
+  if (axis == 0 && version == 1 && version_supported(kV3) && in.coin(20)) version = kV3, bits = 8, sub = in.range(2, 9);
   const int64_t T = in.range(1, 3);
   const int64_t R = axis == 0 ? N : K, L = axis == 0 ? K : N;
   const int64_t group = in.coin(50) ? R : in.range(1, R);
@@ -560,6 +570,10 @@ unsigned code_at(const Case& c, const std::vector<uint8_t>& stream, uint64_t t, 
     const uint8_t byte = stream[(block * E + e) * kV2GroupBytes + j % 16];
     return j < 16 ? byte & 15u : byte >> 4;
   }
+  if (attr(c, kVersion) == kV3) {
+    const uint64_t E = static_cast<uint64_t>(attr(c, kT)) * S, e = t * S + s;
+    return stream[((r / kV3BlockRows) * E + e) * kV3BlockRows + r % kV3BlockRows];
+  }
   const uint64_t index = (t * R + r) * S + s;
   unsigned code = 0;
   for (unsigned b = 0; b < bits; ++b) {
@@ -621,9 +635,9 @@ void check_output(const Case& c, const Derived& d, const Model& model, const flo
     }
   const float* x = reinterpret_cast<const float*>(model.data[0].data());
   const float* bias = c.has_bias && c.bias.present ? reinterpret_cast<const float*>(model.data[3].data()) : nullptr;
-  // format_version 2 may run on uint8-quantized tables (one scale per input row and row
-  // group, |error| <= scale/2 per table entry, scale = widest table range / 255).
-  const bool quantized = attr(c, kVersion) == kV2;
+  // format_versions 2 and 3 may run on uint8-quantized tables (one scale per input row and
+  // row group, |error| <= scale/2 per table entry, scale = widest table range / 255).
+  const bool quantized = attr(c, kVersion) == kV2 || attr(c, kVersion) == kV3;
   const uint64_t S = static_cast<uint64_t>(attr(c, kS));
   for (uint64_t m = 0; m < M; ++m) {
     double quantization = 0.0;

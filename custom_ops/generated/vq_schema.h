@@ -18,13 +18,18 @@ inline constexpr int64_t kFastScanFormatVersion = 2;
 inline constexpr int64_t kFastScanBits = 4;
 inline constexpr int64_t kFastScanBlockRows = 32;
 inline constexpr int64_t kFastScanGroupBytes = 16;
+// format_version 3: byte-scan blocks (axis 0, 8-bit codes, d >= 2); see schema.py.
+inline constexpr int64_t kByteScanFormatVersion = 3;
+inline constexpr int64_t kByteScanBits = 8;
+inline constexpr int64_t kByteScanBlockRows = 64;
+inline constexpr int64_t kByteScanMinSubvectorLen = 2;
 
 // Supported packed-layout versions.
-inline constexpr int64_t kSupportedFormatVersions[] = {1, 2};
+inline constexpr int64_t kSupportedFormatVersions[] = {1, 2, 3};
 
 // Input indices.
 inline constexpr int kInput_X = 0;  // float32 activations, shape [..., K], rank >= 1
-inline constexpr int kInput_codes = 1;  // uint8 packed codes: v1 [ceil(T*R*S*bits/8)], v2 [ceil(R/32)*T*S*16]
+inline constexpr int kInput_codes = 1;  // uint8 packed codes: v1 [ceil(T*R*S*bits/8)], v2 [ceil(R/32)*T*S*16], v3 [ceil(R/64)*T*S*64]
 inline constexpr int kInput_codebooks = 2;  // float32 or float16, shape [T, Gs, Gr, 2**bits, d]
 inline constexpr int kInput_bias = 3;  // float32, shape [N]; absent or empty name for no bias
 inline constexpr int kNumInputs = 4;
@@ -37,7 +42,7 @@ inline constexpr int kGatherInput_codes = 1;  // uint8 packed codes, exactly as 
 inline constexpr int kGatherInput_codebooks = 2;  // float32 or float16, shape [T, Gs, Gr, 2**bits, d], as VQMatMul's
 inline constexpr int kGatherNumInputs = 3;
 inline constexpr int kGatherNumOutputs = 1;
-inline constexpr int64_t kGatherSupportedFormatVersions[] = {1, 2};
+inline constexpr int64_t kGatherSupportedFormatVersions[] = {1, 2, 3};
 
 // Attributes: ONNX name, minimum value, and field of struct Attributes.
 struct AttributeSpec { const char* name; int64_t minimum; };

@@ -454,6 +454,32 @@ bool fastscan_covers(const VQProblem& p) {
   return p.format_version == 2 && p.axis == 0 && p.bits == 4 &&
          (p.row_groups() == 1 || p.group_size % kFastScanBlockRows == 0);
 }
+// Format 3 runs the same driver with 256-entry tables and blocks of 64 outputs.
+bool bytescan_covers(const VQProblem& p) {
+  return p.format_version == 3 && p.axis == 0 && p.bits == 8 && p.d >= 2 &&
+         (p.row_groups() == 1 || p.group_size % kByteScanBlockRows == 0);
+}
+
+// What run_fastscan_path needs to know of a blocked layout (format 2 or 3).
+struct ScanFormat {
+  size_t block_rows, entry_bytes, codewords;
+  bool (*quantize)(const float* lut, size_t entries, uint8_t* q, float* scale, float* offset);
+  void (*scan_u8)(const uint8_t* codes, size_t entries, const uint8_t* qluts, size_t qlut_stride,
+                  size_t rows, uint32_t* out);
+  void (*scan_f32)(const uint8_t* codes, size_t entries, const float* luts, size_t lut_stride,
+                   size_t rows, float* out);
+  // The guard's estimate from the float tables (format 2) or from the uint8 ones (format 3).
+  double (*error)(const float* lut, size_t entries);
+  double (*error_quantized)(const uint8_t* q, size_t entries);
+  VQPath exact_path;  // the float tables' row in kTileGemmThresholds
+};
+ScanFormat scan_format(const Context& c) {
+  if (c.p.format_version == 3)
+    return {kByteScanBlockRows, kByteScanBlockRows, kByteScanCodewords, c.k.quantize_byte_luts,
+            c.k.bytescan_u8, c.k.bytescan_f32, nullptr, bytescan_uint8_error, VQPath::kByteScanExact};
+  return {kFastScanBlockRows, kFastScanGroupBytes, kFastScanCodewords, c.k.quantize_luts,
+          c.k.fastscan_u8, c.k.fastscan_f32, fastscan_uint8_error, nullptr, VQPath::kFastScanExact};
+}
 
 void run_tile_gemm_path(const Context& c, const DenseGemm& host);
 
@@ -510,13 +536,14 @@ void tile_gemm_rows(const Context& c, const DenseGemm& host, size_t m0, const ch
 
 void run_fastscan_path(const Context& c, bool exact, const DenseGemm& host) {
   const VQProblem& p = c.p;
-  const size_t E = p.entries();
-  const size_t lut_row = E * kFastScanCodewords;  // floats (and uint8 entries) per row
+  const ScanFormat f = scan_format(c);
+  const size_t E = p.entries(), num_blocks_total = ceil_div(c.R, f.block_rows);
+  const size_t lut_row = E * f.codewords;  // floats (and uint8 entries) per row
   const size_t q_stride = (lut_row + kFastScanTablePad - 1) / kFastScanTablePad * kFastScanTablePad;
   const size_t lut_row_bytes = lut_row * sizeof(float);
   const size_t chunk = std::clamp<size_t>(4 * kLutBudgetBytes / lut_row_bytes, 1, p.M);
   const size_t blocks_per_group =
-      c.Gr == 1 ? p.fastscan_blocks() : p.group_size / kFastScanBlockRows;
+      c.Gr == 1 ? num_blocks_total : p.group_size / f.block_rows;
 
   // Uninitialized (a chunk's tables are megabytes, rebuilt on every call); only the uint8
   // tables' padding must be zero.
@@ -528,7 +555,7 @@ void run_fastscan_path(const Context& c, bool exact, const DenseGemm& host) {
     std::memset(qluts + m * q_stride + lut_row, 0, q_stride - lut_row);
   std::vector<float> scale(chunk), offset(chunk);
   std::vector<char> quantized(chunk);  // per row: 1 uint8 tables, 0 float tables, 2 tile GEMM
-  const size_t tile_rows = exact || c.Gr != 1 ? kNever : tile_threshold(p, VQPath::kFastScanExact, c.k);
+  const size_t tile_rows = exact || c.Gr != 1 ? kNever : tile_threshold(p, f.exact_path, c.k);
   const bool scalar_books = p.d == 1 && p.T == 1 && !p.per_subspace;
   // The switch to the tile GEMM for inputs the guard mostly rejects (see below).
   auto all_on_tile_gemm = [&] {
@@ -556,12 +583,15 @@ void run_fastscan_path(const Context& c, bool exact, const DenseGemm& host) {
           const Blocks b = Blocks::split(rows, task_count(double(rows) * lut_row * 4));
           for (size_t m = b.begin(task); m < b.end(task); ++m) {
             const float* row = luts + m * lut_row;
+            uint8_t* q = qluts + m * q_stride;
+            if (f.error_quantized) {
+              quantized[m] = f.quantize(row, E, q, &scale[m], &offset[m]) && f.error_quantized(q, E) <= limit;
+              continue;
+            }
             const double error =
                 scalar_books ? scalar_codebook_uint8_error(p.x + (m0 + m) * p.K, p.K, c.codebook(0, 0, g))
-                             : fastscan_uint8_error(row, E);
-            quantized[m] = error <= limit &&
-                           c.k.quantize_luts(row, E, qluts + m * q_stride, &scale[m],
-                                             &offset[m]);
+                             : f.error(row, E);
+            quantized[m] = error <= limit && f.quantize(row, E, q, &scale[m], &offset[m]);
           }
         });
         const size_t fast = static_cast<size_t>(std::count(quantized.begin(), quantized.begin() + rows, 1));
@@ -577,31 +607,30 @@ void run_fastscan_path(const Context& c, bool exact, const DenseGemm& host) {
         }
       }
       const size_t first_block = g * blocks_per_group;
-      const size_t num_blocks = std::min(blocks_per_group, p.fastscan_blocks() - first_block);
+      const size_t num_blocks = std::min(blocks_per_group, num_blocks_total - first_block);
       const Blocks blocks = Blocks::split(
-          num_blocks, task_count(double(num_blocks) * kFastScanBlockRows * E * rows / 8));
+          num_blocks, task_count(double(num_blocks) * f.block_rows * E * rows / 8));
       run_tasks(c.runner, blocks.count, [&](size_t task) {
-        std::vector<uint32_t> sums(exact ? 0 : rows * kFastScanBlockRows);
-        std::vector<float> fsums(rows * kFastScanBlockRows);
+        std::vector<uint32_t> sums(exact ? 0 : rows * f.block_rows);
+        std::vector<float> fsums(rows * f.block_rows);
         bool all_quantized = !exact;  // no row needs the float tables
         for (size_t m = 0; m < rows && all_quantized; ++m) all_quantized = quantized[m] != 0;
         for (size_t b = first_block + blocks.begin(task); b < first_block + blocks.end(task); ++b) {
-          const uint8_t* codes = p.codes + b * E * kFastScanGroupBytes;
-          const size_t n0 = b * kFastScanBlockRows;
-          const size_t count = std::min(kFastScanBlockRows, p.N - n0);
-          if (!exact) c.k.fastscan_u8(codes, E, qluts, q_stride, rows, sums.data());
+          const uint8_t* codes = p.codes + b * E * f.entry_bytes;
+          const size_t n0 = b * f.block_rows;
+          const size_t count = std::min(f.block_rows, p.N - n0);
+          if (!exact) f.scan_u8(codes, E, qluts, q_stride, rows, sums.data());
           if (exact) {
-            c.k.fastscan_f32(codes, E, luts, lut_row, rows, fsums.data());
+            f.scan_f32(codes, E, luts, lut_row, rows, fsums.data());
           } else if (!all_quantized) {  // only the rows on float tables pay for them
             for (size_t m = 0; m < rows; ++m)
               if (quantized[m] == 0)
-                c.k.fastscan_f32(codes, E, luts + m * lut_row, lut_row, 1,
-                                 fsums.data() + m * kFastScanBlockRows);
+                f.scan_f32(codes, E, luts + m * lut_row, lut_row, 1, fsums.data() + m * f.block_rows);
           }
           for (size_t m = 0; m < rows; ++m) {
             if (!exact && quantized[m] == 2) continue;  // computed by the tile GEMM
             float* y = p.y + (m0 + m) * p.N + n0;
-            const size_t at = m * kFastScanBlockRows;
+            const size_t at = m * f.block_rows;
             if (!exact && quantized[m] == 1) {
               for (size_t i = 0; i < count; ++i)
                 y[i] = (scale[m] * static_cast<float>(sums[at + i]) + offset[m]) + c.bias(n0 + i);
@@ -686,6 +715,7 @@ void decode_tile(const Context& c, size_t k0, size_t depth, size_t n0, size_t co
 void run_panel_gemm_path(const Context& c);
 
 bool fastscan_panels(const VQProblem& p);
+bool bytescan_panels(const VQProblem& p);
 
 // The built-in panel GEMM or the host's: measured side by side (gemm pass-through forced at
 // every M, 1 thread, AVX-512 host, 2026-12-02, ms own / ORT Gemm): fast-scan panels decode
@@ -695,7 +725,7 @@ bool fastscan_panels(const VQProblem& p);
 // (54.5 / 44.6); below 32 rows the host's wins on format-1 rows (km5 at M = 1: 9.9 / 6.1).
 constexpr size_t kOwnGemmMinRows = 32;
 bool use_own_gemm(const VQProblem& p, const DenseGemm& host) {
-  return host.run == nullptr || fastscan_panels(p) || p.M >= kOwnGemmMinRows;
+  return host.run == nullptr || fastscan_panels(p) || bytescan_panels(p) || p.M >= kOwnGemmMinRows;
 }
 
 void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
@@ -739,21 +769,21 @@ void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
 }
 
 // --- panel GEMM (many rows, the built-in GEMM) ---------------------------------------------
-// W_hat is decoded a panel at a time (256-1024 inputs x up to kPanelCols outputs, K x N, in
-// L1/L2) and the table's dense_gemm multiplies all of X with it, accumulating into Y:
+// W_hat is decoded a panel at a time (up to kPanelDepth inputs x kPanelCols outputs, K x N,
+// in L1) and the table's dense_gemm multiplies all of X with it, accumulating into Y:
 //   for each panel column [n0, n1), for each depth chunk [k0, k1):
 //     Y[:, n0:n1] (+)= X[:, k0:k1] . W_hat[k0:k1, n0:n1];  then Y[:, n0:n1] += bias
 // dense_gemm continues each output's one fused multiply-add chain across the panels, so
 // every output is one chain over k ascending: its bits depend on neither the panels, the
 // thread count nor M. Tasks own whole panel columns (each panel decoded once).
 
-// Panel depth: deep enough that fast-scan and axis-1 panels decode long runs of codes,
-// shallow enough that X's rows over the depth (kPanelXBytes at most) stay in L2 while every
-// panel column uses them.
-constexpr size_t kPanelMaxDepth = 1024, kPanelMinDepth = 256;
-constexpr size_t kPanelXBytes = size_t{256} << 10;
-constexpr size_t kPanelCols = 64, kPanelMinCols = 16;
-constexpr size_t kPanelRowsBytes = size_t{1} << 20;  // decoded whole rows (decodes_whole_rows)
+// Panel depth and width: a 32-wide panel of kPanelDepth inputs (32 KB) stays in L1 while
+// every block of input rows meets it (64-wide panels use every other L1 set: 256-byte rows);
+// X's rows over the depth come packed chunk by chunk (pack_depth_chunks), so a row block's
+// rows do not alias in L1 either (rows 16 KB apart met in the same sets: on 4096x4096 at M =
+// 512, 62 vs 104 GFLOP/s for the same panels).
+constexpr size_t kPanelDepth = 256;
+constexpr size_t kPanelCols = 32;
 constexpr size_t kRowPad = 16;                         // floats after each decoded whole row
 
 // Per-thread scratch kept across calls: a panel task's buffers are megabytes, and fresh
@@ -784,13 +814,47 @@ bool fastscan_d1_panels(const VQProblem& p) {
 }
 
 // Other axis-0 layouts decode along rows of M (outputs), N x K: a panel column's rows over
-// all of K at once, each row's codes in one run (a panel's depth at a time, 64 rows apart,
-// decoded km5 at 2.3-3.4 codes/ns), kRowPad floats apart (rows 4096 floats apart met in the
-// same L1 sets), then transposed a depth chunk at a time into K x N panels. (Y^T = W_hat^T
+// one depth chunk, kRowPad floats apart (rows a power of two apart meet in the same L1
+// sets), then transposed into a K x N panel. (Y^T = W_hat^T
 // X^T on the decoded rows, without the transposes, measured no better: 0.43 vs 0.37 ms on
 // 384x1536 at M = 36, 36 vs 28 ms for pq8-d4 on 4096x4096 at M = 64; dense_gemm's columns
 // are then M, often not 32-wide.)
+bool bytescan_panels(const VQProblem& p) {
+  return p.format_version == 3 && p.axis == 0 &&
+         (p.row_groups() == 1 || p.group_size % kByteScanBlockRows == 0);
+}
 bool decodes_whole_rows(const VQProblem& p) { return p.axis == 0 && !fastscan_panels(p); }
+
+// Format-3 panel columns (32 outputs, half a block of 64) decode by rows of M (N x depth,
+// ld apart; the caller transposes): each (stage, subspace) entry holds the column's codes as
+// consecutive bytes, and a row's codewords are whole copies (decoded into the panel directly,
+// d strided stores per code ran at half the speed). Copies values, one float add per
+// further stage.
+void decode_bytescan_rows(const Context& c, size_t k0, size_t depth, size_t n0, size_t count, float* rows,
+                          size_t ld) {
+  const VQProblem& p = c.p;
+  const size_t block = n0 / kByteScanBlockRows, lane = n0 % kByteScanBlockRows, g = c.group_of_row(n0);
+  const size_t d = p.d, s0 = k0 / d, s1 = ceil_div(std::min(p.K, k0 + depth), d);  // k0: a subspace boundary
+  const size_t book_stride = p.per_subspace ? c.Gr * c.ncw * d : 0;  // between subspaces' codebooks
+  const size_t whole = std::min(s1, p.K / d);                           // subspaces of d values
+  for (size_t t = 0; t < p.T; ++t)
+    for (size_t i = 0; i < count; ++i) {
+      // Locals only in the loop: stores through `out` could alias the problem's fields.
+      const uint8_t* codes = p.codes + (block * p.T + t) * p.S * kByteScanBlockRows + lane + i;
+      const float* book = c.codebook(t, s0, g);
+      float* out = rows + i * ld + (s0 * d - k0);
+      size_t s = s0;
+      if (t == 0 && d == 4)  // constant sizes: inlined copies
+        for (; s < whole; ++s, book += book_stride, out += 4)
+          std::memcpy(out, book + codes[s * kByteScanBlockRows] * 4, 4 * sizeof(float));
+      for (; s < s1; ++s, book += book_stride, out += d) {
+        const float* word = book + codes[s * kByteScanBlockRows] * d;
+        const size_t len = c.subspace_len(s);
+        for (size_t j = 0; j < len; ++j) out[j] = t == 0 ? word[j] : out[j] + word[j];
+      }
+    }
+}
+
 
 // panel[j*count + i] = W_hat[k0 + j][n0 + i] for j < depth, i < count (K x N layouts);
 // `books_t`: every codebook transposed (fastscan_panels() other than km4).
@@ -831,45 +895,68 @@ std::vector<float> transposed_books(const Context& c) {
   return out;
 }
 
+// X[:, k0:k0+depth] of every depth chunk, each chunk M x len dense (len its depth): the
+// layout dense_gemm reads with ldx = len. Chunk q starts at q*depth*M.
+std::vector<float> pack_depth_chunks(const VQProblem& p, size_t depth) {
+  std::vector<float> packed(p.M * p.K);
+  for (size_t k0 = 0; k0 < p.K; k0 += depth) {
+    const size_t len = std::min(depth, p.K - k0);
+    float* chunk = packed.data() + k0 * p.M;
+    for (size_t m = 0; m < p.M; ++m) std::copy_n(p.x + m * p.K + k0, len, chunk + m * len);
+  }
+  return packed;
+}
+
 void run_panel_gemm_path(const Context& c) {
   const VQProblem& p = c.p;
   // Panels start at subspace boundaries along the axis the subvectors run on, and at
-  // fast-scan block boundaries.
+  // fast-scan block boundaries; the depth chunks are as even as those allow.
   const size_t depth_unit = p.axis == 0 ? p.d : 1;
-  const size_t col_unit = p.axis == 1 ? p.d : (p.format_version == 2 ? kFastScanBlockRows : 1);
-  const size_t fit = std::clamp(kPanelXBytes / (p.M * sizeof(float)), kPanelMinDepth, kPanelMaxDepth);
-  const size_t depth = std::min(p.K, std::max<size_t>(1, fit / depth_unit) * depth_unit);
+  const size_t col_unit = p.axis == 1 ? p.d : p.format_version == 2 ? kFastScanBlockRows : p.format_version == 3 ? kByteScanBlockRows / 2 : 1;
+  const size_t chunks = ceil_div(p.K, kPanelDepth);
+  const size_t depth = std::min(p.K, ceil_div(ceil_div(p.K, chunks), depth_unit) * depth_unit);
   const bool whole_rows = decodes_whole_rows(p);
-  const size_t fit_cols = whole_rows ? kPanelRowsBytes / (p.K * sizeof(float)) : kPanelCols;
-  const size_t wanted = std::clamp<size_t>(fit_cols, kPanelMinCols, kPanelCols);
-  const size_t cols = std::min(p.N, std::max<size_t>(1, wanted / col_unit) * col_unit);
+  const size_t cols = std::min(p.N, std::max<size_t>(1, kPanelCols / col_unit) * col_unit);
   const size_t columns = ceil_div(p.N, cols);
   const std::vector<float> books_t =
       fastscan_panels(p) && !fastscan_d1_panels(p) ? transposed_books(c) : std::vector<float>();
-  const Blocks blocks = Blocks::split(columns, task_count(double(p.M + 4) * p.K * p.N / 16));
-  run_tasks(c.runner, blocks.count, [&](size_t task) {
-    // Per task (uninitialized: every element is written before it is read): the column's
-    // decoded rows (whole_rows: N x K, ld apart) and a K x N panel.
-    const size_t ld = p.K + kRowPad;
-    const size_t rows_size = whole_rows ? cols * ld : 0;
-    float* const rows_nk = thread_scratch(rows_size + depth * cols);
-    float* const panel = rows_nk + rows_size;
-    for (size_t q = blocks.begin(task); q < blocks.end(task); ++q) {
-      const size_t n0 = q * cols, count = std::min(cols, p.N - n0);
-      if (whole_rows) decode_tile_rows(c, 0, p.K, n0, count, 0, count, rows_nk, ld);
-      for (size_t k0 = 0; k0 < p.K; k0 += depth) {
-        const size_t len = std::min(depth, p.K - k0);
-        if (whole_rows)
-          c.k.transpose(rows_nk + k0, count, len, ld, panel, count);
-        else
+  const bool packed = depth < p.K;
+  const std::vector<float> x_chunks = packed ? pack_depth_chunks(p, depth) : std::vector<float>();
+  // Depth chunks outermost, one parallel pass over the panel columns each: the codebooks a
+  // chunk uses (pq8-d4: 256 KB for 256 inputs) and its rows of X stay in L2 while every
+  // column decodes and meets them (columns outermost re-read pq8-d4's 4 MB of codebooks
+  // once per task: 4096x4096 at M = 36 took 91 ms).
+  const size_t chunks_total = ceil_div(p.K, depth);
+  const Blocks blocks = Blocks::split(columns, task_count(double(p.M + 4) * p.K * p.N / 16 / chunks_total));
+  for (size_t k0 = 0; k0 < p.K; k0 += depth) {
+    const size_t len = std::min(depth, p.K - k0);
+    const float* x = packed ? x_chunks.data() + k0 * p.M : p.x + k0;
+    const bool last_chunk = k0 + len == p.K;
+    run_tasks(c.runner, blocks.count, [&](size_t task) {
+      // Per task (uninitialized: every element is written before it is read): a panel
+      // column's decoded rows over the chunk (whole_rows: N x depth, ld apart) and a K x N panel.
+      const size_t ld = depth + kRowPad;
+      const size_t rows_size = whole_rows ? cols * ld : 0;
+      float* const rows_nk = thread_scratch(rows_size + depth * cols);
+      float* const panel = rows_nk + rows_size;
+      for (size_t q = blocks.begin(task); q < blocks.end(task); ++q) {
+        const size_t n0 = q * cols, count = std::min(cols, p.N - n0);
+        if (whole_rows) {
+          if (bytescan_panels(p))
+            decode_bytescan_rows(c, k0, len, n0, count, rows_nk, ld);
+          else
+            decode_tile_rows(c, k0, len, n0, count, 0, count, rows_nk, ld);
+          c.k.transpose(rows_nk, count, len, ld, panel, count);
+        } else {
           decode_panel(c, k0, len, n0, count, books_t.data(), panel);
-        c.k.dense_gemm(p.x + k0, p.K, p.M, len, panel, count, p.y + n0, p.N, k0 > 0);
+        }
+        c.k.dense_gemm(x, packed ? len : p.K, p.M, len, panel, count, p.y + n0, p.N, k0 > 0);
+        if (last_chunk && p.bias)
+          for (size_t m = 0; m < p.M; ++m)
+            for (size_t i = 0; i < count; ++i) p.y[m * p.N + n0 + i] += p.bias[n0 + i];
       }
-      if (p.bias)
-        for (size_t m = 0; m < p.M; ++m)
-          for (size_t i = 0; i < count; ++i) p.y[m * p.N + n0 + i] += p.bias[n0 + i];
-    }
-  });
+    });
+  }
 }
 
 // --- dispatch ---------------------------------------------------------------------------
@@ -1005,6 +1092,27 @@ double fastscan_uint8_error(const float* lut, size_t entries) {
   return step * std::sqrt(static_cast<double>(varying) / spread);
 }
 
+double bytescan_uint8_error(const uint8_t* q, size_t entries) {
+  // Integer sums: exact, so every table makes the same choice.
+  uint64_t varying = 0;
+  double variance = 0.0;
+  for (size_t e = 0; e < entries; ++e) {
+    const uint8_t* table = q + e * kByteScanCodewords;
+    uint32_t sum = 0, squares = 0, top = 0;
+    for (size_t c = 0; c < kByteScanCodewords; ++c) {
+      sum += table[c];
+      squares += uint32_t{table[c]} * table[c];
+      top |= table[c];
+    }
+    varying += top != 0;  // the lowest value quantizes to 0: any other level means a range
+    const double mean = sum / double(kByteScanCodewords);
+    variance += std::max(0.0, squares / double(kByteScanCodewords) - mean * mean);
+  }
+  if (varying == 0) return 0.0;
+  if (!(variance > 0.0)) return std::numeric_limits<double>::infinity();
+  return std::sqrt(static_cast<double>(varying) / 12.0 / variance);
+}
+
 double fastscan_max_rel_error() {
   static const double limit = [] {
     const char* value = std::getenv("ONNXVQ_LUT_GUARD");
@@ -1024,8 +1132,9 @@ const KernelTable& active_kernel_table() {
 namespace {
 // The batch-size-independent path (what vq_matmul() runs below the decode-GEMM threshold).
 VQPath choose_small_path(const VQProblem& p) {
-  if (fastscan_covers(p))
-    return p.exact_lut || exact_lut_requested() ? VQPath::kFastScanExact : VQPath::kFastScan;
+  const bool exact = p.exact_lut || exact_lut_requested();
+  if (fastscan_covers(p)) return exact ? VQPath::kFastScanExact : VQPath::kFastScan;
+  if (bytescan_covers(p)) return exact ? VQPath::kByteScanExact : VQPath::kByteScan;
   const size_t ncw = p.codewords();
   // One LUT (or bucket set) per row group pays off when the group has at least as many
   // rows as there are codewords; otherwise building it costs more than it saves.
@@ -1099,6 +1208,19 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     {VQPath::kFastScan, 4, 4, 2, kAnyD, nullptr, kNever},
     {VQPath::kFastScanExact, 4, 4, 1, 1, nullptr, 8},       // km4: 0.75 at 8, 1.39 at 4
     {VQPath::kFastScanExact, 4, 4, 2, kAnyD, nullptr, 32},  // pq4-d4: 0.97 at 32, 1.47 at 16
+    // Byte-scan (format 3, pq8-d4), ms byte-scan / tile (panel GEMM) at M = 1, 4, 8, 16, 24,
+    // 1 thread, avx512vbmi (Xeon, 2026-12-02): 4096x4096 0.68/10.4, 2.1/10.3, 5.2/12.6,
+    // 10.2/17.6, 15.7/22.6 (about equal at 32); 1280x1000 0.11/0.72, 0.42/0.68, 0.78/1.01,
+    // 1.71/1.17; 384x1536 0.03/0.28, 0.13/0.41, 0.25/0.34, 0.49/0.41; 1536x384 0.11/0.33,
+    // 0.48/0.41 (each row's 256-entry tables cost K * 256 multiply-adds: they pay off on wide
+    // layers). Without VBMI the lookups are scalar: avx512 table 4096x4096 6.8/12.1 at 1,
+    // 13.8/12.0 at 4; avx2 1280x1000 1.5/0.8 at 2.
+    {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 4, 512},
+    {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 16, 2048},
+    {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 32},
+    {VQPath::kByteScan, 8, 8, 2, kAnyD, nullptr, 2, 2048},
+    {VQPath::kByteScan, 8, 8, 2, kAnyD, nullptr, 4},
+    {VQPath::kByteScanExact, 8, 8, 2, kAnyD, nullptr, 4},
     {VQPath::kLut, 1, 8, 1, kAnyD, nullptr, 8},
     {VQPath::kRowBuckets, 1, 8, 1, kAnyD, nullptr, 1},
     {VQPath::kDecodeDot, 2, 8, 1, 1, nullptr, 32},  // measured on AVX-512 (above); AVX2 inherits it
@@ -1151,6 +1273,8 @@ const char* path_name(VQPath path) {
     case VQPath::kDecodeDot: return "decode_dot";
     case VQPath::kFastScan: return "fastscan";
     case VQPath::kFastScanExact: return "fastscan_exact";
+    case VQPath::kByteScan: return "bytescan";
+    case VQPath::kByteScanExact: return "bytescan_exact";
     case VQPath::kTileGemm: return "tile_gemm";
   }
   return "unknown";
@@ -1171,6 +1295,8 @@ void vq_matmul(const VQProblem& problem, const TaskRunner& runner, const KernelT
       return problem.axis == 0 ? run_direct_axis0(context) : run_direct_axis1(context);
     case VQPath::kFastScan: return run_fastscan_path(context, /*exact=*/false, gemm);
     case VQPath::kFastScanExact: return run_fastscan_path(context, /*exact=*/true, gemm);
+    case VQPath::kByteScan: return run_fastscan_path(context, /*exact=*/false, gemm);
+    case VQPath::kByteScanExact: return run_fastscan_path(context, /*exact=*/true, gemm);
   }
 }
 
@@ -1218,7 +1344,8 @@ extern "C" const char* onnxvq_kernel_path_m(int64_t rows, int64_t format_version
   if (rows < 0) return "invalid";
   using onnxvq::kernels::VQProblem;
   const bool v2_ok = format_version == 2 && axis == 0 && bits == 4;
-  const bool valid = (format_version == 1 || v2_ok) && in_features >= 1 && out_features >= 1 && bits >= 1 && bits <= 8 &&
+  const bool v3_ok = format_version == 3 && axis == 0 && bits == 8 && subvector_len >= 2;
+  const bool valid = (format_version == 1 || v2_ok || v3_ok) && in_features >= 1 && out_features >= 1 && bits >= 1 && bits <= 8 &&
                      subvector_len >= 1 && stages >= 1 && (axis == 0 || axis == 1) &&
                      group_size >= 1 && (codebook_per_subspace == 0 || codebook_per_subspace == 1);
   if (!valid) return "invalid";

@@ -44,6 +44,12 @@ inline constexpr size_t kFastScanCodewords = 16;
 /// kernel may read entries in pairs (or fours) without a tail case for the tables.
 inline constexpr size_t kFastScanTablePad = 64;
 
+/// format_version 3 ("byte-scan", axis 0, 8-bit codes, d >= 2): blocks of 64 rows of M,
+///   byte[(b*E + e)*64 + j] = code(t, 64b + j, s)
+/// One 64-byte entry feeds one 256-entry byte-table lookup (two vpermi2b) for 64 outputs.
+inline constexpr size_t kByteScanBlockRows = 64;
+inline constexpr size_t kByteScanCodewords = 256;
+
 /// One VQMatMul evaluation. Sizes are element counts; every buffer is dense row-major.
 struct VQProblem {
   size_t M = 0;  ///< rows of X and Y: every leading dimension of X flattened (may be 0)
@@ -55,7 +61,8 @@ struct VQProblem {
   size_t S = 0;               ///< subvectors per row of M, ceil(L / d)
   size_t T = 0;               ///< residual stages, summed
   int axis = 0;               ///< 0: rows of M are columns of W_hat; 1: rows of M are rows of W_hat
-  int format_version = 1;     ///< packed code layout: 1 (LSB-first stream) or 2 (fast-scan blocks)
+  int format_version = 1;     ///< packed code layout: 1 (LSB-first stream), 2 (fast-scan blocks)
+                              ///< or 3 (byte-scan blocks)
   bool exact_lut = false;     ///< format 2: float tables even without ONNXVQ_EXACT_LUT
   size_t group_size = 0;      ///< rows of M that share one codebook group, 1..R
   bool per_subspace = false;  ///< one codebook per subspace (Gs = S) or shared (Gs = 1)
@@ -65,7 +72,7 @@ struct VQProblem {
                                      ///< of layout (T, R, S) bit-packed LSB-first (code i = stream
                                      ///< bits [i*bits, (i+1)*bits), stream bit b = bit b%8 of byte
                                      ///< b/8); format_version 2: ceil(R/32)*T*S*16 bytes, see
-                                     ///< kFastScanBlockRows
+                                     ///< kFastScanBlockRows; 3: ceil(R/64)*T*S*64, see kByteScanBlockRows
   const float* codebooks = nullptr;  ///< size T*Gs*Gr*2^bits*d, layout (T, Gs, Gr, 2^bits, d)
   const float* bias = nullptr;       ///< size N, or nullptr for no bias
   float* y = nullptr;                ///< size M*N, layout (M, N); fully overwritten
@@ -162,6 +169,23 @@ struct KernelTable {
   /// out[m*32 + i] = sum_e table_m[e][code(i, e)], e ascending from 0.0f (bit-identical).
   void (*fastscan_f32)(const uint8_t* codes, size_t entries, const float* luts,
                        size_t lut_stride, size_t rows, float* out);
+
+  // --- byte-scan (format_version 3) --------------------------------------------------------
+
+  /// quantize_luts for tables of 256 values (lut + e*256, q + e*256): the same formula and
+  /// rounding, so lut[e][c] ~ lo[e] + scale * q[e][c]. Bit-identical across tables.
+  bool (*quantize_byte_luts)(const float* lut, size_t entries, uint8_t* q, float* scale, float* offset);
+
+  /// One block of 64 rows of M: `codes` is the block's E entries of 64 bytes (format v3),
+  /// table m of `rows` at qluts + m*qlut_stride holds E entries of 256 uint8.
+  /// out[m*64 + i] = sum_e table_m[e][codes[e*64 + i]] (exact integer sums: every table's bits).
+  void (*bytescan_u8)(const uint8_t* codes, size_t entries, const uint8_t* qluts, size_t qlut_stride,
+                      size_t rows, uint32_t* out);
+
+  /// The exact float variant: table m at luts + m*lut_stride, entry e's 256 floats at + e*256;
+  /// out[m*64 + i] = sum_e table_m[e][codes[e*64 + i]], e ascending from 0.0f (bit-identical).
+  void (*bytescan_f32)(const uint8_t* codes, size_t entries, const float* luts, size_t lut_stride,
+                       size_t rows, float* out);
 
   // --- tile GEMM (VQPath::kTileGemm) ---------------------------------------------------------
 
@@ -266,6 +290,14 @@ inline constexpr double kFastScanMaxRelError = 0.04;
 /// (those rows take the float tables) and 0 when every table is constant.
 double fastscan_uint8_error(const float* lut, size_t entries);
 
+/// The guard's estimate for byte-scan tables, from the quantized tables themselves (`entries`
+/// tables of 256 uint8 levels, q + e*256): the same model as fastscan_uint8_error, in
+/// levels, with each table's spread taken from its variance (r_e^2 / 12 -> var_e: among 256
+/// codewords one outlier moves a variance little):
+///   est^2 = (1 / 12) * E' / sum_e var_e      (E' = tables with more than one level)
+/// Integer sums, so every table makes the same choice. 0 when every table is constant.
+double bytescan_uint8_error(const uint8_t* q, size_t entries);
+
 /// The threshold vq_matmul() applies: kFastScanMaxRelError, or ONNXVQ_LUT_GUARD=x (read
 /// once; a relative error, e.g. 0.03; "inf" disables the guard) for measurements.
 double fastscan_max_rel_error();
@@ -290,6 +322,9 @@ enum class VQPath {
                    ///< block; rows the uint8 guard rejects take the float tables, or the tile
                    ///< GEMM when a chunk has as many as the float tables' tile threshold
   kFastScanExact,  ///< format 2: float tables, same blocked codes (ONNXVQ_EXACT_LUT=1)
+  kByteScan,       ///< format 3: kFastScan's scheme on 8-bit codes, 256-entry uint8 tables
+                   ///< (byte permutes on VBMI), 64 outputs per block
+  kByteScanExact,  ///< format 3: float tables (ONNXVQ_EXACT_LUT=1, rows the guard rejects)
   kDecodeDot,      ///< axis 0, format 1, scalar codebooks (k-means, 2-8 bits, any row groups): decode
                    ///< each output's row of W_hat (decode_codes) and dot it with every input row
   kTileGemm,       ///< M >= a measured threshold (kTileGemmThresholds, vq_kernel.cc): decode

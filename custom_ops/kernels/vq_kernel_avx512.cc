@@ -9,7 +9,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "vq_kernel.h"
 
@@ -273,6 +275,65 @@ void dense_gemm_avx512(const float* x, size_t ldx, size_t M, size_t K, const flo
     dense_rows<1>(x, ldx, M, K, w + n, N, y + n, ldy, accumulate, __mmask16((1u << rest) - 1));
 }
 
+// Byte-scan tables quantized as quantize_tables<256> in the scalar table: exact min / max
+// reductions, the same float formula per value, rounding to nearest even (roundscale), so
+// the same bytes, scale and offset.
+bool quantize_byte_luts_avx512(const float* lut, size_t entries, uint8_t* q, float* scale, float* offset) {
+  constexpr size_t kVectors = kByteScanCodewords / 16;
+  float range = 0.0f, offset_sum = 0.0f;
+  std::vector<float> lows(entries);
+  for (size_t e = 0; e < entries; ++e) {
+    const float* table = lut + e * kByteScanCodewords;
+    __m512 lo = _mm512_loadu_ps(table), hi = lo;
+    __mmask16 bad = 0;
+    for (size_t v = 0; v < kVectors; ++v) {
+      const __m512 x = _mm512_loadu_ps(table + 16 * v);
+      bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(x, x), _mm512_setzero_ps(), _CMP_NEQ_UQ);  // inf or NaN
+      lo = _mm512_min_ps(lo, x);
+      hi = _mm512_max_ps(hi, x);
+    }
+    if (bad) return false;
+    const float low = _mm512_reduce_min_ps(lo), high = _mm512_reduce_max_ps(hi);
+    range = std::max(range, high - low);
+    offset_sum += low;
+    lows[e] = low;
+  }
+  if (!std::isfinite(range)) return false;
+  const float inv_scalar = range > 0.0f ? 255.0f / range : 0.0f;
+  const __m512 inv = _mm512_set1_ps(inv_scalar), top = _mm512_set1_ps(255.0f), zero = _mm512_setzero_ps();
+  for (size_t e = 0; e < entries; ++e) {
+    const float* table = lut + e * kByteScanCodewords;
+    const __m512 low = _mm512_set1_ps(lows[e]);
+    for (size_t v = 0; v < kVectors; ++v) {
+      const __m512 level = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(table + 16 * v), low), inv),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512i bytes = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(level, zero), top));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + e * kByteScanCodewords + 16 * v), _mm512_cvtusepi32_epi8(bytes));
+    }
+  }
+  *scale = range / 255.0f;
+  *offset = offset_sum;
+  return true;
+}
+
+// Float byte-scan: four 16-lane gathers per entry, each output one chain of adds in entry
+// order (the scalar table's bits).
+void bytescan_f32_avx512(const uint8_t* codes, size_t entries, const float* luts, size_t lut_stride,
+                         size_t rows, float* out) {
+  for (size_t m = 0; m < rows; ++m) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (size_t e = 0; e < entries; ++e) {
+      const float* table = luts + m * lut_stride + e * kByteScanCodewords;
+      const uint8_t* entry = codes + e * kByteScanBlockRows;
+      for (int v = 0; v < 4; ++v) {
+        const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(entry + 16 * v)));
+        acc[v] = _mm512_add_ps(acc[v], _mm512_i32gather_ps(idx, table, 4));
+      }
+    }
+    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + m * kByteScanBlockRows + 16 * v, acc[v]);
+  }
+}
+
 }  // namespace
 
 const KernelTable& avx512_kernel_table() {
@@ -285,6 +346,8 @@ const KernelTable& avx512_kernel_table() {
     t.dot_rows = dot_rows_avx512;
     t.decode_fastscan_group = decode_fastscan_group_avx512;
     t.decode_fastscan_d1 = decode_fastscan_d1_avx512;
+    t.quantize_byte_luts = quantize_byte_luts_avx512;
+    t.bytescan_f32 = bytescan_f32_avx512;
     return t;
   }();
   return table;

@@ -107,14 +107,14 @@ void axpy_scalar(float a, const float* x, size_t n, float* y) {
   for (size_t j = 0; j < n; ++j) y[j] += a * x[j];
 }
 
-bool quantize_luts_scalar(const float* lut, size_t entries, uint8_t* q, float* scale,
-                          float* offset) {
+template <size_t kCodewords>
+bool quantize_tables(const float* lut, size_t entries, uint8_t* q, float* scale, float* offset) {
   float range = 0.0f, offset_sum = 0.0f;
   bool finite = true;
   for (size_t e = 0; e < entries; ++e) {
-    const float* table = lut + e * kFastScanCodewords;
+    const float* table = lut + e * kCodewords;
     float lo = table[0], hi = table[0];
-    for (size_t c = 0; c < kFastScanCodewords; ++c) {
+    for (size_t c = 0; c < kCodewords; ++c) {
       finite = finite && std::isfinite(table[c]);
       lo = std::min(lo, table[c]);
       hi = std::max(hi, table[c]);
@@ -125,17 +125,46 @@ bool quantize_luts_scalar(const float* lut, size_t entries, uint8_t* q, float* s
   if (!finite || !std::isfinite(range)) return false;
   const float inv = range > 0.0f ? 255.0f / range : 0.0f;
   for (size_t e = 0; e < entries; ++e) {
-    const float* table = lut + e * kFastScanCodewords;
+    const float* table = lut + e * kCodewords;
     float lo = table[0];
-    for (size_t c = 1; c < kFastScanCodewords; ++c) lo = std::min(lo, table[c]);
-    for (size_t c = 0; c < kFastScanCodewords; ++c) {
+    for (size_t c = 1; c < kCodewords; ++c) lo = std::min(lo, table[c]);
+    for (size_t c = 0; c < kCodewords; ++c) {
       const float level = std::nearbyint((table[c] - lo) * inv);  // ties to even
-      q[e * kFastScanCodewords + c] = static_cast<uint8_t>(std::clamp(level, 0.0f, 255.0f));
+      q[e * kCodewords + c] = static_cast<uint8_t>(std::clamp(level, 0.0f, 255.0f));
     }
   }
   *scale = range / 255.0f;
   *offset = offset_sum;
   return true;
+}
+
+bool quantize_luts_scalar(const float* lut, size_t entries, uint8_t* q, float* scale, float* offset) {
+  return quantize_tables<kFastScanCodewords>(lut, entries, q, scale, offset);
+}
+bool quantize_byte_luts_scalar(const float* lut, size_t entries, uint8_t* q, float* scale, float* offset) {
+  return quantize_tables<kByteScanCodewords>(lut, entries, q, scale, offset);
+}
+
+// Byte-scan: table m's entry e looked up by the block's 64 codes of entry e, e ascending.
+template <typename Sum, typename Table>
+void bytescan_rows(const uint8_t* codes, size_t entries, const Table* tables, size_t stride, size_t rows,
+                   Sum* out) {
+  for (size_t m = 0; m < rows; ++m) {
+    Sum* sums = out + m * kByteScanBlockRows;
+    std::fill(sums, sums + kByteScanBlockRows, Sum(0));
+    for (size_t e = 0; e < entries; ++e) {
+      const Table* entry = tables + m * stride + e * kByteScanCodewords;
+      for (size_t i = 0; i < kByteScanBlockRows; ++i) sums[i] += entry[codes[e * kByteScanBlockRows + i]];
+    }
+  }
+}
+void bytescan_u8_scalar(const uint8_t* codes, size_t entries, const uint8_t* qluts, size_t qlut_stride,
+                        size_t rows, uint32_t* out) {
+  bytescan_rows(codes, entries, qluts, qlut_stride, rows, out);
+}
+void bytescan_f32_scalar(const uint8_t* codes, size_t entries, const float* luts, size_t lut_stride,
+                         size_t rows, float* out) {
+  bytescan_rows(codes, entries, luts, lut_stride, rows, out);
 }
 
 // Code of row i (0..31) of a block in the 16-byte group `group`.
@@ -266,6 +295,7 @@ const KernelTable& scalar_kernel_table() {
       lut_gather8_scalar, scatter_add_scalar,  bucket_dot_scalar,    dot_scalar,
       axpy_scalar,
       quantize_luts_scalar, fastscan_u8_scalar, fastscan_f32_scalar,
+      quantize_byte_luts_scalar, bytescan_u8_scalar, bytescan_f32_scalar,
       decode_codes_scalar, decode_fastscan_d1_scalar, dot_rows_scalar, decode_fastscan_group_scalar,
       transpose_scalar, dense_gemm_scalar, decode_row_scalar,
   };

@@ -64,7 +64,7 @@ struct Blocks {
   size_t end(size_t i) const { return std::min(total, (i + 1) * size); }
 };
 
-/// Codes (t, r, s0 .. s0+count) of the problem's stream (either format) into out[0 .. count).
+/// Codes (t, r, s0 .. s0+count) of the problem's stream (any format) into out[0 .. count).
 inline void unpack_codes_of_row(const VQProblem& p, const KernelTable& k, size_t t, size_t r,
                                 size_t s0, size_t count, uint8_t* out) {
   if (p.format_version == 2) {  // fast-scan blocks: one nibble per 16-byte group
@@ -74,6 +74,12 @@ inline void unpack_codes_of_row(const VQProblem& p, const KernelTable& k, size_t
         p.codes + ((block * p.T + t) * p.S + s0) * kFastScanGroupBytes + lane % 16;
     for (size_t i = 0; i < count; ++i)
       out[i] = static_cast<uint8_t>((group[i * kFastScanGroupBytes] >> shift) & 0x0fu);
+    return;
+  }
+  if (p.format_version == 3) {  // byte-scan blocks: one byte per 64-byte entry
+    const size_t block = r / kByteScanBlockRows;
+    const uint8_t* entry = p.codes + ((block * p.T + t) * p.S + s0) * kByteScanBlockRows + r % kByteScanBlockRows;
+    for (size_t i = 0; i < count; ++i) out[i] = entry[i * kByteScanBlockRows];
     return;
   }
   const uint64_t first = (static_cast<uint64_t>(t) * p.rows() + r) * p.S + s0;

@@ -78,6 +78,7 @@ unsigned case_code(const VQProblem& p, const std::vector<uint8_t>& codes, size_t
     const uint8_t byte = codes[((r / 32) * p.T * p.S + t * p.S + s) * 16 + r % 16];
     return (r % 32) < 16 ? byte & 15u : byte >> 4;
   }
+  if (p.format_version == 3) return codes[((r / 64) * p.T * p.S + t * p.S + s) * 64 + r % 64];
   return naive_code(codes, (t * p.rows() + r) * p.S + s, p.bits);
 }
 
@@ -111,6 +112,9 @@ Case random_case(std::mt19937& rng, size_t M) {
   if (p.axis == 0 && p.bits == 4 && rng() % 2) {
     p.format_version = 2;
     if (rng() % 2 && R >= 64) p.group_size = 32;
+  } else if (p.axis == 0 && p.bits == 8 && p.d >= 2 && rng() % 2) {  // format 3 alike
+    p.format_version = 3;
+    if (rng() % 2 && R >= 128) p.group_size = 64;
   }
   fill_case(c, rng);
   return c;  // moved: the vectors keep their buffers, so p's pointers stay valid
@@ -122,8 +126,9 @@ Case& fill_case(Case& c, std::mt19937& rng) {
   std::normal_distribution<float> normal;
   c.x.resize(p.M * p.K);
   for (auto& v : c.x) v = normal(rng);
-  c.codes.resize(p.format_version == 2 ? p.fastscan_blocks() * p.T * p.S * 16
-                                       : (p.T * R * p.S * p.bits + 7) / 8);
+  c.codes.resize(p.format_version == 2   ? p.fastscan_blocks() * p.T * p.S * 16
+                 : p.format_version == 3 ? (R + 63) / 64 * p.T * p.S * 64
+                                         : (p.T * R * p.S * p.bits + 7) / 8);
   for (auto& byte : c.codes) byte = static_cast<uint8_t>(rng());
   c.codebooks.resize(p.T * p.subspace_groups() * p.row_groups() * p.codewords() * p.d);
   for (auto& v : c.codebooks) v = normal(rng);
@@ -189,9 +194,10 @@ double max_lut_step(const Case& c) {
       for (size_t t = 0; t < p.T; ++t)
         for (size_t s = 0; s < p.S; ++s) {
           const size_t gs = p.per_subspace ? s : 0;
-          const float* book = &c.codebooks[((t * p.subspace_groups() + gs) * p.row_groups() + g) * 16 * p.d];
+          const size_t ncw = p.codewords();
+          const float* book = &c.codebooks[((t * p.subspace_groups() + gs) * p.row_groups() + g) * ncw * p.d];
           double lo = 1e300, hi = -1e300;
-          for (size_t code = 0; code < 16; ++code) {
+          for (size_t code = 0; code < ncw; ++code) {
             double v = 0.0;
             for (size_t j = 0; j < p.d && s * p.d + j < p.K; ++j)
               v += double(c.x[m * p.K + s * p.d + j]) * book[code * p.d + j];
@@ -205,7 +211,8 @@ double max_lut_step(const Case& c) {
 }
 
 bool quantized_path(const VQProblem& p, const KernelTable& kernels) {
-  return onnxvq::kernels::choose_path(p, kernels) == onnxvq::kernels::VQPath::kFastScan;
+  const onnxvq::kernels::VQPath path = onnxvq::kernels::choose_path(p, kernels);
+  return path == onnxvq::kernels::VQPath::kFastScan || path == onnxvq::kernels::VQPath::kByteScan;
 }
 
 void test_against_oracle(const KernelTable& kernels, std::mt19937& rng) {
@@ -327,6 +334,49 @@ void test_fastscan_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
   std::printf("%s: fast-scan micro-kernels equal to scalar on %d shapes\n", simd.name, checked);
 }
 
+// Byte-scan (format 3): entries around the 16-bit flush (256), 1-5 rows (the 4- and 2-row
+// blocks and their tails), saturated tables (the largest 16-bit partial sums), and the
+// 256-value quantizer, bit for bit.
+void test_bytescan_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
+  const KernelTable& scalar = onnxvq::kernels::scalar_kernel_table();
+  constexpr size_t kRows = onnxvq::kernels::kByteScanBlockRows, kWords = onnxvq::kernels::kByteScanCodewords;
+  std::normal_distribution<float> normal;
+  int checked = 0;
+  for (size_t entries : {1u, 2u, 3u, 255u, 256u, 257u, 511u, 513u}) {
+    for (size_t rows : {1u, 2u, 3u, 4u, 5u}) {
+      const size_t stride = entries * kWords + 64 * (rng() % 2);
+      std::vector<uint8_t> codes(entries * kRows), q(rows * stride, 0);
+      for (auto& b : codes) b = static_cast<uint8_t>(rng());
+      const bool saturated = rng() % 2;
+      for (auto& b : q) b = saturated ? 255 : uint8_t(rng());
+      std::vector<uint32_t> a(rows * kRows), b(rows * kRows);
+      scalar.bytescan_u8(codes.data(), entries, q.data(), stride, rows, a.data());
+      simd.bytescan_u8(codes.data(), entries, q.data(), stride, rows, b.data());
+      EXPECT(a == b, "%s bytescan_u8 entries=%zu rows=%zu", simd.name, entries, rows);
+      std::vector<float> luts(rows * stride);
+      for (auto& v : luts) v = normal(rng);
+      std::vector<float> fa(rows * kRows), fb(rows * kRows);
+      scalar.bytescan_f32(codes.data(), entries, luts.data(), stride, rows, fa.data());
+      simd.bytescan_f32(codes.data(), entries, luts.data(), stride, rows, fb.data());
+      EXPECT(std::equal(fa.begin(), fa.end(), fb.begin(), same_bits), "%s bytescan_f32 entries=%zu rows=%zu",
+             simd.name, entries, rows);
+      std::vector<uint8_t> qa(entries * kWords), qb(entries * kWords);
+      float sa = 0, sb = 0, oa = 0, ob = 0;
+      if (rows == 1) luts[rng() % luts.size()] = 0.0f;  // ties and exact zeros
+      const bool ra = scalar.quantize_byte_luts(luts.data(), entries, qa.data(), &sa, &oa);
+      const bool rb = simd.quantize_byte_luts(luts.data(), entries, qb.data(), &sb, &ob);
+      EXPECT(ra && rb && qa == qb && same_bits(sa, sb) && same_bits(oa, ob), "%s quantize_byte_luts entries=%zu",
+             simd.name, entries);
+      luts[rng() % (entries * kWords)] = rows % 2 ? std::nanf("") : -INFINITY;
+      EXPECT(!scalar.quantize_byte_luts(luts.data(), entries, qa.data(), &sa, &oa) &&
+                 !simd.quantize_byte_luts(luts.data(), entries, qb.data(), &sb, &ob),
+             "%s quantize_byte_luts must refuse non-finite values", simd.name);
+      ++checked;
+    }
+  }
+  std::printf("%s: byte-scan micro-kernels equal to scalar on %d shapes\n", simd.name, checked);
+}
+
 // Whole problems on awkward shapes, SIMD table vs scalar table. Integer work is equal to the
 // bit; float tables may differ by rounding (build_lut sums in another order): 1e-5 of the
 // output scale, plus for uint8 tables 4 quantization steps (a table value that lands on a
@@ -334,22 +384,23 @@ void test_fastscan_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
 void test_shapes_against_scalar(const KernelTable& simd, std::mt19937& rng) {
   const KernelTable& scalar = onnxvq::kernels::scalar_kernel_table();
   int cases = 0;
-  for (int format : {1, 2})
+  for (int format : {1, 2, 3})
     for (size_t N : {1u, 31u, 32u, 33u, 64u, 65u})
       for (size_t K : {1u, 7u, 15u, 16u, 17u, 129u, 2052u})
         for (size_t d : {1u, 3u, 4u, 5u, 8u}) {
+          if (format == 3 && d == 1) continue;  // format 3 needs d >= 2
           Case c;
           VQProblem& p = c.p;
           p.M = std::vector<size_t>{1, 2, 7, 64}[rng() % 4];
           if (K > 1000 && p.M > 7) p.M = 7;
-          p.K = K, p.N = N, p.d = d, p.axis = format == 2 ? 0 : int(rng() % 2);
-          p.bits = format == 2 ? 4 : std::vector<unsigned>{1, 4, 8}[rng() % 3];
+          p.K = K, p.N = N, p.d = d, p.axis = format >= 2 ? 0 : int(rng() % 2);
+          p.bits = format == 2 ? 4 : format == 3 ? 8 : std::vector<unsigned>{1, 4, 8}[rng() % 3];
           p.T = 1 + rng() % 2;
           p.S = (p.length() + d - 1) / d;
           p.group_size = p.rows();
           p.per_subspace = true;
           p.format_version = format;
-          p.exact_lut = format == 2 && rng() % 3 == 0;
+          p.exact_lut = format >= 2 && rng() % 3 == 0;
           fill_case(c, rng);
           onnxvq::kernels::vq_matmul(p, {}, scalar);
           const std::vector<float> expected = c.y;
@@ -361,7 +412,7 @@ void test_shapes_against_scalar(const KernelTable& simd, std::mt19937& rng) {
           // and one exact (the tables' thresholds differ): the uint8 tier's bound.
           const bool q_scalar = quantized_path(p, scalar), q_simd = quantized_path(p, simd);
           const double steps = q_scalar && q_simd ? 4.0 : q_scalar || q_simd ? (0.5 * p.T * p.S + 1.0) * 1.01 : 0.0;
-          const double tol = 1e-5 * scale + (steps > 0 ? steps * max_lut_step(c) : 0.0);  // format 2 only
+          const double tol = 1e-5 * scale + (steps > 0 ? steps * max_lut_step(c) : 0.0);  // formats 2 and 3
           for (size_t e = 0; e < expected.size(); ++e)
             if (!(std::abs(double(c.y[e]) - expected[e]) <= tol)) {
               EXPECT(false, "%s vs scalar: format=%d path=%s M=%zu K=%zu N=%zu d=%zu bits=%u T=%zu "
@@ -413,6 +464,7 @@ void test_tile_gemm(const KernelTable& kernels, std::mt19937& rng) {
     p.group_size = std::min(pick({1, 2, 64, 1000}), p.rows());
     p.per_subspace = p.d > 1 ? rng() % 2 : rng() % 4 == 0;
     if (p.axis == 0 && p.bits == 4 && rng() % 2) p.format_version = 2;
+    if (p.axis == 0 && p.bits == 8 && p.d >= 2 && rng() % 2) p.format_version = 3;
     p.exact_lut = rng() % 2;
     p.M = 1;
     const size_t threshold = onnxvq::kernels::tile_gemm_min_rows(p, kernels);
@@ -443,7 +495,7 @@ void test_tile_gemm(const KernelTable& kernels, std::mt19937& rng) {
       std::vector<float> y(q.M * p.N);
       q.y = y.data();
       onnxvq::kernels::vq_matmul(q, {}, kernels);
-      const double lut_step = p.format_version == 2 && !p.exact_lut ? max_lut_step(c) : 0.0;
+      const double lut_step = p.format_version >= 2 && !p.exact_lut ? max_lut_step(c) : 0.0;
       for (size_t e = 0; e < y.size(); ++e)
         if (!(std::abs(double(y[e]) - expected[e]) <= 1e-5 * scale + (0.5 * p.T * p.S + 1.0) * lut_step * 1.01)) {
           EXPECT(false, "%s: M=%zu (small path) vs oracle: axis=%d K=%zu N=%zu bits=%u d=%zu fmt=%d "
@@ -762,6 +814,7 @@ int main() {
     test_against_oracle(*tables[i], rng);
     test_threads_do_not_change_bits(*tables[i], rng);
     test_fastscan_micro_kernels(*tables[i], rng);
+    test_bytescan_micro_kernels(*tables[i], rng);
     test_shapes_against_scalar(*tables[i], rng);
     test_tile_gemm(*tables[i], rng);
     test_tile_micro_kernels(*tables[i], rng);

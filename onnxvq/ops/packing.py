@@ -5,14 +5,14 @@ format_version 1: one LSB-first stream. Code i of the flattened array occupies s
 over bit positions, not over codes.
 
 format_version 2: 4-bit fast-scan blocks of 32 rows (see onnxvq/ops/schema.py for the byte
-order). ``pack_for_op`` / ``unpack_from_op`` pick the layout from ``layout.format_version``.
+order). format_version 3: 8-bit byte-scan blocks of 64 rows. ``pack_for_op`` / ``unpack_from_op`` pick the layout from ``layout.format_version``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .schema import (FASTSCAN_BLOCK_ROWS, FASTSCAN_FORMAT_VERSION, FASTSCAN_GROUP_BYTES, MAX_BITS,
-                     MIN_BITS, ceil_div)
+from .schema import (BYTESCAN_BLOCK_ROWS, BYTESCAN_FORMAT_VERSION, FASTSCAN_BLOCK_ROWS, FASTSCAN_FORMAT_VERSION,
+                     FASTSCAN_GROUP_BYTES, MAX_BITS, MIN_BITS, ceil_div)
 
 
 def packed_nbytes(num_codes: int, bits: int) -> int:
@@ -83,6 +83,34 @@ def unpack_fastscan(stream: np.ndarray, shape: tuple[int, int, int]) -> np.ndarr
     return np.ascontiguousarray(rows[:, :R])
 
 
+def pack_bytescan(codes: np.ndarray) -> np.ndarray:
+    """format_version 3 stream for 8-bit codes [T, R, S]: blocks of 64 rows, 64 bytes per entry.
+
+    byte[(b*E + e)*64 + j] = code(t, 64b + j, s), e = t*S + s.
+    """
+    codes = np.asarray(codes)
+    T, R, S = codes.shape
+    if codes.size and (codes.min() < 0 or codes.max() >= 256):
+        raise ValueError(f"codes must lie in [0, 256), got [{codes.min()}, {codes.max()}]")
+    blocks = ceil_div(R, BYTESCAN_BLOCK_ROWS)
+    padded = np.zeros((T, blocks * BYTESCAN_BLOCK_ROWS, S), np.uint8)
+    padded[:, :R] = codes
+    # [T, B, 64 (j), S] -> [B, T, S, j]
+    return np.ascontiguousarray(padded.reshape(T, blocks, BYTESCAN_BLOCK_ROWS, S).transpose(1, 0, 3, 2)).reshape(-1)
+
+
+def unpack_bytescan(stream: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Inverse of pack_bytescan: codes [T, R, S] (uint8); padding rows are dropped."""
+    T, R, S = shape
+    blocks = ceil_div(R, BYTESCAN_BLOCK_ROWS)
+    stream = np.asarray(stream, dtype=np.uint8).reshape(-1)
+    need = blocks * T * S * BYTESCAN_BLOCK_ROWS
+    if stream.size != need:
+        raise ValueError(f"a format_version 3 stream for codes {shape} has {need} bytes, got {stream.size}")
+    rows = stream.reshape(blocks, T, S, BYTESCAN_BLOCK_ROWS).transpose(1, 0, 3, 2)
+    return np.ascontiguousarray(rows.reshape(T, blocks * BYTESCAN_BLOCK_ROWS, S)[:, :R])
+
+
 def pack_for_op(codes: np.ndarray, layout) -> np.ndarray:
     """The VQMatMul ``codes`` input for unpacked codes [T, R, S] under ``layout.format_version``."""
     codes = np.asarray(codes)
@@ -90,6 +118,8 @@ def pack_for_op(codes: np.ndarray, layout) -> np.ndarray:
         raise ValueError(f"codes shape {codes.shape} != layout {layout.codes_shape}")
     if layout.format_version == FASTSCAN_FORMAT_VERSION:
         return pack_fastscan(codes)
+    if layout.format_version == BYTESCAN_FORMAT_VERSION:
+        return pack_bytescan(codes)
     return pack_codes(codes, layout.bits)
 
 
@@ -97,4 +127,6 @@ def unpack_from_op(stream: np.ndarray, layout) -> np.ndarray:
     """Inverse of pack_for_op: unpacked codes [T, R, S] (uint8)."""
     if layout.format_version == FASTSCAN_FORMAT_VERSION:
         return unpack_fastscan(stream, layout.codes_shape)
+    if layout.format_version == BYTESCAN_FORMAT_VERSION:
+        return unpack_bytescan(stream, layout.codes_shape)
     return unpack_codes(stream, layout.bits, layout.num_codes).reshape(layout.codes_shape)

@@ -51,6 +51,17 @@ are ignored when read. Version 1 stays valid for every layout; version 2 is chos
 setting ``format_version=2`` on the layout (``VQLayout.for_weight(..., format_version=None)``
 picks 2 where it is valid).
 
+Code layout (format_version 3: "byte-scan" blocks; axis = 0, bits = 8, d >= 2 only)
+---------------------------------------------------------------------------------
+The kernel looks 8-bit codes up 64 rows of M at a time with byte permutes over a 256-entry
+table (AVX-512 VBMI), so each entry's 64 codes are consecutive bytes. With B = ceil(R / 64)
+blocks (rows >= R are padding with code 0), the stream is exactly B * E * 64 bytes::
+
+    byte[(b*E + e)*64 + j] = code(t, 64*b + j, s)      for b < B, e = t*S + s < E, j < 64
+
+``VQLayout.for_weight(..., format_version=None)`` picks 3 where it is valid (8-bit PQ and RQ
+along the input axis; scalar 8-bit k-means keeps format 1, read by the decode paths).
+
 VQGather: embedding lookup on a compressed table
 ------------------------------------------------
 ``ai.onnxvq::VQGather`` (domain version 1) replaces ``Gather(table, indices)`` (axis 0) for a
@@ -92,12 +103,17 @@ GATHER_OP_TYPE = "VQGather"
 #: Version of the packed layout. Bump it whenever the meaning of the bytes changes;
 #: the kernel refuses versions it does not know.
 FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1, 2)
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 #: format_version 2 (fast-scan blocks): its constraints and block geometry.
 FASTSCAN_FORMAT_VERSION = 2
 FASTSCAN_BITS = 4
 FASTSCAN_BLOCK_ROWS = 32
 FASTSCAN_GROUP_BYTES = 16
+#: format_version 3 (byte-scan blocks): 8-bit codes of 64 rows per entry, axis 0, d >= 2.
+BYTESCAN_FORMAT_VERSION = 3
+BYTESCAN_BITS = 8
+BYTESCAN_BLOCK_ROWS = 64
+BYTESCAN_MIN_SUBVECTOR_LEN = 2
 
 MIN_BITS = 1
 MAX_BITS = 8
@@ -115,7 +131,8 @@ class InputSpec:
 
 INPUTS = (
     InputSpec("X", 0, False, "float32 activations, shape [..., K], rank >= 1"),
-    InputSpec("codes", 1, False, "uint8 packed codes: v1 [ceil(T*R*S*bits/8)], v2 [ceil(R/32)*T*S*16]"),
+    InputSpec("codes", 1, False,
+              "uint8 packed codes: v1 [ceil(T*R*S*bits/8)], v2 [ceil(R/32)*T*S*16], v3 [ceil(R/64)*T*S*64]"),
     InputSpec("codebooks", 2, False, "float32 or float16, shape [T, Gs, Gr, 2**bits, d]"),
     InputSpec("bias", 3, True, "float32, shape [N]; absent or empty name for no bias"),
 )
@@ -225,12 +242,19 @@ class VQLayout:
         if self.format_version == FASTSCAN_FORMAT_VERSION:
             return (ceil_div(self.rows, FASTSCAN_BLOCK_ROWS) * self.stages * self.num_subspaces
                     * FASTSCAN_GROUP_BYTES)
+        if self.format_version == BYTESCAN_FORMAT_VERSION:
+            return ceil_div(self.rows, BYTESCAN_BLOCK_ROWS) * self.stages * self.num_subspaces * BYTESCAN_BLOCK_ROWS
         return ceil_div(self.num_codes * self.bits, 8)
 
     @staticmethod
     def fastscan_eligible(axis: int, bits: int) -> bool:
         """Whether format_version 2 (fast-scan blocks) can describe codes of this layout."""
         return axis == AXIS_IN and bits == FASTSCAN_BITS
+
+    @staticmethod
+    def bytescan_eligible(axis: int, bits: int, subvector_len: int) -> bool:
+        """Whether format_version 3 (byte-scan blocks) can describe codes of this layout."""
+        return axis == AXIS_IN and bits == BYTESCAN_BITS and subvector_len >= BYTESCAN_MIN_SUBVECTOR_LEN
 
     @property
     def table_shape(self) -> tuple[int, int]:
@@ -258,6 +282,11 @@ class VQLayout:
                 and not self.fastscan_eligible(self.axis, self.bits)):
             p.append(f"format_version {FASTSCAN_FORMAT_VERSION} needs axis {AXIS_IN} and "
                      f"{FASTSCAN_BITS}-bit codes, got axis {self.axis} and {self.bits} bits")
+        if (self.format_version == BYTESCAN_FORMAT_VERSION
+                and not self.bytescan_eligible(self.axis, self.bits, self.subvector_len)):
+            p.append(f"format_version {BYTESCAN_FORMAT_VERSION} needs axis {AXIS_IN}, {BYTESCAN_BITS}-bit codes "
+                     f"and subvector_len >= {BYTESCAN_MIN_SUBVECTOR_LEN}, got axis {self.axis}, "
+                     f"{self.bits} bits and subvector_len {self.subvector_len}")
         if not p and self.num_subspaces != ceil_div(self.length, self.subvector_len):
             p.append(
                 f"num_subspaces must be ceil({self.length} / {self.subvector_len}) = "
@@ -287,6 +316,7 @@ class VQLayout:
         length = in_features if axis == AXIS_IN else out_features
         if format_version is None:
             format_version = (FASTSCAN_FORMAT_VERSION if cls.fastscan_eligible(axis, bits)
+                              else BYTESCAN_FORMAT_VERSION if cls.bytescan_eligible(axis, bits, subvector_len)
                               else FORMAT_VERSION)
         return cls(in_features=in_features, out_features=out_features, bits=bits,
                    subvector_len=subvector_len, num_subspaces=ceil_div(length, subvector_len),
@@ -320,6 +350,11 @@ def render_cpp_header() -> str:
         f"inline constexpr int64_t kFastScanBits = {FASTSCAN_BITS};",
         f"inline constexpr int64_t kFastScanBlockRows = {FASTSCAN_BLOCK_ROWS};",
         f"inline constexpr int64_t kFastScanGroupBytes = {FASTSCAN_GROUP_BYTES};",
+        "// format_version 3: byte-scan blocks (axis 0, 8-bit codes, d >= 2); see schema.py.",
+        f"inline constexpr int64_t kByteScanFormatVersion = {BYTESCAN_FORMAT_VERSION};",
+        f"inline constexpr int64_t kByteScanBits = {BYTESCAN_BITS};",
+        f"inline constexpr int64_t kByteScanBlockRows = {BYTESCAN_BLOCK_ROWS};",
+        f"inline constexpr int64_t kByteScanMinSubvectorLen = {BYTESCAN_MIN_SUBVECTOR_LEN};",
         "",
         "// Supported packed-layout versions.",
         "inline constexpr int64_t kSupportedFormatVersions[] = {"

@@ -6,8 +6,9 @@ creation, while a custom op would run at every call. The builder is portable.py'
 
 * ``decode_tiers``: tiers layout -> int32 codes [n] (equal to ``entropy.decode``).
 * ``unpack_stream``: a fixed-width LSB-first stream (``pack_codes``) -> int32 codes [n].
-* ``pack_stream`` / ``pack_fastscan_stream``: int32 codes -> the bytes ``pack_codes`` /
-  ``pack_fastscan`` give, so a folded decode can feed the VQMatMul ``codes`` input.
+* ``pack_stream`` / ``pack_fastscan_stream`` / ``pack_bytescan_stream``: int32 codes -> the bytes
+  ``pack_codes`` / ``pack_fastscan`` / ``pack_bytescan`` give, so a folded decode can feed the
+  VQMatMul ``codes`` input.
 
 No op used here changed its signature between opsets 11 and 21 (Gather, CumSum, Where, Range,
 Cast, Reshape, Slice, Concat, Expand, Pad, Transpose, Add, Sub, Mul, Div, Mod), so none takes the
@@ -25,7 +26,7 @@ import onnx
 
 from ..ops.entropy import TieredCodes, to_arrays, validate
 from ..ops.packing import packed_nbytes
-from ..ops.schema import FASTSCAN_BLOCK_ROWS, FASTSCAN_GROUP_BYTES, ceil_div
+from ..ops.schema import BYTESCAN_BLOCK_ROWS, FASTSCAN_BLOCK_ROWS, FASTSCAN_GROUP_BYTES, ceil_div
 from .portable import _Builder
 
 INT32 = onnx.TensorProto.INT32
@@ -228,6 +229,23 @@ def pack_fastscan_stream(b: _Builder, codes_i32: str, shape_TRS: tuple[int, int,
     hi = b.op("Gather", [x, b.const(f"{suffix}_hi_index", np.array(1, np.int64))], f"{suffix}_hi", axis=0)
     hi = b.op("Mul", [hi, b.const(f"{suffix}_nibble", np.array(16, np.int32))], f"{suffix}_hi_shifted")
     byte = b.op("Cast", [b.op("Add", [lo, hi], f"{suffix}_sum")], f"{suffix}_u8", to=onnx.TensorProto.UINT8)
+    return b.op("Reshape", [byte, b.const(f"{suffix}_flat_shape", _i64([-1]))], f"{suffix}_bytes")
+
+
+def pack_bytescan_stream(b: _Builder, codes_i32: str, shape_TRS: tuple[int, int, int],
+                         suffix: str = "bytescan") -> str:
+    """int32 8-bit codes (T*R*S elements, [T, R, S] order) -> the bytes ``pack_bytescan`` gives:
+    rows zero-padded to blocks of 64, then a Reshape + Transpose to [B, T, S, 64]."""
+    T, R, S = shape_TRS
+    blocks = ceil_div(R, BYTESCAN_BLOCK_ROWS)
+    x = b.op("Reshape", [codes_i32, b.const(f"{suffix}_trs", _i64([T, R, S]))], f"{suffix}_codes")
+    pad_rows = blocks * BYTESCAN_BLOCK_ROWS - R
+    if pad_rows:
+        x = b.op("Pad", [x, b.const(f"{suffix}_pads", _i64([0, 0, 0, 0, pad_rows, 0]))], f"{suffix}_padded")
+    x = b.op("Reshape", [x, b.const(f"{suffix}_blocks", _i64([T, blocks, BYTESCAN_BLOCK_ROWS, S]))],
+             f"{suffix}_rows")
+    x = b.op("Transpose", [x], f"{suffix}_ordered", perm=[1, 0, 3, 2])  # [B, T, S, j]
+    byte = b.op("Cast", [x], f"{suffix}_u8", to=onnx.TensorProto.UINT8)
     return b.op("Reshape", [byte, b.const(f"{suffix}_flat_shape", _i64([-1]))], f"{suffix}_bytes")
 
 

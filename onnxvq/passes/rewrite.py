@@ -64,8 +64,9 @@ class RewriteContext:
         return self.stored[key]
 
     def _packed_from_tiers(self, site: Site, enc: CodedWeight) -> str:
-        from ..ops.schema import FASTSCAN_FORMAT_VERSION
-        from .entropy_decoder import compact_builder, decode_tiers, pack_fastscan_stream, pack_stream
+        from ..ops.schema import BYTESCAN_FORMAT_VERSION, FASTSCAN_FORMAT_VERSION
+        from .entropy_decoder import (compact_builder, decode_tiers, pack_bytescan_stream, pack_fastscan_stream,
+                                      pack_stream)
 
         self.require_decoder_opset(site)
         b = compact_builder(self.names)
@@ -73,6 +74,8 @@ class RewriteContext:
         layout = enc.layout
         if layout.format_version == FASTSCAN_FORMAT_VERSION:
             packed = pack_fastscan_stream(b, codes, layout.codes_shape)
+        elif layout.format_version == BYTESCAN_FORMAT_VERSION:
+            packed = pack_bytescan_stream(b, codes, layout.codes_shape)
         else:
             packed = pack_stream(b, codes, layout.num_codes, layout.bits)
         site.graph.initializer.extend(b.initializers)
