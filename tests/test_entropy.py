@@ -18,7 +18,7 @@ import pytest
 from onnx import helper
 
 from onnxvq.ops import entropy as E
-from onnxvq.ops.packing import pack_codes, pack_fastscan, packed_nbytes
+from onnxvq.ops.packing import pack_bytescan, pack_codes, pack_fastscan, packed_nbytes, unpack_bytescan
 from onnxvq.passes import entropy_decoder as D
 from onnxvq.passes.names import NameAllocator
 from onnxvq.passes.portable import _Builder
@@ -321,6 +321,21 @@ def test_ort_fastscan_pack_matches_numpy(shape, tmp_path):
 
     (stream,) = run_folded(make_model(build, 17 if shape[1] % 2 else 21), tmp_path)
     np.testing.assert_array_equal(stream, pack_fastscan(codes.reshape(shape)))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 63, 3), (2, 64, 2), (1, 65, 4), (2, 130, 5)])
+def test_ort_bytescan_pack_matches_numpy(shape, tmp_path):
+    """format_version 3 from entropy-coded codes: the folded packer gives pack_bytescan's bytes."""
+    codes = sample("zeros60_gauss", int(np.prod(shape)), 8, seed=sum(shape))
+    tc = E.encode(codes, 8)
+
+    def build(b):
+        flat = D.decode_tiers(b, tc)
+        return [(D.pack_bytescan_stream(b, flat, shape), onnx.TensorProto.UINT8)]
+
+    (stream,) = run_folded(make_model(build, 17), tmp_path)
+    np.testing.assert_array_equal(stream, pack_bytescan(codes.reshape(shape)))
+    np.testing.assert_array_equal(unpack_bytescan(stream, shape), codes.reshape(shape))
 
 
 def test_unpack_stream_matches_pack_codes(tmp_path):

@@ -120,6 +120,20 @@ def test_entropy_feeds_the_fast_scan_op_layout(tmp_path):
     np.testing.assert_array_equal(_run(tmp_path / "coded.onnx", feeds)[0], _run(tmp_path / "plain.onnx", feeds)[0])
 
 
+def test_entropy_feeds_the_byte_scan_op_layout(tmp_path):
+    """8-bit PQ codes on VQMatMul take the byte-scan layout (format 3): the folded packer must
+    produce exactly those bytes, and the op the plain file's outputs."""
+    src = tmp_path / "m.onnx"
+    onnx.save(builders.mlp_model(k=256, hidden=384), src)
+    args = ["--method", "pq", "--bits", "8", "--dim", "4", "--prune", "0.6", "--matmul-runtime", "op"]
+    _compress(src, tmp_path / "plain.onnx", *args)
+    _compress(src, tmp_path / "coded.onnx", *args, "--entropy")
+    ops = [n for n in onnx.load(tmp_path / "coded.onnx").graph.node if n.op_type == "VQMatMul"]
+    assert ops and any(a.name == "format_version" and a.i == 3 for n in ops for a in n.attribute)
+    feeds = _feeds(onnx.load(src), np.random.default_rng(1))
+    np.testing.assert_array_equal(_run(tmp_path / "coded.onnx", feeds)[0], _run(tmp_path / "plain.onnx", feeds)[0])
+
+
 def test_entropy_is_kept_only_where_it_is_smaller(tmp_path):
     """Unpruned 2-bit codes of a small layer: the decoder would cost more than it saves."""
     src = tmp_path / "m.onnx"

@@ -784,7 +784,6 @@ void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
 // 512, 62 vs 104 GFLOP/s for the same panels).
 constexpr size_t kPanelDepth = 256;
 constexpr size_t kPanelCols = 32;
-constexpr size_t kRowPad = 16;                         // floats after each decoded whole row
 
 // Per-thread scratch kept across calls: a panel task's buffers are megabytes, and fresh
 // ones (mmap'ed by malloc) cost page faults on every call (8% of km5 on 4096x4096 at M =
@@ -814,8 +813,7 @@ bool fastscan_d1_panels(const VQProblem& p) {
 }
 
 // Other axis-0 layouts decode along rows of M (outputs), N x K: a panel column's rows over
-// one depth chunk, kRowPad floats apart (rows a power of two apart meet in the same L1
-// sets), then transposed into a K x N panel. (Y^T = W_hat^T
+// one depth chunk, then transposed into a K x N panel. (Y^T = W_hat^T
 // X^T on the decoded rows, without the transposes, measured no better: 0.43 vs 0.37 ms on
 // 384x1536 at M = 36, 36 vs 28 ms for pq8-d4 on 4096x4096 at M = 64; dense_gemm's columns
 // are then M, often not 32-wide.)
@@ -934,9 +932,10 @@ void run_panel_gemm_path(const Context& c) {
     const bool last_chunk = k0 + len == p.K;
     run_tasks(c.runner, blocks.count, [&](size_t task) {
       // Per task (uninitialized: every element is written before it is read): a panel
-      // column's decoded rows over the chunk (whole_rows: N x depth, ld apart) and a K x N panel.
-      const size_t ld = depth + kRowPad;
-      const size_t rows_size = whole_rows ? cols * ld : 0;
+      // column's decoded rows over the chunk (whole_rows: N x len, dense, so the rows of one
+      // codebook group decode in one call) and a K x N panel.
+      const size_t ld = len;
+      const size_t rows_size = whole_rows ? cols * depth : 0;
       float* const rows_nk = thread_scratch(rows_size + depth * cols);
       float* const panel = rows_nk + rows_size;
       for (size_t q = blocks.begin(task); q < blocks.end(task); ++q) {

@@ -176,9 +176,28 @@ void decode_fastscan_group_avx512(const uint8_t* group, const float* table, size
   }
 }
 
+// reduce16() of 16 vectors at once, as the same halving tree (lane l + lane l+8, then +4,
+// +2, +1) with the vectors interleaved by shuffles: result lane 4k + q is vector 4q + k's.
+inline __m512 reduce16_x16(const __m512 (&v)[16]) {
+  __m512 u[8], w[4], g[2];
+  for (int i = 0; i < 8; ++i)  // lanes 0-7: v[2i]'s l + (l + 8); lanes 8-15: v[2i+1]'s
+    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
+  for (int i = 0; i < 4; ++i)  // quarter k: v[4i + k]'s l + (l + 4), l < 4
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xdd));
+  for (int i = 0; i < 2; ++i)  // quarter k: v[8i + k]'s pairs (0+2, 1+3), then v[8i + 4 + k]'s
+    g[i] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * i], w[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(w[2 * i], w[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  return _mm512_add_ps(_mm512_shuffle_ps(g[0], g[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(g[0], g[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
 // R rows x J outputs at once: one zmm of 16 lane chains per pair (J independent chains even
-// at one row, which hides the FMA latency); whole 16-input steps in registers, the last
-// K % 16 inputs and the reduction by the shared scalar helpers (the same order).
+// at one row, which hides the FMA latency); whole 16-input steps in registers. A 4 x 4 block
+// takes its last K % 16 inputs with merge-masked FMAs (lane k % 16, as dot_rows_tail) and
+// reduces all 16 pairs at once (reduce16_x16: a scalar reduction per output cost more than
+// the multiply-adds at K = 384); other blocks use the shared scalar helpers (the same order).
 template <int R, int J>
 void dot_block_avx512(const float* x, size_t ldx, const float* w, size_t ldw, size_t K, float* out,
                       size_t out_stride) {
@@ -199,13 +218,34 @@ void dot_block_avx512(const float* x, size_t ldx, const float* w, size_t ldw, si
       for (int j = 0; j < J; ++j) acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) {
-      alignas(64) float lanes[16];
-      _mm512_store_ps(lanes, acc[r][j]);
-      dot_rows_tail(x + r * ldx, w + j * ldw, whole, K, lanes);
-      out[r * out_stride + j] = reduce16(lanes);
+  if constexpr (R == 4 && J == 4) {
+    if (whole < K) {
+      const __mmask16 tail = __mmask16((1u << (K - whole)) - 1);
+      __m512 wv[4];
+      for (int j = 0; j < 4; ++j) wv[j] = _mm512_maskz_loadu_ps(tail, w + j * ldw + whole);
+      for (int r = 0; r < 4; ++r) {
+        const __m512 xv = _mm512_maskz_loadu_ps(tail, x + r * ldx + whole);
+        for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_mask3_fmadd_ps(xv, wv[j], acc[r][j], tail);
+      }
     }
+    const __m512 v[16] = {acc[0][0], acc[0][1], acc[0][2], acc[0][3], acc[1][0], acc[1][1], acc[1][2], acc[1][3],
+                          acc[2][0], acc[2][1], acc[2][2], acc[2][3], acc[3][0], acc[3][1], acc[3][2], acc[3][3]};
+    // Lane 4j + r holds (row r, output j); transposed so each row's four outputs are a quarter.
+    const __m512i by_row = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512 sums = _mm512_permutexvar_ps(by_row, reduce16_x16(v));
+    _mm_storeu_ps(out, _mm512_castps512_ps128(sums));
+    _mm_storeu_ps(out + out_stride, _mm512_extractf32x4_ps(sums, 1));
+    _mm_storeu_ps(out + 2 * out_stride, _mm512_extractf32x4_ps(sums, 2));
+    _mm_storeu_ps(out + 3 * out_stride, _mm512_extractf32x4_ps(sums, 3));
+  } else {
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < J; ++j) {
+        alignas(64) float lanes[16];
+        _mm512_store_ps(lanes, acc[r][j]);
+        dot_rows_tail(x + r * ldx, w + j * ldw, whole, K, lanes);
+        out[r * out_stride + j] = reduce16(lanes);
+      }
+  }
 }
 
 template <int J>
