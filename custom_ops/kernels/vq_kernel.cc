@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "vq_kernel.h"
@@ -1178,6 +1179,7 @@ struct TileGemmThreshold {
   const char* isa;
   size_t min_rows;
   size_t max_outputs = static_cast<size_t>(-1);  // N the row covers (shape-specific rows)
+  size_t min_stages = 1;                         // T the row covers: min_stages and more
 };
 constexpr size_t kAnyD = static_cast<size_t>(-1);
 constexpr TileGemmThreshold kTileGemmThresholds[] = {
@@ -1194,16 +1196,36 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     //   pq8-d4 axis out, column_buckets at M = 4, 8: 1.55/0.65, 0.26/0.16, 0.62/0.30, 0.66/0.35
     //   km5 decode_dot 2.67/1.47/0.69/0.66, 1.17/1.10/0.87/0.75, 1.84/1.30/0.86/0.85, 2.14/1.59/1.14/1.06
     //   (km3 per 16 rows alike: 0.74, 0.87, 0.84, 0.83 at 32): 32, though 1280x1000 wins later.
+    // The same on an Intel Xeon avx512vbmi host (2026-12-02, after the panel GEMM's 32-wide L1
+    // panels and packed X), at M = 4, 8, 16, 32, 64, 128, 512, same layer order:
+    //   km4 fastscan   1.59/1.02/0.92/0.86/0.72/0.80/0.85, 1.34/1.00/0.82/0.72/0.64/0.54/0.65,
+    //                  0.47/0.20/0.18/..., 1.38/1.03/0.80/0.64/0.58/0.55/0.66
+    //   binary         2.13/1.15/0.78/0.47/..., 2.70/1.55/0.90/0.60/..., 1.14/0.64/0.45/...,
+    //                  1.88/1.06/0.67/0.42/...: the rows above hold
+    //   km5 decode_dot (4x4 blocks reduced at once) 2.17/1.68/1.34/1.16/1.01/0.79/0.58,
+    //                  2.39/1.99/1.82/1.22/0.98/0.68/0.69, 2.54/1.87/1.42/1.06/0.86/0.79/0.56,
+    //                  3.61/2.17/1.52/1.25/1.50/0.82/0.63 (km3 per 16 rows alike): 64
+    //   rq 2x4 fastscan  4096x4096 1.89 at 32 .. 1.30 at 512; 384x1536 0.86 at 32, 0.51 at 128;
+    //                  1280x1000 0.76 at 32, 0.54 at 128: from 32 on N <= 2048 (pq4-d4 there
+    //                  1.28 / 1.22 at 32 and 1.10 / 1.07 at 512: never)
+    //   pq8-d4 axis out column_buckets 0.86/0.56, 0.41/0.25, 0.55/0.30, 0.62/0.38 at M = 4, 8
+    // Where the hosts disagree (km4 on 4096x4096 at 16: 1.38 AMD, 0.92 Intel; column_buckets
+    // at 4: 1.55 AMD, 0.86 Intel) the rows keep the later threshold for the widest layers.
+    {VQPath::kFastScan, 4, 4, 1, 1, "avx512", 4, 512},
+    {VQPath::kFastScan, 4, 4, 1, 1, "avx512", 16, 2048},
     {VQPath::kFastScan, 4, 4, 1, 1, "avx512", 32},
     // Fast-scan with d >= 2 keeps winning on wide layers (pq4-d4 on 4096x4096: 2.4 at M =
     // 64), not on narrow ones, where each row's tables cost more than its scan saves
     // (1536x384, N = 384: pq4-d4 0.91 at M = 8, 0.44 at 64; rq 2x4 0.83 at 8; pq4-d8 0.89
     // at 32): the same rows measured with the format-2 panel decoder.
     {VQPath::kFastScan, 4, 4, 2, 4, "avx512", 8, 512},
+    {VQPath::kFastScan, 4, 4, 2, 4, "avx512", 32, 2048, 2},
     {VQPath::kFastScan, 4, 4, 5, kAnyD, "avx512", 32, 512},
     {VQPath::kBitLut, 1, 1, 1, 1, "avx512", 16},
     {VQPath::kBitLut, 1, 1, 1, 1, "avx512", 8, 512},  // 1536x384: 1.34 at 4, 0.63 at 8
+    {VQPath::kColumnBuckets, 1, 8, 1, kAnyD, "avx512", 4, 2048},
     {VQPath::kColumnBuckets, 1, 8, 1, kAnyD, "avx512", 8},
+    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx512", 64},
     {VQPath::kFastScan, 4, 4, 2, kAnyD, nullptr, kNever},
     {VQPath::kFastScanExact, 4, 4, 1, 1, nullptr, 8},       // km4: 0.75 at 8, 1.39 at 4
     {VQPath::kFastScanExact, 4, 4, 2, kAnyD, nullptr, 32},  // pq4-d4: 0.97 at 32, 1.47 at 16
@@ -1214,15 +1236,17 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     // 0.48/0.41 (each row's 256-entry tables cost K * 256 multiply-adds: they pay off on wide
     // layers). Without VBMI the lookups are scalar: avx512 table 4096x4096 6.8/12.1 at 1,
     // 13.8/12.0 at 4; avx2 1280x1000 1.5/0.8 at 2.
-    {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 4, 512},
+    // bench/thresholds.py, tile / byte-scan at M = 4, 8, 16, 32, 64: 4096x4096 2.55/1.48/1.00/
+    // 0.71 from 8; 384x1536 1.74/1.02/0.64; 1536x384 0.57 at 8; 1280x1000 1.23/0.74 at 8, 16.
+    {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 8, 512},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 16, 2048},
-    {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 32},
+    {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 64},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, nullptr, 2, 2048},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, nullptr, 4},
     {VQPath::kByteScanExact, 8, 8, 2, kAnyD, nullptr, 4},
     {VQPath::kLut, 1, 8, 1, kAnyD, nullptr, 8},
     {VQPath::kRowBuckets, 1, 8, 1, kAnyD, nullptr, 1},
-    {VQPath::kDecodeDot, 2, 8, 1, 1, nullptr, 32},  // measured on AVX-512 (above); AVX2 inherits it
+    {VQPath::kDecodeDot, 2, 8, 1, 1, nullptr, 32},  // AVX-512's first measurement (above); AVX2 inherits it
     {VQPath::kBitLut, 1, 1, 1, 1, nullptr, 64},
     {VQPath::kColumnBuckets, 1, 8, 1, kAnyD, nullptr, 4},   // pq8-d4 axis out: 0.95 at 4
     // Codebooks per few rows (groups smaller than the codebook): the direct gather-dot is
@@ -1234,14 +1258,14 @@ size_t measured_min_rows(const VQProblem& p, VQPath small, const KernelTable& ke
   const TileGemmThreshold* best = nullptr;
   for (const TileGemmThreshold& row : kTileGemmThresholds) {
     if (row.small != small || p.bits < row.min_bits || p.bits > row.max_bits) continue;
-    if (p.d < row.min_d || p.d > row.max_d || p.N > row.max_outputs) continue;
+    if (p.d < row.min_d || p.d > row.max_d || p.N > row.max_outputs || p.T < row.min_stages) continue;
     if (row.isa != nullptr && std::strncmp(row.isa, kernels.name, std::strlen(row.isa)) != 0) continue;
-    // The most specific row wins: an ISA's own over the shared ones, then one limited to
-    // narrow layers over an unlimited one; the first of equals.
-    auto specific = [](const TileGemmThreshold& r) {
-      return 2 * (r.isa != nullptr) + (r.max_outputs != static_cast<size_t>(-1));
+    // The most specific row wins: an ISA's own over the shared ones, then the one limited to
+    // the narrowest layers, then one for residual stages; the first of equals.
+    auto rank = [](const TileGemmThreshold& r) {  // larger is more specific
+      return std::make_tuple(r.isa != nullptr, ~r.max_outputs, r.min_stages);
     };
-    if (best == nullptr || specific(row) > specific(*best)) best = &row;
+    if (best == nullptr || rank(row) > rank(*best)) best = &row;
   }
   return best ? best->min_rows : kNever;
 }
