@@ -770,7 +770,7 @@ void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
 }
 
 // --- panel GEMM (many rows, the built-in GEMM) ---------------------------------------------
-// W_hat is decoded a panel at a time (up to kPanelDepth inputs x kPanelCols outputs, K x N,
+// W_hat is decoded a panel at a time (up to kPanelMaxDepth inputs x kPanelCols outputs, K x N,
 // in L1) and the table's dense_gemm multiplies all of X with it, accumulating into Y:
 //   for each panel column [n0, n1), for each depth chunk [k0, k1):
 //     Y[:, n0:n1] (+)= X[:, k0:k1] . W_hat[k0:k1, n0:n1];  then Y[:, n0:n1] += bias
@@ -778,12 +778,18 @@ void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
 // every output is one chain over k ascending: its bits depend on neither the panels, the
 // thread count nor M. Tasks own whole panel columns (each panel decoded once).
 
-// Panel depth and width: a 32-wide panel of kPanelDepth inputs (32 KB) stays in L1 while
+// Panel depth and width: a 32-wide panel of at most kPanelMaxDepth inputs (48 KB) stays in L1 while
 // every block of input rows meets it (64-wide panels use every other L1 set: 256-byte rows);
 // X's rows over the depth come packed chunk by chunk (pack_depth_chunks), so a row block's
 // rows do not alias in L1 either (rows 16 KB apart met in the same sets: on 4096x4096 at M =
 // 512, 62 vs 104 GFLOP/s for the same panels).
-constexpr size_t kPanelDepth = 256;
+// Depth chunks as even as the subspaces allow, at most 384 deep (K = 384 layers in one chunk;
+// 4096x4096 at M = 512 ran 1.6x faster than with the 1024-deep 64-wide panels before).
+constexpr size_t kPanelMaxDepth = 384;
+// Up to kDeepPanelMaxRows rows decoding costs as much as the GEMM, and decoders run best on
+// long runs of codes: panels up to kDeepPanelDepth deep there (4096x4096 at M = 64: km5 48
+// ms with 1024-deep panels, 68 with 256-deep ones).
+constexpr size_t kDeepPanelDepth = 1024, kDeepPanelMaxRows = 128;
 constexpr size_t kPanelCols = 32;
 
 // Per-thread scratch kept across calls: a panel task's buffers are megabytes, and fresh
@@ -912,10 +918,12 @@ void run_panel_gemm_path(const Context& c) {
   // fast-scan block boundaries; the depth chunks are as even as those allow.
   const size_t depth_unit = p.axis == 0 ? p.d : 1;
   const size_t col_unit = p.axis == 1 ? p.d : p.format_version == 2 ? kFastScanBlockRows : p.format_version == 3 ? kByteScanBlockRows / 2 : 1;
-  const size_t chunks = ceil_div(p.K, kPanelDepth);
+  const size_t chunks = ceil_div(p.K, p.M > kDeepPanelMaxRows ? kPanelMaxDepth : kDeepPanelDepth);
   const size_t depth = std::min(p.K, ceil_div(ceil_div(p.K, chunks), depth_unit) * depth_unit);
   const bool whole_rows = decodes_whole_rows(p);
-  const size_t cols = std::min(p.N, std::max<size_t>(1, kPanelCols / col_unit) * col_unit);
+  // Axis 1 decodes a panel row (kPanelCols / d codewords) per call: twice as wide there.
+  const size_t wanted_cols = p.axis == 1 ? 2 * kPanelCols : kPanelCols;
+  const size_t cols = std::min(p.N, std::max<size_t>(1, wanted_cols / col_unit) * col_unit);
   const size_t columns = ceil_div(p.N, cols);
   const std::vector<float> books_t =
       fastscan_panels(p) && !fastscan_d1_panels(p) ? transposed_books(c) : std::vector<float>();

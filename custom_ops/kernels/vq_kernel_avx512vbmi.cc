@@ -32,20 +32,25 @@ void decode_codes_vbmi(const uint8_t* stream, uint64_t first_code, uint64_t row_
   std::memcpy(padded, book, std::min<size_t>(ncw, 32) * sizeof(float));
   const __m512 t0 = _mm512_loadu_ps(padded), t1 = _mm512_loadu_ps(padded + 16);
   const __mmask64 two_bytes = 0x3333333333333333ull;  // bytes 0 and 1 of every 32-bit lane
+  __m512i place = _mm512_setzero_si512(), shifts = place;
+  unsigned placed_for = 8;  // the start bit `place` and `shifts` were built for (8: none yet)
   for (size_t r = 0; r < rows; ++r) {
     const uint64_t first = first_code + r * row_stride;
     const uint64_t first_bit = first * bits, end_byte = ((first + count) * bits + 7) / 8;
     const unsigned s = static_cast<unsigned>(first_bit & 7);
-    alignas(64) uint8_t index[64];
-    alignas(64) uint32_t shift[16];
-    for (unsigned q = 0; q < 16; ++q) {
-      const unsigned offset = s + q * bits;  // < 8 + 15 * 8: within the step's 16 + 1 bytes
-      index[4 * q] = static_cast<uint8_t>(offset >> 3);
-      index[4 * q + 1] = static_cast<uint8_t>((offset >> 3) + 1);  // byte 16 only for bits = 8, unused
-      index[4 * q + 2] = index[4 * q + 3] = 0;
-      shift[q] = offset & 7;
+    if (s != placed_for) {  // rows usually share their start bit (row_stride * bits % 8 == 0)
+      alignas(64) uint8_t index[64];
+      alignas(64) uint32_t shift[16];
+      for (unsigned q = 0; q < 16; ++q) {
+        const unsigned offset = s + q * bits;  // < 8 + 15 * 8: within the step's 16 + 1 bytes
+        index[4 * q] = static_cast<uint8_t>(offset >> 3);
+        index[4 * q + 1] = static_cast<uint8_t>((offset >> 3) + 1);  // byte 16 only for bits = 8, unused
+        index[4 * q + 2] = index[4 * q + 3] = 0;
+        shift[q] = offset & 7;
+      }
+      place = _mm512_load_si512(index), shifts = _mm512_load_si512(shift);
+      placed_for = s;
     }
-    const __m512i place = _mm512_load_si512(index), shifts = _mm512_load_si512(shift);
     float* out = out_rows + r * count;
     uint64_t byte = first_bit >> 3;
     for (size_t i = 0; i < count; i += 16, byte += 2 * bits) {
