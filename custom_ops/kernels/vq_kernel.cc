@@ -772,11 +772,11 @@ void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
 // --- panel GEMM (many rows, the built-in GEMM) ---------------------------------------------
 // W_hat is decoded a panel at a time (up to kPanelMaxDepth inputs x kPanelCols outputs, K x N,
 // in L1) and the table's dense_gemm multiplies all of X with it, accumulating into Y:
-//   for each panel column [n0, n1), for each depth chunk [k0, k1):
-//     Y[:, n0:n1] (+)= X[:, k0:k1] . W_hat[k0:k1, n0:n1];  then Y[:, n0:n1] += bias
+//   for each depth chunk [k0, k1) (one parallel pass each), for each panel column [n0, n1):
+//     Y[:, n0:n1] (+)= X[:, k0:k1] . W_hat[k0:k1, n0:n1];  after the last chunk Y[:, n0:n1] += bias
 // dense_gemm continues each output's one fused multiply-add chain across the panels, so
 // every output is one chain over k ascending: its bits depend on neither the panels, the
-// thread count nor M. Tasks own whole panel columns (each panel decoded once).
+// thread count nor M. Tasks own panel columns (each panel decoded once).
 
 // Panel depth and width: a 32-wide panel of at most kPanelMaxDepth inputs (48 KB) stays in L1 while
 // every block of input rows meets it (64-wide panels use every other L1 set: 256-byte rows);
@@ -791,6 +791,7 @@ constexpr size_t kPanelMaxDepth = 384;
 // ms with 1024-deep panels, 68 with 256-deep ones).
 constexpr size_t kDeepPanelDepth = 1024, kDeepPanelMaxRows = 128;
 constexpr size_t kPanelCols = 32;
+constexpr size_t kPanelXBytes = size_t{1} << 20;  // a row block's X over one chunk (L2)
 
 // Per-thread scratch kept across calls: a panel task's buffers are megabytes, and fresh
 // ones (mmap'ed by malloc) cost page faults on every call (8% of km5 on 4096x4096 at M =
@@ -933,11 +934,20 @@ void run_panel_gemm_path(const Context& c) {
   // chunk uses (pq8-d4: 256 KB for 256 inputs) and its rows of X stay in L2 while every
   // column decodes and meets them (columns outermost re-read pq8-d4's 4 MB of codebooks
   // once per task: 4096x4096 at M = 36 took 91 ms).
+  // Many rows go in blocks whose rows of X over a chunk fit kPanelXBytes (L2): every panel
+  // column reads them again (1536x384 at M = 1152: 1.8 MB a chunk, from L3 otherwise). Each
+  // block decodes the panels again: a K x N decode per ~340 rows.
   const size_t chunks_total = ceil_div(p.K, depth);
-  const Blocks blocks = Blocks::split(columns, task_count(double(p.M + 4) * p.K * p.N / 16 / chunks_total));
+  const size_t block_rows = std::max<size_t>(8, kPanelXBytes / (depth * sizeof(float)) / 8 * 8);
+  const size_t row_blocks = ceil_div(p.M, block_rows), rows_per_block = ceil_div(p.M, row_blocks);
+  const Blocks blocks = Blocks::split(
+      columns, task_count(double(rows_per_block + 4) * p.K * p.N / 16 / chunks_total));
+  for (size_t m0 = 0; m0 < p.M; m0 += rows_per_block)
   for (size_t k0 = 0; k0 < p.K; k0 += depth) {
-    const size_t len = std::min(depth, p.K - k0);
-    const float* x = packed ? x_chunks.data() + k0 * p.M : p.x + k0;
+    const size_t len = std::min(depth, p.K - k0), rows = std::min(rows_per_block, p.M - m0);
+    const size_t ldx = packed ? len : p.K;
+    const float* x = (packed ? x_chunks.data() + k0 * p.M : p.x + k0) + m0 * ldx;
+    float* const y = p.y + m0 * p.N;
     const bool last_chunk = k0 + len == p.K;
     run_tasks(c.runner, blocks.count, [&](size_t task) {
       // Per task (uninitialized: every element is written before it is read): a panel
@@ -958,10 +968,10 @@ void run_panel_gemm_path(const Context& c) {
         } else {
           decode_panel(c, k0, len, n0, count, books_t.data(), panel);
         }
-        c.k.dense_gemm(x, packed ? len : p.K, p.M, len, panel, count, p.y + n0, p.N, k0 > 0);
+        c.k.dense_gemm(x, ldx, rows, len, panel, count, y + n0, p.N, k0 > 0);
         if (last_chunk && p.bias)
-          for (size_t m = 0; m < p.M; ++m)
-            for (size_t i = 0; i < count; ++i) p.y[m * p.N + n0 + i] += p.bias[n0 + i];
+          for (size_t m = 0; m < rows; ++m)
+            for (size_t i = 0; i < count; ++i) y[m * p.N + n0 + i] += p.bias[n0 + i];
       }
     });
   }
