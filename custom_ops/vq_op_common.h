@@ -159,28 +159,21 @@ inline void check_sizes(const Node& node, Layout& layout) {
                         codebook_elems <= limit / sizeof(float);
   if (!codes_ok || !books_ok) too_large();
   layout.packed_bytes = code_bits / 8 + (code_bits % 8 != 0);
-  if (a.format_version == schema::kFastScanFormatVersion) {
-    // Blocks of 32 rows, 16 bytes per (block, entry): v1's bytes plus the last block's padding.
-    const uint64_t blocks = layout.rows / schema::kFastScanBlockRows +
-                            (layout.rows % schema::kFastScanBlockRows != 0);
+  // Blocked layouts: ceil(R / block_rows) blocks of `entry_bytes` per (block, entry), v1's
+  // bytes plus the last block's padding (format 2: 32 rows, 16 bytes; 3: 64 rows, 64 bytes).
+  auto blocked = [&](uint64_t block_rows, uint64_t entry_bytes) {
+    const uint64_t blocks = layout.rows / block_rows + (layout.rows % block_rows != 0);
     uint64_t bytes = 0;
     if (!checked_mul(blocks, static_cast<uint64_t>(a.T), &bytes) ||
-        !checked_mul(bytes, static_cast<uint64_t>(a.S), &bytes) ||
-        !checked_mul(bytes, schema::kFastScanGroupBytes, &bytes) || bytes > limit)
+        !checked_mul(bytes, static_cast<uint64_t>(a.S), &bytes) || !checked_mul(bytes, entry_bytes, &bytes) ||
+        bytes > limit)
       too_large();
     layout.packed_bytes = bytes;
-  }
-  if (a.format_version == schema::kByteScanFormatVersion) {
-    // Blocks of 64 rows, one byte per (row, entry): v1's bytes plus the last block's padding.
-    const uint64_t blocks = layout.rows / schema::kByteScanBlockRows +
-                            (layout.rows % schema::kByteScanBlockRows != 0);
-    uint64_t bytes = 0;
-    if (!checked_mul(blocks, static_cast<uint64_t>(a.T), &bytes) ||
-        !checked_mul(bytes, static_cast<uint64_t>(a.S), &bytes) ||
-        !checked_mul(bytes, schema::kByteScanBlockRows, &bytes) || bytes > limit)
-      too_large();
-    layout.packed_bytes = bytes;
-  }
+  };
+  if (a.format_version == schema::kFastScanFormatVersion)
+    blocked(schema::kFastScanBlockRows, schema::kFastScanGroupBytes);
+  if (a.format_version == schema::kByteScanFormatVersion)
+    blocked(schema::kByteScanBlockRows, schema::kByteScanBlockRows);
   layout.codebooks_shape = {a.T, static_cast<int64_t>(layout.subspace_groups),
                             static_cast<int64_t>(layout.row_groups),
                             static_cast<int64_t>(layout.codewords), a.d};

@@ -310,32 +310,26 @@ def test_ort_constant_and_forced_tiers(tier_symbols, tmp_path):
     np.testing.assert_array_equal(packed, pack_codes(codes, 3))
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 31, 3), (2, 33, 2), (1, 64, 4), (3, 45, 5), (2, 100, 7)])
-def test_ort_fastscan_pack_matches_numpy(shape, tmp_path):
-    codes = sample("zeros60_gauss", int(np.prod(shape)), 4, seed=sum(shape))
-    tc = E.encode(codes, 4)
+BLOCKED_PACKERS = {  # format version: (bits, folded packer, numpy packer, shapes [T, R, S])
+    2: (4, D.pack_fastscan_stream, pack_fastscan, [(1, 1, 1), (1, 31, 3), (2, 33, 2), (1, 64, 4), (3, 45, 5), (2, 100, 7)]),
+    3: (8, D.pack_bytescan_stream, pack_bytescan, [(1, 1, 1), (1, 63, 3), (2, 64, 2), (1, 65, 4), (2, 130, 5)]),
+}
+
+
+@pytest.mark.parametrize("version,shape", [(v, s) for v, spec in BLOCKED_PACKERS.items() for s in spec[3]])
+def test_ort_blocked_pack_matches_numpy(version, shape, tmp_path):
+    """Entropy-coded codes into a blocked layout: the folded packer gives the numpy packer's bytes."""
+    bits, folded, numpy_pack, _ = BLOCKED_PACKERS[version]
+    codes = sample("zeros60_gauss", int(np.prod(shape)), bits, seed=sum(shape))
+    tc = E.encode(codes, bits)
 
     def build(b):
-        flat = D.decode_tiers(b, tc)
-        return [(D.pack_fastscan_stream(b, flat, shape), onnx.TensorProto.UINT8)]
+        return [(folded(b, D.decode_tiers(b, tc), shape), onnx.TensorProto.UINT8)]
 
     (stream,) = run_folded(make_model(build, 17 if shape[1] % 2 else 21), tmp_path)
-    np.testing.assert_array_equal(stream, pack_fastscan(codes.reshape(shape)))
-
-
-@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 63, 3), (2, 64, 2), (1, 65, 4), (2, 130, 5)])
-def test_ort_bytescan_pack_matches_numpy(shape, tmp_path):
-    """format_version 3 from entropy-coded codes: the folded packer gives pack_bytescan's bytes."""
-    codes = sample("zeros60_gauss", int(np.prod(shape)), 8, seed=sum(shape))
-    tc = E.encode(codes, 8)
-
-    def build(b):
-        flat = D.decode_tiers(b, tc)
-        return [(D.pack_bytescan_stream(b, flat, shape), onnx.TensorProto.UINT8)]
-
-    (stream,) = run_folded(make_model(build, 17), tmp_path)
-    np.testing.assert_array_equal(stream, pack_bytescan(codes.reshape(shape)))
-    np.testing.assert_array_equal(unpack_bytescan(stream, shape), codes.reshape(shape))
+    np.testing.assert_array_equal(stream, numpy_pack(codes.reshape(shape)))
+    if version == 3:
+        np.testing.assert_array_equal(unpack_bytescan(stream, shape), codes.reshape(shape))
 
 
 def test_unpack_stream_matches_pack_codes(tmp_path):

@@ -106,30 +106,17 @@ def test_entropy_file_computes_what_the_plain_file_computes(tmp_path, name, sett
     assert not [t.name for t in folded.graph.initializer if tiers.match(t.name)]
 
 
-def test_entropy_feeds_the_fast_scan_op_layout(tmp_path):
-    """4-bit codes on a 2-D MatMul run on VQMatMul in the fast-scan layout: the folded packer
-    must produce exactly those bytes."""
+@pytest.mark.parametrize("method,version", [(["kmeans", "--bits", "4"], 2), (["pq", "--bits", "8", "--dim", "4"], 3)])
+def test_entropy_feeds_the_blocked_op_layouts(method, version, tmp_path):
+    """Codes on a 2-D MatMul run on VQMatMul in a blocked layout (4-bit fast-scan, format 2; 8-bit
+    byte-scan, format 3): the folded packer must produce exactly those bytes."""
     src = tmp_path / "m.onnx"
     onnx.save(builders.mlp_model(k=256, hidden=384), src)
-    args = ["--method", "kmeans", "--bits", "4", "--prune", "0.6", "--matmul-runtime", "op"]
-    _compress(src, tmp_path / "plain.onnx", *args)
-    _compress(src, tmp_path / "coded.onnx", *args, "--entropy")
-    fast = [n for n in onnx.load(tmp_path / "coded.onnx").graph.node if n.op_type == "VQMatMul"]
-    assert fast and any(a.name == "format_version" and a.i == 2 for n in fast for a in n.attribute)
-    feeds = _feeds(onnx.load(src), np.random.default_rng(1))
-    np.testing.assert_array_equal(_run(tmp_path / "coded.onnx", feeds)[0], _run(tmp_path / "plain.onnx", feeds)[0])
-
-
-def test_entropy_feeds_the_byte_scan_op_layout(tmp_path):
-    """8-bit PQ codes on VQMatMul take the byte-scan layout (format 3): the folded packer must
-    produce exactly those bytes, and the op the plain file's outputs."""
-    src = tmp_path / "m.onnx"
-    onnx.save(builders.mlp_model(k=256, hidden=384), src)
-    args = ["--method", "pq", "--bits", "8", "--dim", "4", "--prune", "0.6", "--matmul-runtime", "op"]
+    args = ["--method", *method, "--prune", "0.6", "--matmul-runtime", "op"]
     _compress(src, tmp_path / "plain.onnx", *args)
     _compress(src, tmp_path / "coded.onnx", *args, "--entropy")
     ops = [n for n in onnx.load(tmp_path / "coded.onnx").graph.node if n.op_type == "VQMatMul"]
-    assert ops and any(a.name == "format_version" and a.i == 3 for n in ops for a in n.attribute)
+    assert ops and any(a.name == "format_version" and a.i == version for n in ops for a in n.attribute)
     feeds = _feeds(onnx.load(src), np.random.default_rng(1))
     np.testing.assert_array_equal(_run(tmp_path / "coded.onnx", feeds)[0], _run(tmp_path / "plain.onnx", feeds)[0])
 

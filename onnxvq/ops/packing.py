@@ -52,18 +52,37 @@ def unpack_codes(stream: np.ndarray, bits: int, num_codes: int) -> np.ndarray:
     return (bit_stream.reshape(num_codes, bits).astype(np.uint16) @ weights).astype(np.uint8)
 
 
+def _padded_rows(codes: np.ndarray, limit: int, block_rows: int) -> np.ndarray:
+    """Codes [T, R, S] checked to lie in [0, limit), rows zero-padded to a multiple of block_rows."""
+    codes = np.asarray(codes)
+    T, R, S = codes.shape
+    if codes.size and (codes.min() < 0 or codes.max() >= limit):
+        raise ValueError(f"codes must lie in [0, {limit}), got [{codes.min()}, {codes.max()}]")
+    padded = np.zeros((T, ceil_div(R, block_rows) * block_rows, S), np.uint8)
+    padded[:, :R] = codes
+    return padded
+
+
+def _blocked_stream(stream: np.ndarray, shape: tuple[int, int, int], version: int, block_rows: int,
+                    entry_bytes: int) -> np.ndarray:
+    """A blocked stream checked for its size, as [B, T, S, entry_bytes]."""
+    T, R, S = shape
+    blocks = ceil_div(R, block_rows)
+    stream = np.asarray(stream, dtype=np.uint8).reshape(-1)
+    need = blocks * T * S * entry_bytes
+    if stream.size != need:
+        raise ValueError(f"a format_version {version} stream for codes {shape} has {need} bytes, got {stream.size}")
+    return stream.reshape(blocks, T, S, entry_bytes)
+
+
 def pack_fastscan(codes: np.ndarray) -> np.ndarray:
     """format_version 2 stream for 4-bit codes [T, R, S]: blocks of 32 rows, 16 bytes per entry.
 
     byte[(b*E + e)*16 + j] = code(t, 32b + j, s) | code(t, 32b + 16 + j, s) << 4, e = t*S + s.
     """
-    codes = np.asarray(codes)
-    T, R, S = codes.shape
-    if codes.size and (codes.min() < 0 or codes.max() >= 16):
-        raise ValueError(f"codes must lie in [0, 16), got [{codes.min()}, {codes.max()}]")
-    blocks = ceil_div(R, FASTSCAN_BLOCK_ROWS)
-    padded = np.zeros((T, blocks * FASTSCAN_BLOCK_ROWS, S), np.uint8)
-    padded[:, :R] = codes
+    padded = _padded_rows(codes, 16, FASTSCAN_BLOCK_ROWS)
+    T, padded_rows, S = padded.shape
+    blocks = padded_rows // FASTSCAN_BLOCK_ROWS
     # [T, B, 2 (half), 16 (j), S] -> [B, T, S, j, half]
     rows = padded.reshape(T, blocks, 2, FASTSCAN_GROUP_BYTES, S).transpose(1, 0, 4, 3, 2)
     return (rows[..., 0] | (rows[..., 1] << 4)).astype(np.uint8).reshape(-1)
@@ -72,12 +91,8 @@ def pack_fastscan(codes: np.ndarray) -> np.ndarray:
 def unpack_fastscan(stream: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Inverse of pack_fastscan: codes [T, R, S] (uint8); padding rows are dropped."""
     T, R, S = shape
-    blocks = ceil_div(R, FASTSCAN_BLOCK_ROWS)
-    stream = np.asarray(stream, dtype=np.uint8).reshape(-1)
-    need = blocks * T * S * FASTSCAN_GROUP_BYTES
-    if stream.size != need:
-        raise ValueError(f"a format_version 2 stream for codes {shape} has {need} bytes, got {stream.size}")
-    groups = stream.reshape(blocks, T, S, FASTSCAN_GROUP_BYTES)
+    groups = _blocked_stream(stream, shape, FASTSCAN_FORMAT_VERSION, FASTSCAN_BLOCK_ROWS, FASTSCAN_GROUP_BYTES)
+    blocks = groups.shape[0]
     halves = np.stack([groups & 0x0F, groups >> 4], axis=-1)  # [B, T, S, j, half]
     rows = halves.transpose(1, 0, 4, 3, 2).reshape(T, blocks * FASTSCAN_BLOCK_ROWS, S)
     return np.ascontiguousarray(rows[:, :R])
@@ -88,27 +103,19 @@ def pack_bytescan(codes: np.ndarray) -> np.ndarray:
 
     byte[(b*E + e)*64 + j] = code(t, 64b + j, s), e = t*S + s.
     """
-    codes = np.asarray(codes)
-    T, R, S = codes.shape
-    if codes.size and (codes.min() < 0 or codes.max() >= 256):
-        raise ValueError(f"codes must lie in [0, 256), got [{codes.min()}, {codes.max()}]")
-    blocks = ceil_div(R, BYTESCAN_BLOCK_ROWS)
-    padded = np.zeros((T, blocks * BYTESCAN_BLOCK_ROWS, S), np.uint8)
-    padded[:, :R] = codes
+    padded = _padded_rows(codes, 256, BYTESCAN_BLOCK_ROWS)
+    T, padded_rows, S = padded.shape
     # [T, B, 64 (j), S] -> [B, T, S, j]
-    return np.ascontiguousarray(padded.reshape(T, blocks, BYTESCAN_BLOCK_ROWS, S).transpose(1, 0, 3, 2)).reshape(-1)
+    return np.ascontiguousarray(padded.reshape(T, padded_rows // BYTESCAN_BLOCK_ROWS, BYTESCAN_BLOCK_ROWS, S)
+                                .transpose(1, 0, 3, 2)).reshape(-1)
 
 
 def unpack_bytescan(stream: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Inverse of pack_bytescan: codes [T, R, S] (uint8); padding rows are dropped."""
     T, R, S = shape
-    blocks = ceil_div(R, BYTESCAN_BLOCK_ROWS)
-    stream = np.asarray(stream, dtype=np.uint8).reshape(-1)
-    need = blocks * T * S * BYTESCAN_BLOCK_ROWS
-    if stream.size != need:
-        raise ValueError(f"a format_version 3 stream for codes {shape} has {need} bytes, got {stream.size}")
-    rows = stream.reshape(blocks, T, S, BYTESCAN_BLOCK_ROWS).transpose(1, 0, 3, 2)
-    return np.ascontiguousarray(rows.reshape(T, blocks * BYTESCAN_BLOCK_ROWS, S)[:, :R])
+    entries = _blocked_stream(stream, shape, BYTESCAN_FORMAT_VERSION, BYTESCAN_BLOCK_ROWS, BYTESCAN_BLOCK_ROWS)
+    rows = entries.transpose(1, 0, 3, 2).reshape(T, entries.shape[0] * BYTESCAN_BLOCK_ROWS, S)
+    return np.ascontiguousarray(rows[:, :R])
 
 
 def pack_for_op(codes: np.ndarray, layout) -> np.ndarray:

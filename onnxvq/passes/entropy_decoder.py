@@ -210,6 +210,16 @@ def pack_stream(b: _Builder, codes_i32: str, n: int, bits: int, suffix: str = "p
     return flat if chunks * bits == stored else _slice_prefix(b, flat, stored, f"{suffix}_bytes")
 
 
+def _padded_codes(b: _Builder, codes_i32: str, shape_TRS: tuple[int, int, int], block_rows: int, suffix: str) -> str:
+    """int32 codes as [T, R', S], rows zero-padded to a multiple of block_rows."""
+    T, R, S = shape_TRS
+    x = b.op("Reshape", [codes_i32, b.const(f"{suffix}_trs", _i64([T, R, S]))], f"{suffix}_codes")
+    pad_rows = ceil_div(R, block_rows) * block_rows - R
+    if pad_rows:
+        x = b.op("Pad", [x, b.const(f"{suffix}_pads", _i64([0, 0, 0, 0, pad_rows, 0]))], f"{suffix}_padded")
+    return x
+
+
 def pack_fastscan_stream(b: _Builder, codes_i32: str, shape_TRS: tuple[int, int, int],
                          suffix: str = "fastscan") -> str:
     """int32 4-bit codes (T*R*S elements, [T, R, S] order) -> the bytes ``pack_fastscan`` gives.
@@ -218,10 +228,7 @@ def pack_fastscan_stream(b: _Builder, codes_i32: str, shape_TRS: tuple[int, int,
     constant permutation, which would store 8 index bytes per code); byte = lo + 16 * hi."""
     T, R, S = shape_TRS
     blocks = ceil_div(R, FASTSCAN_BLOCK_ROWS)
-    x = b.op("Reshape", [codes_i32, b.const(f"{suffix}_trs", _i64([T, R, S]))], f"{suffix}_codes")
-    pad_rows = blocks * FASTSCAN_BLOCK_ROWS - R
-    if pad_rows:
-        x = b.op("Pad", [x, b.const(f"{suffix}_pads", _i64([0, 0, 0, 0, pad_rows, 0]))], f"{suffix}_padded")
+    x = _padded_codes(b, codes_i32, shape_TRS, FASTSCAN_BLOCK_ROWS, suffix)
     x = b.op("Reshape", [x, b.const(f"{suffix}_blocks", _i64([T, blocks, 2, FASTSCAN_GROUP_BYTES, S]))],
              f"{suffix}_halves")
     x = b.op("Transpose", [x], f"{suffix}_ordered", perm=[2, 1, 0, 4, 3])  # [half, B, T, S, j]
@@ -238,10 +245,7 @@ def pack_bytescan_stream(b: _Builder, codes_i32: str, shape_TRS: tuple[int, int,
     rows zero-padded to blocks of 64, then a Reshape + Transpose to [B, T, S, 64]."""
     T, R, S = shape_TRS
     blocks = ceil_div(R, BYTESCAN_BLOCK_ROWS)
-    x = b.op("Reshape", [codes_i32, b.const(f"{suffix}_trs", _i64([T, R, S]))], f"{suffix}_codes")
-    pad_rows = blocks * BYTESCAN_BLOCK_ROWS - R
-    if pad_rows:
-        x = b.op("Pad", [x, b.const(f"{suffix}_pads", _i64([0, 0, 0, 0, pad_rows, 0]))], f"{suffix}_padded")
+    x = _padded_codes(b, codes_i32, shape_TRS, BYTESCAN_BLOCK_ROWS, suffix)
     x = b.op("Reshape", [x, b.const(f"{suffix}_blocks", _i64([T, blocks, BYTESCAN_BLOCK_ROWS, S]))],
              f"{suffix}_rows")
     x = b.op("Transpose", [x], f"{suffix}_ordered", perm=[1, 0, 3, 2])  # [B, T, S, j]
