@@ -456,10 +456,8 @@ bool fastscan_covers(const VQProblem& p) {
          (p.row_groups() == 1 || p.group_size % kFastScanBlockRows == 0);
 }
 // Format 3 runs the same driver with 256-entry tables and blocks of 64 outputs.
-bool bytescan_covers(const VQProblem& p) {
-  return p.format_version == 3 && p.axis == 0 && p.bits == 8 && p.d >= 2 &&
-         (p.row_groups() == 1 || p.group_size % kByteScanBlockRows == 0);
-}
+bool bytescan_panels(const VQProblem& p);
+bool bytescan_covers(const VQProblem& p) { return bytescan_panels(p) && p.bits == 8 && p.d >= 2; }
 
 // What run_fastscan_path needs to know of a blocked layout (format 2 or 3).
 struct ScanFormat {
