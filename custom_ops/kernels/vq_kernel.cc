@@ -246,16 +246,21 @@ void run_bit_lut_path(const Context& c) {
   const uint64_t stream_bytes = (static_cast<uint64_t>(p.N) * p.K + 7) / 8;
   std::vector<float> table(row_bytes * 256);
   const Blocks blocks = Blocks::split(p.N, task_count(double(p.N) * row_bytes * 2));
+  // The tables are built in parallel too: serial, they held 2 threads to 1.46x at M = 8 on
+  // 4096x4096 (each table on its own, so the same bits).
+  const Blocks table_blocks = Blocks::split(row_bytes, task_count(double(row_bytes) * 256));
   for (size_t m = 0; m < p.M; ++m) {
     const float* x = p.x + m * p.K;
-    for (size_t i = 0; i < row_bytes; ++i) {
-      float* t = &table[i * 256];
-      t[0] = 0.0f;
-      for (unsigned b = 1; b < 256; ++b) {
-        const size_t k = 8 * i + static_cast<size_t>(__builtin_ctz(b));
-        t[b] = t[b & (b - 1)] + (k < p.K ? x[k] : 0.0f);
+    run_tasks(c.runner, table_blocks.count, [&](size_t task) {
+      for (size_t i = table_blocks.begin(task); i < table_blocks.end(task); ++i) {
+        float* t = &table[i * 256];
+        t[0] = 0.0f;
+        for (unsigned b = 1; b < 256; ++b) {
+          const size_t k = 8 * i + static_cast<size_t>(__builtin_ctz(b));
+          t[b] = t[b & (b - 1)] + (k < p.K ? x[k] : 0.0f);
+        }
       }
-    }
+    });
     float total = 0.0f;
     for (size_t k = 0; k < p.K; ++k) total += x[k];
     run_tasks(c.runner, blocks.count, [&](size_t task) {
@@ -768,7 +773,7 @@ void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
 }
 
 // --- panel GEMM (many rows, the built-in GEMM) ---------------------------------------------
-// W_hat is decoded a panel at a time (up to kPanelMaxDepth inputs x kPanelCols outputs, K x N,
+// W_hat is decoded a panel at a time (up to kPanelMaxDepth inputs x dense_gemm_cols outputs, K x N,
 // in L1) and the table's dense_gemm multiplies all of X with it, accumulating into Y:
 //   for each depth chunk [k0, k1) (one parallel pass each), for each panel column [n0, n1):
 //     Y[:, n0:n1] (+)= X[:, k0:k1] . W_hat[k0:k1, n0:n1];  after the last chunk Y[:, n0:n1] += bias
@@ -776,9 +781,11 @@ void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
 // every output is one chain over k ascending: its bits depend on neither the panels, the
 // thread count nor M. Tasks own panel columns (each panel decoded once).
 
-// Panel depth and width: a 32-wide panel of at most kPanelMaxDepth inputs (48 KB) stays in L1 while
-// every block of input rows meets it (64-wide panels use every other L1 set: 256-byte rows);
-// X's rows over the depth come packed chunk by chunk (pack_depth_chunks), so a row block's
+// Panel depth and width: panels are the table's dense_gemm_cols wide, the columns its
+// register block covers (32: a panel of kPanelMaxDepth inputs, 48 KB, stays in L1 while every
+// block of input rows meets it; the 8 x 32 block on 64-wide panels used every other L1 set.
+// AVX-512's 6 x 64 block reads whole 256-byte panel rows: 5-15% faster from L2);
+// X's rows over the depth come packed chunk by chunk (x_block below), so a row block's
 // rows do not alias in L1 either (rows 16 KB apart met in the same sets: on 4096x4096 at M =
 // 512, 62 vs 104 GFLOP/s for the same panels).
 // Depth chunks as even as the subspaces allow, at most 384 deep (K = 384 layers in one chunk;
@@ -788,7 +795,7 @@ constexpr size_t kPanelMaxDepth = 384;
 // long runs of codes: panels up to kDeepPanelDepth deep there (4096x4096 at M = 64: km5 48
 // ms with 1024-deep panels, 68 with 256-deep ones).
 constexpr size_t kDeepPanelDepth = 1024, kDeepPanelMaxRows = 128;
-constexpr size_t kPanelCols = 32;
+constexpr size_t kAxis1PanelCols = 64;  // axis 1 decodes a panel row (cols / d codewords) per call
 constexpr size_t kPanelXBytes = size_t{1} << 20;  // a row block's X over one chunk (L2)
 
 // Per-thread scratch kept across calls: a panel task's buffers are megabytes, and fresh
@@ -899,18 +906,6 @@ std::vector<float> transposed_books(const Context& c) {
   return out;
 }
 
-// X[:, k0:k0+depth] of every depth chunk, each chunk M x len dense (len its depth): the
-// layout dense_gemm reads with ldx = len. Chunk q starts at q*depth*M.
-std::vector<float> pack_depth_chunks(const VQProblem& p, size_t depth) {
-  std::vector<float> packed(p.M * p.K);
-  for (size_t k0 = 0; k0 < p.K; k0 += depth) {
-    const size_t len = std::min(depth, p.K - k0);
-    float* chunk = packed.data() + k0 * p.M;
-    for (size_t m = 0; m < p.M; ++m) std::copy_n(p.x + m * p.K + k0, len, chunk + m * len);
-  }
-  return packed;
-}
-
 void run_panel_gemm_path(const Context& c) {
   const VQProblem& p = c.p;
   // Panels start at subspace boundaries along the axis the subvectors run on, and at
@@ -920,14 +915,12 @@ void run_panel_gemm_path(const Context& c) {
   const size_t chunks = ceil_div(p.K, p.M > kDeepPanelMaxRows ? kPanelMaxDepth : kDeepPanelDepth);
   const size_t depth = std::min(p.K, ceil_div(ceil_div(p.K, chunks), depth_unit) * depth_unit);
   const bool whole_rows = decodes_whole_rows(p);
-  // Axis 1 decodes a panel row (kPanelCols / d codewords) per call: twice as wide there.
-  const size_t wanted_cols = p.axis == 1 ? 2 * kPanelCols : kPanelCols;
+  const size_t wanted_cols = std::max(c.k.dense_gemm_cols, p.axis == 1 ? kAxis1PanelCols : 0);
   const size_t cols = std::min(p.N, std::max<size_t>(1, wanted_cols / col_unit) * col_unit);
   const size_t columns = ceil_div(p.N, cols);
   const std::vector<float> books_t =
       fastscan_panels(p) && !fastscan_d1_panels(p) ? transposed_books(c) : std::vector<float>();
   const bool packed = depth < p.K;
-  const std::vector<float> x_chunks = packed ? pack_depth_chunks(p, depth) : std::vector<float>();
   // Depth chunks outermost, one parallel pass over the panel columns each: the codebooks a
   // chunk uses (pq8-d4: 256 KB for 256 inputs) and its rows of X stay in L2 while every
   // column decodes and meets them (columns outermost re-read pq8-d4's 4 MB of codebooks
@@ -938,13 +931,19 @@ void run_panel_gemm_path(const Context& c) {
   const size_t chunks_total = ceil_div(p.K, depth);
   const size_t block_rows = std::max<size_t>(8, kPanelXBytes / (depth * sizeof(float)) / 8 * 8);
   const size_t row_blocks = ceil_div(p.M, block_rows), rows_per_block = ceil_div(p.M, row_blocks);
+  // A row block's X over a chunk, dense (rows len apart), packed just before its pass: it is
+  // then in L2 when the GEMM reads it (packing all of X first wrote and re-read it from
+  // memory: 1536x384 at M = 1152, 19.4 vs 16.7 ms).
+  std::vector<float> x_block(packed ? rows_per_block * depth : 0);
   const Blocks blocks = Blocks::split(
       columns, task_count(double(rows_per_block + 4) * p.K * p.N / 16 / chunks_total));
   for (size_t m0 = 0; m0 < p.M; m0 += rows_per_block)
   for (size_t k0 = 0; k0 < p.K; k0 += depth) {
     const size_t len = std::min(depth, p.K - k0), rows = std::min(rows_per_block, p.M - m0);
     const size_t ldx = packed ? len : p.K;
-    const float* x = (packed ? x_chunks.data() + k0 * p.M : p.x + k0) + m0 * ldx;
+    if (packed)
+      for (size_t m = 0; m < rows; ++m) std::copy_n(p.x + (m0 + m) * p.K + k0, len, x_block.data() + m * len);
+    const float* x = packed ? x_block.data() : p.x + m0 * p.K;
     float* const y = p.y + m0 * p.N;
     const bool last_chunk = k0 + len == p.K;
     run_tasks(c.runner, blocks.count, [&](size_t task) {

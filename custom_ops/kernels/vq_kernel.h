@@ -232,6 +232,9 @@ struct KernelTable {
   /// along K into calls that accumulate gives the bits of one call over all of K.
   void (*dense_gemm)(const float* x, size_t ldx, size_t M, size_t K, const float* w, size_t N,
                      float* y, size_t ldy, bool accumulate);
+  /// The panel width dense_gemm runs best on (its register block's columns, a multiple of
+  /// 32): the panel GEMM decodes W_hat in panels this wide.
+  size_t dense_gemm_cols;
 
   // --- VQGather (vq_gather.cc) ---------------------------------------------------------------
 

@@ -297,7 +297,7 @@ const KernelTable& scalar_kernel_table() {
       quantize_luts_scalar, fastscan_u8_scalar, fastscan_f32_scalar,
       quantize_byte_luts_scalar, bytescan_u8_scalar, bytescan_f32_scalar,
       decode_codes_scalar, decode_fastscan_d1_scalar, dot_rows_scalar, decode_fastscan_group_scalar,
-      transpose_scalar, dense_gemm_scalar, decode_row_scalar,
+      transpose_scalar, dense_gemm_scalar, /*dense_gemm_cols=*/32, decode_row_scalar,
   };
   return table;
 }

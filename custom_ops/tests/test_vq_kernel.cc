@@ -520,7 +520,7 @@ void test_tile_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
   int cases = 0;
   for (int i = 0; i < scaled(300); ++i, ++cases) {
     // Row strides past K, an accumulating call, and K split in two: one chain over all of K.
-    const size_t M = 1 + rng() % 20, K = 1 + rng() % 40, N = 1 + rng() % 70, ldy = N + rng() % 3;
+    const size_t M = 1 + rng() % 20, K = 1 + rng() % 40, N = 1 + rng() % 140, ldy = N + rng() % 3;
     const size_t ldx = K + rng() % 3, split = rng() % (K + 1);
     const bool accumulate = rng() % 3 == 0;
     std::vector<float> x(M * ldx), w(K * N), want(M * ldy, 7.0f);
