@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 from ..errors import InvalidModel
 from ..ops.schema import DOMAIN, DOMAIN_VERSION
 from ..quantizers.base import CodedWeight, LowRankWeight
+from .fuse_bias import fuse_bias_adds
 from .names import NameAllocator
 from .portable import MIN_OPSET, build_decoder
 from .sites import Site, walk_graphs
@@ -176,6 +177,8 @@ def rewrite(model: onnx.ModelProto, sites: list[Site], encoded: dict[tuple, Code
     for site in sites:
         site.kind.rewrite(site, site.kind.stored_encoding(site, encoded[site.weight_key], fmt), ctx)
     ctx.apply()
+    if ctx.uses_domain:
+        fuse_bias_adds(model)
     _remove_unused(model, sites)
 
 
