@@ -3,7 +3,7 @@
 The kernel table is chosen once per process, so each table runs in its own subprocess:
 the default (the best table this CPU has: avx2, avx512 or neon), ONNXVQ_FORCE_SCALAR=1, and every
 other table the host supports through ONNXVQ_FORCE_ISA (an AVX-512 host tests its AVX2 table too),
-plus ONNXVQ_EXACT_LUT=1 for the exact float fast-scan path. Cases cover awkward shapes:
+plus ONNXVQ_EXACT_LUT=1 ONNXVQ_EXACT_GEMM=1 for the exact float paths. Cases cover awkward shapes:
 N at the fast-scan block (32) - 1, 32, 32 + 1 and N = 1; K so that S lands at and around
 the 16-bit flush boundary (E = 511, 512, 513); odd subvector lengths; batches 1, 2, 7, 64.
 
@@ -12,7 +12,8 @@ Tolerances (stated, per case, relative to the output scale s = max(1, max|y|)):
     case whose subvector length is not 4 or 8 (the only float work the SIMD tables do in
     another order is build_lut for d = 4 and 8).
   * otherwise 1e-5 * s, plus, for uint8 tables, 4 quantization steps (a table value on a
-    rounding boundary may round the other way).
+    rounding boundary may round the other way), plus, where a run took the panel GEMM's int8
+    tier, its worst-case rounding bound (_int8_bound).
 """
 from __future__ import annotations
 
@@ -56,6 +57,15 @@ RUNNER = textwrap.dedent("""
     lib = ctypes.CDLL(onnxvq.library_path())
     lib.onnxvq_kernel_name.restype = ctypes.c_char_p
     out["kernel"] = np.array(lib.onnxvq_kernel_name().decode())
+    out["int8"] = np.array(lib.onnxvq_int8_panels())
+    path = lib.onnxvq_kernel_path_m
+    path.restype = ctypes.c_char_p
+    path.argtypes = [ctypes.c_int64] * 10
+    for i in range(int(data["count"])):  # this run's table's path for each case
+        a = data[f"attrs{i}"].item()
+        out[f"path{i}"] = np.array(path(data[f"x{i}"].shape[0], a.get("format_version", 1), a["in_features"],
+                                        a["out_features"], a["bits"], a["subvector_len"], a["stages"], a["axis"],
+                                        a["group_size"], a["codebook_per_subspace"]).decode())
     np.savez(sys.argv[2], **out)
 """)
 
@@ -114,11 +124,12 @@ def runs(tmp_path_factory):
     script = tmp / "runner.py"
     script.write_text(RUNNER)
     outputs = {}
-    runs = {"default": {}, "scalar": {"ONNXVQ_FORCE_SCALAR": "1"}, "exact": {"ONNXVQ_EXACT_LUT": "1"},
-            "exact_scalar": {"ONNXVQ_EXACT_LUT": "1", "ONNXVQ_FORCE_SCALAR": "1"}}
+    exact = {"ONNXVQ_EXACT_LUT": "1", "ONNXVQ_EXACT_GEMM": "1"}  # float tables and float panels
+    runs = {"default": {}, "scalar": {"ONNXVQ_FORCE_SCALAR": "1"}, "exact": exact,
+            "exact_scalar": {**exact, "ONNXVQ_FORCE_SCALAR": "1"}}
     for table in SIMD_TABLES:
         runs[f"isa_{table}"] = {"ONNXVQ_FORCE_ISA": table}
-        runs[f"isa_exact_{table}"] = {"ONNXVQ_FORCE_ISA": table, "ONNXVQ_EXACT_LUT": "1"}
+        runs[f"isa_exact_{table}"] = {"ONNXVQ_FORCE_ISA": table, **exact}
     for name, env in runs.items():
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("ONNXVQ_")}
         subprocess.run([sys.executable, str(script), str(tmp / "cases.npz"), str(tmp / f"{name}.npz")],
@@ -165,10 +176,36 @@ def _lut_step(layout, codebooks, x):
     return step
 
 
+def _int8_bound(layout, packed, codebooks, x):
+    """The int8 tier's worst case per output (vq_kernel.h, kInt8MaxRelError): X rounded to half
+    a step of its row's max |x| / 127 and W_hat to half a step of its column's:
+    |xw - x'w'| <= sum_k sx/2 |w| + sw/2 |x| + sx sw / 4 (a chunk's maximum is at most the row's)."""
+    k = layout.in_features
+    w = vq_matmul_ref(np.eye(k, dtype=np.float32), packed, codebooks, None, layout).astype(np.float64)
+    xd = np.abs(x.astype(np.float64))
+    sx = xd.max(axis=1, keepdims=True) / 127.0  # [M, 1]
+    sw = np.abs(w).max(axis=0, keepdims=True) / 127.0  # [1, N]
+    return 1.01 * (0.5 * sx * np.abs(w).sum(axis=0) + 0.5 * xd.sum(axis=1, keepdims=True) * sw + 0.25 * k * sx * sw)
+
+
+def _int8_tol(output, i, layout, data):
+    """The int8 bound where this run took the panel GEMM's int8 tier for case i, else 0."""
+    if not (int(output["int8"]) and str(output[f"path{i}"]) == "tile_gemm"):
+        return 0.0
+    return _int8_bound(layout, data[f"codes{i}"], data[f"books{i}"], data[f"x{i}"])
+
+
+def _assert_within(got, want, tol, message):
+    """|got - want| <= tol elementwise (tol a scalar or an array of per-output bounds)."""
+    excess = np.abs(got.astype(np.float64) - want) - tol
+    worst = np.unravel_index(np.argmax(excess), excess.shape) if excess.size else ()
+    assert excess.size == 0 or excess[worst] <= 0, f"{message}: at {worst} {got[worst]} vs {want[worst]}"
+
+
 def test_kernel_tables_ran(runs):
     _, _, outputs = runs
     assert str(outputs["scalar"]["kernel"]) == "scalar"
-    assert str(outputs["default"]["kernel"]) in {"scalar", "avx2", "avx512", "avx512vbmi", "neon"}
+    assert str(outputs["default"]["kernel"]) in {"scalar", "avx2", "avx512", "avx512vbmi", "avx512vbmi-vnni", "neon"}
 
 
 def test_every_table_ran_when_forced(runs):
@@ -208,13 +245,13 @@ def test_simd_matches_scalar(runs, precision, table):
         if np.array_equal(a, b):
             bitwise += 1
             continue
-        tol = 1e-5 * max(1.0, float(np.abs(b).max()))
+        tol = 1e-5 * max(1.0, float(np.abs(b).max())) + _int8_tol(simd, i, layout, data) + _int8_tol(scalar, i, layout, data)
         if quantized:
             # Tables have thresholds of their own (kTileGemmThresholds): one may run the uint8
             # tables where the other already runs the exact tile GEMM, so the uint8 tier's bound.
             entries = layout.stages * layout.num_subspaces
             tol += (0.5 * entries + 1.0) * 1.01 * _lut_step(layout, data[f"books{i}"], data[f"x{i}"])
-        np.testing.assert_allclose(a, b, rtol=0, atol=tol, err_msg=f"case {i}: {layout}")
+        _assert_within(a, b, tol, f"case {i}: {layout}")
     assert bitwise > 10
 
 
@@ -224,12 +261,23 @@ def test_against_reference(runs, run):
     cases, data, outputs = runs
     for i, (layout, _) in enumerate(cases):
         expected = vq_matmul_ref(data[f"x{i}"], data[f"codes{i}"], data[f"books{i}"], data[f"bias{i}"], layout)
-        tol = 1e-5 * max(1.0, float(np.abs(expected).max()))
+        tol = 1e-5 * max(1.0, float(np.abs(expected).max())) + _int8_tol(outputs[run], i, layout, data)
         if run != "exact" and layout.format_version in (2, 3):
             entries = layout.stages * layout.num_subspaces
             tol += (0.5 * entries + 1) * _lut_step(layout, data[f"books{i}"], data[f"x{i}"]) * 1.01
-        np.testing.assert_allclose(outputs[run][f"y{i}"], expected, rtol=0, atol=tol,
-                                   err_msg=f"case {i}: {layout}")
+        _assert_within(outputs[run][f"y{i}"], expected, tol, f"case {i}: {layout}")
+
+
+def test_int8_tier_ran_and_exact_turns_it_off(runs):
+    """Where a table has the int8 tier, the default run takes it on the tile-path cases (their
+    outputs differ from the float panels') and ONNXVQ_EXACT_GEMM=1 turns it off."""
+    cases, _, outputs = runs
+    assert int(outputs["exact"]["int8"]) == 0 and int(outputs["scalar"]["int8"]) == 0
+    if not int(outputs["default"]["int8"]):
+        return  # no int8 table on this CPU: nothing else to check
+    tiled = [i for i in range(len(cases)) if str(outputs["default"][f"path{i}"]) == "tile_gemm"]
+    differ = [i for i in tiled if not np.array_equal(outputs["default"][f"y{i}"], outputs["exact"][f"y{i}"])]
+    assert len(tiled) >= 5 and len(differ) >= len(tiled) // 2, (len(tiled), len(differ))
 
 
 def test_exact_fastscan_equals_format1(runs):

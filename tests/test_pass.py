@@ -219,6 +219,51 @@ def test_default_uint8_tables_stay_within_their_error_budget():
     assert 0 < rel_err < 0.03 and cosine > 0.999, (rel_err, cosine)
 
 
+INT8_TIER_SCRIPT = """
+import ctypes, numpy as np, onnx, onnxruntime as ort, onnxvq
+from onnxvq.compress import compress_model
+from onnxvq.config import build_plan
+from onnxvq.check import make_inputs, compare_outputs
+from tests import builders
+from tests.twin import decoded_twin
+model = builders.mlp_model(k=256, hidden=128, n=10)
+result = compress_model(model, build_plan({"matmul_runtime": "op", "method": "kmeans", "bits": 5, "min_elements": 0}))
+feeds = make_inputs(model, samples=256, seed=1)
+got = onnxvq.session(result.model.SerializeToString()).run(None, feeds)[0]
+twin = ort.InferenceSession(decoded_twin(model, result).SerializeToString(), providers=["CPUExecutionProvider"])
+p = compare_outputs("logits", twin.run(None, feeds)[0], got)
+lib = ctypes.CDLL(onnxvq.library_path())
+lib.onnxvq_kernel_tables.restype = ctypes.c_char_p
+print(lib.onnxvq_int8_panels(), lib.onnxvq_kernel_tables().decode(), p.rel_err, p.cosine)
+"""
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_int8_tier_stays_within_its_error_budget(exact):
+    """Tier 2 for the panel GEMM's default int8 tier (256 rows on the tile path, 5-bit k-means):
+    at most 2% relative output error against the decoded twin; ONNXVQ_EXACT_GEMM=1 gives the
+    float panels, at the fp32 tier. Hosts without an int8 table run float either way."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONNXVQ_")}
+    env["ONNXVQ_TILE_GEMM_MIN_ROWS"] = "1"
+    if exact:
+        env["ONNXVQ_EXACT_GEMM"] = "1"
+    proc = subprocess.run([sys.executable, "-c", INT8_TIER_SCRIPT], capture_output=True, text=True, env=env,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr
+    int8, tables, rel_err, cosine = proc.stdout.split()
+    rel_err, cosine = float(rel_err), float(cosine)
+    if int8 == "1":
+        assert not exact and "vnni" in tables
+        assert 1e-4 < rel_err < 0.02 and cosine > 0.9995, (rel_err, cosine)
+    else:
+        assert exact or "vnni" not in tables, tables
+        assert rel_err < 1e-5, rel_err
+
+
 def test_layers_that_would_grow_stay_dense():
     """256 codewords of 4 floats per subspace outweigh a 10-output layer: it is kept dense, with the reason."""
     model = builders.mlp_model(hidden=1024)  # fc1: 96 -> 1024 shrinks; fc2: 1024 -> 10 would grow

@@ -29,6 +29,7 @@ const KernelTable& avx2_kernel_table();
 #if defined(ONNXVQ_HAVE_AVX512)
 const KernelTable& avx512_kernel_table();
 const KernelTable& avx512vbmi_kernel_table();
+const KernelTable& avx512vnni_kernel_table();
 #endif
 #if defined(ONNXVQ_HAVE_NEON)
 const KernelTable& neon_kernel_table();
@@ -520,12 +521,11 @@ size_t tile_threshold(const VQProblem& p, VQPath small, const KernelTable& kerne
 // instead of the slower float tables. Which rows go there depends only on the rows' own
 // tables (and, for the all-or-nothing switch in run_fastscan_path, on the first chunk's),
 // never on the thread count.
-void tile_gemm_rows(const Context& c, const DenseGemm& host, size_t m0, const char* state,
-                    size_t rows) {
+// Runs `run` on a copy of the problem holding only rows `picked` of X (ascending), and
+// copies its outputs back into those rows of Y.
+template <typename Run>
+void run_on_rows(const Context& c, const std::vector<size_t>& picked, Run&& run) {
   const VQProblem& p = c.p;
-  std::vector<size_t> picked;
-  for (size_t m = 0; m < rows; ++m)
-    if (state[m] == 2) picked.push_back(m0 + m);
   std::vector<float> x(picked.size() * p.K), y(picked.size() * p.N);
   for (size_t i = 0; i < picked.size(); ++i)
     std::copy(p.x + picked[i] * p.K, p.x + (picked[i] + 1) * p.K, &x[i * p.K]);
@@ -533,9 +533,17 @@ void tile_gemm_rows(const Context& c, const DenseGemm& host, size_t m0, const ch
   sub.M = picked.size();
   sub.x = x.data();
   sub.y = y.data();
-  run_tile_gemm_path(Context(sub, c.k, c.runner), host);
+  run(Context(sub, c.k, c.runner));
   for (size_t i = 0; i < picked.size(); ++i)
     std::copy(&y[i * p.N], &y[(i + 1) * p.N], p.y + picked[i] * p.N);
+}
+
+void tile_gemm_rows(const Context& c, const DenseGemm& host, size_t m0, const char* state,
+                    size_t rows) {
+  std::vector<size_t> picked;
+  for (size_t m = 0; m < rows; ++m)
+    if (state[m] == 2) picked.push_back(m0 + m);
+  run_on_rows(c, picked, [&](const Context& sub) { run_tile_gemm_path(sub, host); });
 }
 
 void run_fastscan_path(const Context& c, bool exact, const DenseGemm& host) {
@@ -717,6 +725,7 @@ void decode_tile(const Context& c, size_t k0, size_t depth, size_t n0, size_t co
 }
 
 void run_panel_gemm_path(const Context& c);
+bool int8_tier(const Context& c);
 
 bool fastscan_panels(const VQProblem& p);
 bool bytescan_panels(const VQProblem& p);
@@ -727,13 +736,16 @@ bool bytescan_panels(const VQProblem& p);
 // 33.1 at 64, 105 / 140 at 512); every layout wins from 64 rows (km5 19.6 / 21.9, binary 17.6 /
 // 20.4, pq4-d4 31.1 / 36.1 at M = 64; 384x1536 0.58 / 0.63 for km5) except pq8-d4 on 4096x4096
 // (54.5 / 44.6); below 32 rows the host's wins on format-1 rows (km5 at M = 1: 9.9 / 6.1).
+// The int8 tier beats the host's float GEMM at any M.
 constexpr size_t kOwnGemmMinRows = 32;
-bool use_own_gemm(const VQProblem& p, const DenseGemm& host) {
-  return host.run == nullptr || fastscan_panels(p) || bytescan_panels(p) || p.M >= kOwnGemmMinRows;
+bool use_own_gemm(const Context& c, const DenseGemm& host) {
+  const VQProblem& p = c.p;
+  return host.run == nullptr || fastscan_panels(p) || bytescan_panels(p) || p.M >= kOwnGemmMinRows ||
+         int8_tier(c);
 }
 
 void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
-  if (use_own_gemm(c.p, host)) return run_panel_gemm_path(c);
+  if (use_own_gemm(c, host)) return run_panel_gemm_path(c);
   const VQProblem& p = c.p;
   // Depth chunks: whole subspaces on axis 0 (at least one). Output tiles: whole subspaces on
   // axis 1, within kTileBytes of decoded W_hat, and few enough that the tile's partial
@@ -801,14 +813,16 @@ constexpr size_t kPanelXBytes = size_t{1} << 20;  // a row block's X over one ch
 // Per-thread scratch kept across calls: a panel task's buffers are megabytes, and fresh
 // ones (mmap'ed by malloc) cost page faults on every call (8% of km5 on 4096x4096 at M =
 // 512). Grows to the largest request; one buffer per thread of the runner.
-float* thread_scratch(size_t floats) {
-  thread_local std::unique_ptr<float[]> buffer;
+// (One buffer per element type, so a task may hold a float and an int8 one at once.)
+template <typename T = float>
+T* thread_scratch(size_t count) {
+  thread_local std::unique_ptr<T[]> buffer;
   thread_local size_t size = 0;
-  if (size < floats) {
+  if (size < count) {
     buffer.reset();  // first, so the old and new buffers are never held together
     size = 0;
-    buffer.reset(new float[floats]);
-    size = floats;
+    buffer.reset(new T[count]);
+    size = count;
   }
   return buffer.get();
 }
@@ -906,20 +920,58 @@ std::vector<float> transposed_books(const Context& c) {
   return out;
 }
 
-void run_panel_gemm_path(const Context& c) {
+// How a layout's panels are cut and decoded, shared by both tiers: depth chunks of at most
+// `max_depth` inputs, as even as the subspaces allow, and panel columns `cols` wide.
+struct PanelPlan {
+  size_t depth, cols, columns, chunks;
+  bool whole_rows;
+  std::vector<float> books_t;
+
+  PanelPlan(const Context& c, size_t max_depth) {
+    const VQProblem& p = c.p;
+    // Panels start at subspace boundaries along the axis the subvectors run on, and at
+    // fast-scan block boundaries.
+    const size_t depth_unit = p.axis == 0 ? p.d : 1;
+    const size_t col_unit = p.axis == 1 ? p.d : p.format_version == 2 ? kFastScanBlockRows : p.format_version == 3 ? kByteScanBlockRows / 2 : 1;
+    depth = std::min(p.K, ceil_div(ceil_div(p.K, ceil_div(p.K, max_depth)), depth_unit) * depth_unit);
+    chunks = ceil_div(p.K, depth);
+    whole_rows = decodes_whole_rows(p);
+    const size_t wanted_cols = std::max(c.k.dense_gemm_cols, p.axis == 1 ? kAxis1PanelCols : 0);
+    cols = std::min(p.N, std::max<size_t>(1, wanted_cols / col_unit) * col_unit);
+    columns = ceil_div(p.N, cols);
+    if (fastscan_panels(p) && !fastscan_d1_panels(p)) books_t = transposed_books(c);
+  }
+  /// Floats of per-task scratch decode() needs.
+  size_t scratch_floats() const { return (whole_rows ? cols * depth : 0) + depth * cols; }
+  /// W_hat[k0 .. k0+len, n0 .. n0+count) as a K x N panel (count wide) at the returned pointer,
+  /// inside `scratch` (uninitialized: every element is written before it is read). Whole-row
+  /// layouts decode a panel column's rows (N x len, dense, so the rows of one codebook group
+  /// decode in one call) and transpose them.
+  float* decode(const Context& c, size_t k0, size_t len, size_t n0, size_t count, float* scratch) const {
+    float* const panel = scratch + (whole_rows ? cols * depth : 0);
+    if (!whole_rows) {
+      decode_panel(c, k0, len, n0, count, books_t.data(), panel);
+      return panel;
+    }
+    if (bytescan_panels(c.p))
+      decode_bytescan_rows(c, k0, len, n0, count, scratch, len);
+    else
+      decode_tile_rows(c, k0, len, n0, count, 0, count, scratch, len);
+    c.k.transpose(scratch, count, len, len, panel, count);
+    return panel;
+  }
+};
+
+void add_bias_columns(const Context& c, size_t rows, size_t n0, size_t count, float* y) {
+  if (!c.p.bias) return;
+  for (size_t m = 0; m < rows; ++m)
+    for (size_t i = 0; i < count; ++i) y[m * c.p.N + n0 + i] += c.p.bias[n0 + i];
+}
+
+void run_float_panels(const Context& c) {
   const VQProblem& p = c.p;
-  // Panels start at subspace boundaries along the axis the subvectors run on, and at
-  // fast-scan block boundaries; the depth chunks are as even as those allow.
-  const size_t depth_unit = p.axis == 0 ? p.d : 1;
-  const size_t col_unit = p.axis == 1 ? p.d : p.format_version == 2 ? kFastScanBlockRows : p.format_version == 3 ? kByteScanBlockRows / 2 : 1;
-  const size_t chunks = ceil_div(p.K, p.M > kDeepPanelMaxRows ? kPanelMaxDepth : kDeepPanelDepth);
-  const size_t depth = std::min(p.K, ceil_div(ceil_div(p.K, chunks), depth_unit) * depth_unit);
-  const bool whole_rows = decodes_whole_rows(p);
-  const size_t wanted_cols = std::max(c.k.dense_gemm_cols, p.axis == 1 ? kAxis1PanelCols : 0);
-  const size_t cols = std::min(p.N, std::max<size_t>(1, wanted_cols / col_unit) * col_unit);
-  const size_t columns = ceil_div(p.N, cols);
-  const std::vector<float> books_t =
-      fastscan_panels(p) && !fastscan_d1_panels(p) ? transposed_books(c) : std::vector<float>();
+  const PanelPlan plan(c, p.M > kDeepPanelMaxRows ? kPanelMaxDepth : kDeepPanelDepth);
+  const size_t depth = plan.depth;
   const bool packed = depth < p.K;
   // Depth chunks outermost, one parallel pass over the panel columns each: the codebooks a
   // chunk uses (pq8-d4: 256 KB for 256 inputs) and its rows of X stay in L2 while every
@@ -928,7 +980,6 @@ void run_panel_gemm_path(const Context& c) {
   // Many rows go in blocks whose rows of X over a chunk fit kPanelXBytes (L2): every panel
   // column reads them again (1536x384 at M = 1152: 1.8 MB a chunk, from L3 otherwise). Each
   // block decodes the panels again: a K x N decode per ~340 rows.
-  const size_t chunks_total = ceil_div(p.K, depth);
   const size_t block_rows = std::max<size_t>(8, kPanelXBytes / (depth * sizeof(float)) / 8 * 8);
   const size_t row_blocks = ceil_div(p.M, block_rows), rows_per_block = ceil_div(p.M, row_blocks);
   // A row block's X over a chunk, dense (rows len apart), packed just before its pass: it is
@@ -936,7 +987,7 @@ void run_panel_gemm_path(const Context& c) {
   // memory: 1536x384 at M = 1152, 19.4 vs 16.7 ms).
   std::vector<float> x_block(packed ? rows_per_block * depth : 0);
   const Blocks blocks = Blocks::split(
-      columns, task_count(double(rows_per_block + 4) * p.K * p.N / 16 / chunks_total));
+      plan.columns, task_count(double(rows_per_block + 4) * p.K * p.N / 16 / plan.chunks));
   for (size_t m0 = 0; m0 < p.M; m0 += rows_per_block)
   for (size_t k0 = 0; k0 < p.K; k0 += depth) {
     const size_t len = std::min(depth, p.K - k0), rows = std::min(rows_per_block, p.M - m0);
@@ -945,33 +996,106 @@ void run_panel_gemm_path(const Context& c) {
       for (size_t m = 0; m < rows; ++m) std::copy_n(p.x + (m0 + m) * p.K + k0, len, x_block.data() + m * len);
     const float* x = packed ? x_block.data() : p.x + m0 * p.K;
     float* const y = p.y + m0 * p.N;
-    const bool last_chunk = k0 + len == p.K;
     run_tasks(c.runner, blocks.count, [&](size_t task) {
-      // Per task (uninitialized: every element is written before it is read): a panel
-      // column's decoded rows over the chunk (whole_rows: N x len, dense, so the rows of one
-      // codebook group decode in one call) and a K x N panel.
-      const size_t ld = len;
-      const size_t rows_size = whole_rows ? cols * depth : 0;
-      float* const rows_nk = thread_scratch(rows_size + depth * cols);
-      float* const panel = rows_nk + rows_size;
+      float* const scratch = thread_scratch(plan.scratch_floats());
       for (size_t q = blocks.begin(task); q < blocks.end(task); ++q) {
-        const size_t n0 = q * cols, count = std::min(cols, p.N - n0);
-        if (whole_rows) {
-          if (bytescan_panels(p))
-            decode_bytescan_rows(c, k0, len, n0, count, rows_nk, ld);
-          else
-            decode_tile_rows(c, k0, len, n0, count, 0, count, rows_nk, ld);
-          c.k.transpose(rows_nk, count, len, ld, panel, count);
-        } else {
-          decode_panel(c, k0, len, n0, count, books_t.data(), panel);
-        }
+        const size_t n0 = q * plan.cols, count = std::min(plan.cols, p.N - n0);
+        const float* panel = plan.decode(c, k0, len, n0, count, scratch);
         c.k.dense_gemm(x, ldx, rows, len, panel, count, y + n0, p.N, k0 > 0);
-        if (last_chunk && p.bias)
-          for (size_t m = 0; m < rows; ++m)
-            for (size_t i = 0; i < count; ++i) y[m * p.N + n0 + i] += p.bias[n0 + i];
+        if (k0 + len == p.K) add_bias_columns(c, rows, n0, count, y);
       }
     });
   }
+}
+
+// --- the int8 tier (kernels with int8_panels; kInt8MaxRelError in vq_kernel.h) -------------
+// The float tier's panels, each quantized per column (quantize_panel_s8) after it is decoded,
+// against X quantized once per row and depth chunk: int8 dot products (exact int32 sums),
+// one float scale-and-add per output and chunk. Depth chunks are kPanelMaxDepth deep at
+// every M (a 24 KB int8 panel stays in L1), so a row's result depends on its own inputs and
+// the layout only: not on M, the other rows or the thread count.
+
+bool int8_tier(const Context& c) { return int8_panels_enabled(c.k); }
+double int8_max_rel_error() {
+  static const double limit = [] {
+    const char* value = std::getenv("ONNXVQ_INT8_GUARD");
+    return value && *value ? std::strtod(value, nullptr) : kInt8MaxRelError;
+  }();
+  return limit;
+}
+
+// X over every depth chunk, quantized: chunk q's row m at q_rows[(q*M + m)*ldq] (ldq the chunk
+// depth rounded up to 4), its scale at scale[q*M + m]; float_rows are the rows the guard
+// sends to the float panels (ascending).
+struct QuantizedRows {
+  size_t ldq = 0;
+  std::vector<uint8_t> q_rows;
+  std::vector<float> scale;
+  std::vector<size_t> float_rows;
+};
+
+QuantizedRows quantize_rows(const Context& c, const PanelPlan& plan) {
+  const VQProblem& p = c.p;
+  QuantizedRows out;
+  out.ldq = ceil_div(plan.depth, 4) * 4;
+  out.q_rows.resize(plan.chunks * p.M * out.ldq);
+  out.scale.resize(plan.chunks * p.M);
+  std::vector<char> rejected(p.M);
+  const double limit = int8_max_rel_error(), limit2x12 = 12.0 * limit * limit;
+  const Blocks blocks = Blocks::split(p.M, task_count(double(p.M) * p.K * 2));
+  run_tasks(c.runner, blocks.count, [&](size_t task) {
+    const size_t m0 = blocks.begin(task), rows = blocks.end(task) - m0;
+    std::vector<uint32_t> energy(rows);
+    for (size_t q = 0; q < plan.chunks; ++q) {
+      const size_t k0 = q * plan.depth, len = std::min(plan.depth, p.K - k0);
+      float* scale = &out.scale[q * p.M + m0];
+      c.k.quantize_rows_u8(p.x + m0 * p.K + k0, p.K, rows, len, &out.q_rows[(q * p.M + m0) * out.ldq],
+                           out.ldq, scale, energy.data());
+      for (size_t m = 0; m < rows; ++m)  // est^2 = len / (12 energy) > limit^2; NaN: not finite
+        rejected[m0 + m] |= !(scale[m] == 0.0f || double(len) <= limit2x12 * energy[m]);
+    }
+  });
+  for (size_t m = 0; m < p.M; ++m)
+    if (rejected[m]) out.float_rows.push_back(m);
+  return out;
+}
+
+void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRows& x) {
+  const VQProblem& p = c.p;
+  const size_t panel_bytes = x.ldq * plan.cols;
+  const Blocks blocks = Blocks::split(plan.columns, task_count(double(p.M + 16) * p.K * p.N / 32 / plan.chunks));
+  for (size_t q = 0; q < plan.chunks; ++q) {
+    const size_t k0 = q * plan.depth, len = std::min(plan.depth, p.K - k0), len4 = ceil_div(len, 4) * 4;
+    run_tasks(c.runner, blocks.count, [&](size_t task) {
+      float* const scratch = thread_scratch(plan.scratch_floats() + plan.cols);
+      float* const column_scale = scratch + plan.scratch_floats();
+      int8_t* const panel_q = thread_scratch<int8_t>(panel_bytes);
+      int32_t* const bias128 = thread_scratch<int32_t>(plan.cols);
+      for (size_t b = blocks.begin(task); b < blocks.end(task); ++b) {
+        const size_t n0 = b * plan.cols, count = std::min(plan.cols, p.N - n0);
+        const float* panel = plan.decode(c, k0, len, n0, count, scratch);
+        c.k.quantize_panel_s8(panel, len, count, panel_q, column_scale, bias128);
+        c.k.int8_gemm(&x.q_rows[q * p.M * x.ldq], x.ldq, p.M, len4, panel_q, count, &x.scale[q * p.M],
+                      column_scale, bias128, p.y + n0, p.N, q > 0);
+        if (q + 1 == plan.chunks) add_bias_columns(c, p.M, n0, count, p.y);
+      }
+    });
+  }
+}
+
+void run_panel_gemm_path(const Context& c) {
+  if (int8_tier(c)) {
+    const PanelPlan plan(c, kPanelMaxDepth);
+    const QuantizedRows x = quantize_rows(c, plan);
+    // Inputs the guard mostly rejects (outlier activations) run float throughout; the few
+    // rows of others are computed again on the float panels.
+    if (16 * x.float_rows.size() <= c.p.M) {
+      run_int8_panels(c, plan, x);
+      if (!x.float_rows.empty()) run_on_rows(c, x.float_rows, run_float_panels);
+      return;
+    }
+  }
+  run_float_panels(c);
 }
 
 // --- dispatch ---------------------------------------------------------------------------
@@ -984,7 +1108,7 @@ bool env_flag(const char* name) {
 // The tables this build has and this CPU runs, best last. __builtin_cpu_supports also
 // checks that the OS saves the wide registers (XGETBV), so AVX state is usable.
 struct TableList {
-  const KernelTable* tables[5];
+  const KernelTable* tables[6];
   size_t count = 0;
   std::string names;
   TableList() {
@@ -998,6 +1122,8 @@ struct TableList {
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma")) {
       tables[count++] = &avx512_kernel_table();
       if (__builtin_cpu_supports("avx512vbmi")) tables[count++] = &avx512vbmi_kernel_table();
+      if (__builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni"))
+        tables[count++] = &avx512vnni_kernel_table();
     }
 #endif
 #if defined(ONNXVQ_HAVE_NEON)
@@ -1046,6 +1172,11 @@ size_t supported_kernel_tables(const KernelTable** tables, size_t capacity) {
   const TableList& list = table_list();
   for (size_t i = 0; i < list.count && i < capacity; ++i) tables[i] = list.tables[i];
   return list.count;
+}
+
+bool int8_panels_enabled(const KernelTable& kernels) {
+  static const bool exact = env_flag("ONNXVQ_EXACT_GEMM");
+  return kernels.int8_panels && !exact;
 }
 
 bool exact_lut_requested() {
@@ -1253,6 +1384,24 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     // 13.8/12.0 at 4; avx2 1280x1000 1.5/0.8 at 2.
     // bench/thresholds.py, tile / byte-scan at M = 4, 8, 16, 32, 64: 4096x4096 2.55/1.48/1.00/
     // 0.71 from 8; 384x1536 1.74/1.02/0.64; 1536x384 0.57 at 8; 1280x1000 1.23/0.74 at 8, 16.
+    // The int8 tier (avx512vbmi-vnni, AMD EPYC, 2026-12-03), tile / small at M = 4, 8, 16,
+    // 32, 64, 128 on 4096x4096, 384x1536, 1536x384, 1280x1000 (bench/thresholds.py):
+    //   km5 decode_dot  3.52/2.44/1.95/1.38/0.69/0.49, 2.39/1.75/1.12/0.75/0.47, 2.50/1.93/1.28/
+    //                   0.82/0.58, 2.85/2.08/1.34/0.85/0.58 (km3 per 16 rows alike; 1.00 at 32 on
+    //                   4096x4096): 32 up to N = 2048
+    //   pq8-d4 bytescan 5.18/2.84/1.49/0.93/0.57, 3.81/2.10/1.07/0.56, 1.40/0.72/0.35,
+    //                   3.11/1.45/0.79/0.49: 8 / 16 / 32 by N
+    //   rq 2x4 fastscan 10.65/4.78/2.46/1.78/1.12/0.83, 5.12/3.23/1.54/0.90/0.53, 2.45/1.26/0.60,
+    //                   4.42/2.70/1.24/0.69: 16 / 32 / 128 by N
+    // The other formats' rows above held (km4, binary, pq8-d4 axis out; pq4-d4 never wins on
+    // every layer: 1.27 at 128 on 4096x4096).
+    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx512vbmi-vnni", 32, 2048},
+    {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi-vnni", 8, 512},
+    {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi-vnni", 16, 1024},
+    {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi-vnni", 32},
+    {VQPath::kFastScan, 4, 4, 2, 4, "avx512vbmi-vnni", 16, 512, 2},  // 1536x384: 0.60 at 16
+    {VQPath::kFastScan, 4, 4, 2, 4, "avx512vbmi-vnni", 32, 2048, 2},
+    {VQPath::kFastScan, 4, 4, 2, 4, "avx512vbmi-vnni", 128, static_cast<size_t>(-1), 2},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 8, 512},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 16, 2048},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 64},
@@ -1275,10 +1424,11 @@ size_t measured_min_rows(const VQProblem& p, VQPath small, const KernelTable& ke
     if (row.small != small || p.bits < row.min_bits || p.bits > row.max_bits) continue;
     if (p.d < row.min_d || p.d > row.max_d || p.N > row.max_outputs || p.T < row.min_stages) continue;
     if (row.isa != nullptr && std::strncmp(row.isa, kernels.name, std::strlen(row.isa)) != 0) continue;
-    // The most specific row wins: an ISA's own over the shared ones, then the one limited to
-    // the narrowest layers, then one for residual stages; the first of equals.
+    // The most specific row wins: an ISA's own over the shared ones (the longest name:
+    // "avx512vbmi-vnni" over "avx512"), then the one limited to the narrowest layers, then one
+    // for residual stages; the first of equals.
     auto rank = [](const TileGemmThreshold& r) {  // larger is more specific
-      return std::make_tuple(r.isa != nullptr, ~r.max_outputs, r.min_stages);
+      return std::make_tuple(r.isa != nullptr ? std::strlen(r.isa) : 0, ~r.max_outputs, r.min_stages);
     };
     if (best == nullptr || rank(row) > rank(*best)) best = &row;
   }
@@ -1353,6 +1503,10 @@ extern "C" void onnxvq_fastscan_row_counts(uint64_t* uint8_rows, uint64_t* exact
   const uint64_t exact = reset ? g_exact_rows.exchange(0) : g_exact_rows.load();
   if (uint8_rows) *uint8_rows = fast;
   if (exact_rows) *exact_rows = exact;
+}
+
+extern "C" int onnxvq_int8_panels(void) {
+  return onnxvq::kernels::int8_panels_enabled(onnxvq::kernels::active_kernel_table()) ? 1 : 0;
 }
 
 extern "C" const char* onnxvq_kernel_tables(void) {

@@ -247,6 +247,36 @@ struct KernelTable {
   /// table is bit-identical to scalar. Writes exactly out[0 .. L).
   void (*decode_row)(const uint8_t* codes, size_t T, size_t S, size_t d, size_t L,
                      const float* books, size_t stage_stride, size_t subspace_stride, float* out);
+
+  // --- the panel GEMM's int8 tier (kTileGemm on tables with int8_panels) ---------------------
+  // Integer sums are exact and the float steps the same operations in the same order, so
+  // every table gives the same bits for the same inputs.
+
+  /// Rows of X to int8 around 128: for r < rows, with a = max_j |x[r*ldx + j]| over j < len,
+  ///   a not finite:    scale[r] = NaN, q = 128 (the caller computes such rows in float)
+  ///   inv = 127.0f / a not finite (a == 0 or tiny):  scale[r] = 0, q = 128 (zeros)
+  ///   else:            scale[r] = a / 127.0f,
+  ///                    q[r*ldq + j] = 128 + clamp(rint(x * inv), -127, 127)  (nearest even)
+  /// and q = 128 (zero) for len <= j < ldq; energy[r] = sum_j (q - 128)^2.
+  void (*quantize_rows_u8)(const float* x, size_t ldx, size_t rows, size_t len, uint8_t* q,
+                           size_t ldq, float* scale, uint32_t* energy);
+
+  /// A K x N float panel (row stride N) to int8 by column, in int8_gemm's layout: per column
+  /// n, a = max_k |w[k*N + n]| and scale[n], q as quantize_rows_u8 without the 128 (NaN scale
+  /// when a column is not finite), stored q(k, n) at wq[(k/4)*4*N + 4*n + k%4] for k < K4 =
+  /// K rounded up to 4 (zero past K); bias128[n] = 128 * sum_k q(k, n).
+  void (*quantize_panel_s8)(const float* w, size_t K, size_t N, int8_t* wq, float* scale,
+                            int32_t* bias128);
+
+  /// Y (+)= X W on quantized operands: for m < M, n < N, with K4 a multiple of 4,
+  ///   acc = sum_{k < K4} xq[m*ldq + k] * wq[(k/4)*4*N + 4*n + k%4]     (exact int32)
+  ///   v = xs[m] * (ws[n] * float(acc - bias128[n]));  y[m*ldy + n] = accumulate ? y + v : v
+  void (*int8_gemm)(const uint8_t* xq, size_t ldq, size_t M, size_t K4, const int8_t* wq,
+                    size_t N, const float* xs, const float* ws, const int32_t* bias128, float* y,
+                    size_t ldy, bool accumulate);
+  /// Whether the panel GEMM runs int8 by default on this table (a dot-product instruction that
+  /// makes it faster than float; the scalar table has the functions as the oracle only).
+  bool int8_panels;
 };
 
 /// dot_rows' fixed reduction of its 16 lanes, and its scalar steps k0 <= k < K into them
@@ -262,6 +292,17 @@ const KernelTable& scalar_kernel_table();
 /// first (ONNXVQ_FORCE_SCALAR does not affect this list). Tests compare each with scalar.
 /// Returns the count and fills up to `capacity` pointers.
 size_t supported_kernel_tables(const KernelTable** tables, size_t capacity);
+
+/// The panel GEMM's int8 tier (kernels with int8_panels): X quantized per row and depth
+/// chunk, W_hat's decoded panels per column and chunk, exact int32 dot products. Each row
+/// estimates the relative RMS error its rounding adds to its outputs from its own quantized
+/// values (uniform rounding noise of one step^2 / 12 per input against the row's mean square,
+/// est^2 = len / (12 * energy) per chunk, integers only: the same choice on every table) and
+/// takes the float panels when any chunk's exceeds kInt8MaxRelError (or ONNXVQ_INT8_GUARD=x);
+/// inputs the guard mostly rejects run float throughout. ONNXVQ_EXACT_GEMM=1 (read once)
+/// turns the tier off: every panel float, bit-identical at any M.
+inline constexpr double kInt8MaxRelError = 0.02;
+bool int8_panels_enabled(const KernelTable& kernels);
 
 /// Fast-scan precision: uint8 tables (default) or exact float tables. The environment
 /// variable ONNXVQ_EXACT_LUT=1, read once, selects the exact float path.
@@ -422,6 +463,10 @@ ONNXVQ_EXPORT const char* onnxvq_kernel_path_m(
 /// nonzero: the counts are returned, then zeroed). Either pointer may be null.
 ONNXVQ_EXPORT void onnxvq_fastscan_row_counts(uint64_t* uint8_rows, uint64_t* exact_rows,
                                               int reset);
+
+/// 1 when the panel GEMM runs its int8 tier in this process (the active table has it and
+/// ONNXVQ_EXACT_GEMM is unset), else 0.
+ONNXVQ_EXPORT int onnxvq_int8_panels(void);
 
 /// Comma-separated names of the kernel tables this build has and this CPU supports,
 /// e.g. "scalar,avx2" (independent of ONNXVQ_FORCE_SCALAR).

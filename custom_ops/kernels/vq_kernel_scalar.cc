@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "vq_kernel.h"
 
@@ -287,6 +288,77 @@ void decode_row_scalar(const uint8_t* codes, size_t T, size_t S, size_t d, size_
   }
 }
 
+// The int8 tier's rounding, shared by both quantizers: nearest even, clamped to +-127.
+inline int round_s8(float value) {
+  return static_cast<int>(std::clamp(std::nearbyint(value), -127.0f, 127.0f));
+}
+
+// a = max |v[i*stride]| over i < count; false when a value is not finite.
+bool finite_abs_max(const float* v, size_t count, size_t stride, float* a) {
+  float top = 0.0f;
+  for (size_t i = 0; i < count; ++i) {
+    const float value = v[i * stride];
+    if (!std::isfinite(value)) return false;
+    top = std::max(top, std::abs(value));
+  }
+  *a = top;
+  return true;
+}
+
+void quantize_rows_u8_scalar(const float* x, size_t ldx, size_t rows, size_t len, uint8_t* q,
+                             size_t ldq, float* scale, uint32_t* energy) {
+  for (size_t r = 0; r < rows; ++r) {
+    const float* row = x + r * ldx;
+    uint8_t* out = q + r * ldq;
+    std::fill(out, out + ldq, uint8_t{128});
+    float a = 0.0f;
+    energy[r] = 0;
+    if (!finite_abs_max(row, len, 1, &a)) {
+      scale[r] = std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
+    const float inv = 127.0f / a;
+    scale[r] = std::isfinite(inv) ? a / 127.0f : 0.0f;
+    if (!std::isfinite(inv)) continue;  // a == 0, or so small that 127 / a overflows: zeros
+    for (size_t j = 0; j < len; ++j) {
+      const int level = round_s8(row[j] * inv);
+      out[j] = static_cast<uint8_t>(128 + level);
+      energy[r] += static_cast<uint32_t>(level * level);
+    }
+  }
+}
+
+void quantize_panel_s8_scalar(const float* w, size_t K, size_t N, int8_t* wq, float* scale,
+                              int32_t* bias128) {
+  const size_t K4 = (K + 3) / 4 * 4;
+  for (size_t n = 0; n < N; ++n) {
+    float a = 0.0f;
+    const bool finite = finite_abs_max(w + n, K, N, &a);
+    const float inv = finite ? 127.0f / a : 0.0f;
+    const bool zero = finite && !std::isfinite(inv);  // as quantize_rows_u8_scalar
+    scale[n] = !finite ? std::numeric_limits<float>::quiet_NaN() : zero ? 0.0f : a / 127.0f;
+    int32_t sum = 0;
+    for (size_t k = 0; k < K4; ++k) {
+      const int level = k < K && finite && !zero ? round_s8(w[k * N + n] * inv) : 0;
+      wq[(k / 4) * 4 * N + 4 * n + k % 4] = static_cast<int8_t>(level);
+      sum += level;
+    }
+    bias128[n] = 128 * sum;
+  }
+}
+
+void int8_gemm_scalar(const uint8_t* xq, size_t ldq, size_t M, size_t K4, const int8_t* wq, size_t N,
+                      const float* xs, const float* ws, const int32_t* bias128, float* y, size_t ldy,
+                      bool accumulate) {
+  for (size_t m = 0; m < M; ++m)
+    for (size_t n = 0; n < N; ++n) {
+      int32_t acc = 0;
+      for (size_t k = 0; k < K4; ++k) acc += int32_t{xq[m * ldq + k]} * wq[(k / 4) * 4 * N + 4 * n + k % 4];
+      const float v = xs[m] * (ws[n] * static_cast<float>(acc - bias128[n]));
+      y[m * ldy + n] = accumulate ? y[m * ldy + n] + v : v;
+    }
+}
+
 }  // namespace
 
 const KernelTable& scalar_kernel_table() {
@@ -298,6 +370,7 @@ const KernelTable& scalar_kernel_table() {
       quantize_byte_luts_scalar, bytescan_u8_scalar, bytescan_f32_scalar,
       decode_codes_scalar, decode_fastscan_d1_scalar, dot_rows_scalar, decode_fastscan_group_scalar,
       transpose_scalar, dense_gemm_scalar, /*dense_gemm_cols=*/32, decode_row_scalar,
+      quantize_rows_u8_scalar, quantize_panel_s8_scalar, int8_gemm_scalar, /*int8_panels=*/false,
   };
   return table;
 }

@@ -145,8 +145,8 @@ Case& fill_case(Case& c, std::mt19937& rng) {
   return c;
 }
 
-// Y in double from the decoded weight.
-std::vector<double> naive_matmul(const Case& c) {
+// W_hat (K x N) in double.
+std::vector<double> naive_weight(const Case& c) {
   const VQProblem& p = c.p;
   const size_t R = p.rows(), L = p.length(), ncw = p.codewords();
   std::vector<double> w(p.K * p.N, 0.0);  // (K, N)
@@ -162,6 +162,13 @@ std::vector<double> naive_matmul(const Case& c) {
           w[k * p.N + n] += cw[j];
         }
       }
+  return w;
+}
+
+// Y in double from the decoded weight.
+std::vector<double> naive_matmul(const Case& c) {
+  const VQProblem& p = c.p;
+  const std::vector<double> w = naive_weight(c);
   std::vector<double> y(p.M * p.N, 0.0);
   for (size_t m = 0; m < p.M; ++m)
     for (size_t n = 0; n < p.N; ++n) {
@@ -210,6 +217,35 @@ double max_lut_step(const Case& c) {
   return step;
 }
 
+// The int8 tier's worst case per output: X rounded to half a step of its row's largest
+// |value| / 127, W_hat to half a step of its column's (each chunk's maximum is at most the
+// whole row's or column's), so |xw - x'w'| <= sum_k sx/2 |w| + sw/2 |x| + sx sw / 4.
+// Zero where the problem does not take the tier.
+bool int8_path(const VQProblem& p, const KernelTable& kernels) {
+  return onnxvq::kernels::int8_panels_enabled(kernels) &&
+         onnxvq::kernels::choose_path(p, kernels) == onnxvq::kernels::VQPath::kTileGemm;
+}
+std::vector<double> int8_bounds(const Case& c, bool applies) {
+  const VQProblem& p = c.p;
+  std::vector<double> bound(p.M * p.N, 0.0);
+  if (!applies) return bound;
+  const std::vector<double> w = naive_weight(c);
+  std::vector<double> sw(p.N, 0.0);
+  for (size_t k = 0; k < p.K; ++k)
+    for (size_t n = 0; n < p.N; ++n) sw[n] = std::max(sw[n], std::abs(w[k * p.N + n]) / 127.0);
+  for (size_t m = 0; m < p.M; ++m) {
+    double sx = 0.0;
+    for (size_t k = 0; k < p.K; ++k) sx = std::max(sx, std::abs(double(c.x[m * p.K + k])) / 127.0);
+    for (size_t n = 0; n < p.N; ++n) {
+      double sum = 0.0;
+      for (size_t k = 0; k < p.K; ++k)
+        sum += 0.5 * sx * std::abs(w[k * p.N + n]) + 0.5 * sw[n] * std::abs(double(c.x[m * p.K + k])) + 0.25 * sx * sw[n];
+      bound[m * p.N + n] = sum * 1.01;
+    }
+  }
+  return bound;
+}
+
 bool quantized_path(const VQProblem& p, const KernelTable& kernels) {
   const onnxvq::kernels::VQPath path = onnxvq::kernels::choose_path(p, kernels);
   return path == onnxvq::kernels::VQPath::kFastScan || path == onnxvq::kernels::VQPath::kByteScan;
@@ -227,9 +263,10 @@ void test_against_oracle(const KernelTable& kernels, std::mt19937& rng) {
     // uint8 tables: half a step per entry, plus float rounding of the tables themselves.
     const double quantization =
         quantized_path(c.p, kernels) ? (0.5 * c.p.T * c.p.S + 1.0) * max_lut_step(c) * 1.01 : 0.0;
+    const std::vector<double> int8 = int8_bounds(c, int8_path(c.p, kernels));
     for (size_t e = 0; e < expected.size(); ++e) {
       const double error = std::abs(double(c.y[e]) - expected[e]);
-      if (!(error <= 1e-5 * scale + quantization)) {
+      if (!(error <= 1e-5 * scale + quantization + int8[e])) {
         EXPECT(false, "path=%s axis=%d K=%zu N=%zu bits=%u d=%zu T=%zu gs=%zu per_s=%d M=%zu: "
                "y[%zu]=%g expected %g", onnxvq::kernels::path_name(onnxvq::kernels::choose_path(c.p)),
                c.p.axis, c.p.K, c.p.N, c.p.bits, c.p.d, c.p.T, c.p.group_size, c.p.per_subspace,
@@ -413,8 +450,9 @@ void test_shapes_against_scalar(const KernelTable& simd, std::mt19937& rng) {
           const bool q_scalar = quantized_path(p, scalar), q_simd = quantized_path(p, simd);
           const double steps = q_scalar && q_simd ? 4.0 : q_scalar || q_simd ? (0.5 * p.T * p.S + 1.0) * 1.01 : 0.0;
           const double tol = 1e-5 * scale + (steps > 0 ? steps * max_lut_step(c) : 0.0);  // formats 2 and 3
+          const std::vector<double> int8 = int8_bounds(c, int8_path(p, scalar) || int8_path(p, simd));
           for (size_t e = 0; e < expected.size(); ++e)
-            if (!(std::abs(double(c.y[e]) - expected[e]) <= tol)) {
+            if (!(std::abs(double(c.y[e]) - expected[e]) <= tol + int8[e])) {
               EXPECT(false, "%s vs scalar: format=%d path=%s M=%zu K=%zu N=%zu d=%zu bits=%u T=%zu "
                      "y[%zu]=%g scalar %g", simd.name, format,
                      onnxvq::kernels::path_name(onnxvq::kernels::choose_path(p)), p.M, K, N, d,
@@ -477,12 +515,13 @@ void test_tile_gemm(const KernelTable& kernels, std::mt19937& rng) {
     for (double v : expected) scale = std::max(scale, std::abs(v));
     const std::string path = onnxvq::kernels::path_name(onnxvq::kernels::choose_path(p, kernels));
     EXPECT(path == "tile_gemm", "M=%zu threshold=%zu path=%s", p.M, threshold, path.c_str());
+    const std::vector<double> int8 = int8_bounds(c, int8_path(p, kernels));
     for (bool host : {false, true}) {
       const onnxvq::kernels::DenseGemm gemm{host ? reference_gemm : nullptr, nullptr};
       std::fill(c.y.begin(), c.y.end(), std::nanf(""));
       onnxvq::kernels::vq_matmul(p, {}, kernels, gemm);
       for (size_t e = 0; e < expected.size(); ++e)
-        if (!(std::abs(double(c.y[e]) - expected[e]) <= 1e-5 * scale)) {
+        if (!(std::abs(double(c.y[e]) - expected[e]) <= 1e-5 * scale + int8[e])) {
           EXPECT(false, "%s tile_gemm (host=%d) vs oracle: axis=%d K=%zu N=%zu bits=%u d=%zu T=%zu "
                  "gs=%zu fmt=%d M=%zu y[%zu]=%g expected %g", kernels.name, host, p.axis, p.K, p.N,
                  p.bits, p.d, p.T, p.group_size, p.format_version, p.M, e, c.y[e], expected[e]);
@@ -798,6 +837,113 @@ void test_guard_simd_matches_scalar(const KernelTable& simd, std::mt19937& rng) 
 // custom_ops/tests/test_vq_gather.cc: the VQGather kernels (failure count).
 int run_gather_tests(const KernelTable* const* tables, size_t count);
 
+// --- the panel GEMM's int8 tier -------------------------------------------------------------
+
+// The int8 micro-kernels against scalar, bit for bit, on awkward shapes: rows and columns
+// that are zero, too small to scale (127 / a overflows) or not finite; depths not a multiple
+// of 4; row strides past the depth; accumulating calls.
+void test_int8_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
+  using namespace onnxvq::kernels;
+  const KernelTable& scalar = scalar_kernel_table();
+  std::normal_distribution<float> normal;
+  auto special = [&](std::vector<float>& v, size_t count, size_t stride, size_t start) {
+    const int kind = rng() % 8;  // 0-3: ordinary; zero, tiny, inf, NaN
+    for (size_t i = 0; i < count && kind >= 4; ++i) v[start + i * stride] = kind == 4 ? 0.0f : kind == 5 ? 1e-39f * normal(rng) : v[start + i * stride];
+    if (kind >= 6 && count > 0) v[start + (rng() % count) * stride] = kind == 6 ? INFINITY : NAN;
+  };
+  int cases = 0;
+  for (int i = 0; i < scaled(300); ++i, ++cases) {
+    const size_t M = 1 + rng() % 20, K = 1 + rng() % 140, N = 1 + rng() % 140;
+    const size_t ldx = K + rng() % 3, K4 = (K + 3) / 4 * 4, ldq = K4 + 4 * (rng() % 2), ldy = N + rng() % 3;
+    std::vector<float> x(M * ldx), w(K * N);
+    for (auto& v : x) v = normal(rng) * (rng() % 16 == 0 ? 40.0f : 1.0f);
+    for (auto& v : w) v = normal(rng);
+    for (size_t m = 0; m < M; ++m) special(x, K, 1, m * ldx);
+    for (size_t n = 0; n < N; ++n) special(w, K, N, n);
+    std::vector<uint8_t> q1(M * ldq, 7), q2 = q1;
+    std::vector<float> s1(M), s2(M);
+    std::vector<uint32_t> e1(M), e2(M);
+    scalar.quantize_rows_u8(x.data(), ldx, M, K, q1.data(), ldq, s1.data(), e1.data());
+    simd.quantize_rows_u8(x.data(), ldx, M, K, q2.data(), ldq, s2.data(), e2.data());
+    EXPECT(q1 == q2 && e1 == e2 && std::memcmp(s1.data(), s2.data(), M * sizeof(float)) == 0,
+           "%s quantize_rows_u8 differs: M=%zu K=%zu ldq=%zu", simd.name, M, K, ldq);
+    std::vector<int8_t> wq1(K4 * N, 5), wq2 = wq1;
+    std::vector<float> ws1(N), ws2(N);
+    std::vector<int32_t> b1(N), b2(N);
+    scalar.quantize_panel_s8(w.data(), K, N, wq1.data(), ws1.data(), b1.data());
+    simd.quantize_panel_s8(w.data(), K, N, wq2.data(), ws2.data(), b2.data());
+    EXPECT(wq1 == wq2 && b1 == b2 && std::memcmp(ws1.data(), ws2.data(), N * sizeof(float)) == 0,
+           "%s quantize_panel_s8 differs: K=%zu N=%zu", simd.name, K, N);
+    // Any bytes: the GEMM is exact integer arithmetic whatever the quantizers gave.
+    for (auto& v : q1) v = static_cast<uint8_t>(rng());
+    for (auto& v : wq1) v = static_cast<int8_t>(rng());
+    for (auto& v : s1) v = std::abs(normal(rng));
+    for (auto& v : ws1) v = std::abs(normal(rng));
+    const bool accumulate = rng() % 3 == 0;
+    std::vector<float> want(M * ldy);
+    for (auto& v : want) v = normal(rng);
+    std::vector<float> got = want;
+    scalar.int8_gemm(q1.data(), ldq, M, K4, wq1.data(), N, s1.data(), ws1.data(), b1.data(), want.data(), ldy, accumulate);
+    simd.int8_gemm(q1.data(), ldq, M, K4, wq1.data(), N, s1.data(), ws1.data(), b1.data(), got.data(), ldy, accumulate);
+    EXPECT(same_floats(want, got), "%s int8_gemm differs: M=%zu K4=%zu N=%zu acc=%d", simd.name, M, K4, N, accumulate);
+  }
+  std::printf("%s: %d int8 micro-kernel cases bit-identical to scalar\n", simd.name, cases);
+}
+
+// A table's int8 tier against the scalar kernels driving the same tier (a copy of the scalar
+// table with the SIMD table's name, panel width and int8 flag: the same paths and panels),
+// bit for bit; a row with an outlier activation (rejected by the guard) gets the float tier's
+// bits, the others not all of them; a row's result does not depend on M; inputs the guard
+// mostly rejects run float throughout.
+void test_int8_tier(const KernelTable& simd, std::mt19937& rng) {
+  using namespace onnxvq::kernels;
+  if (!int8_panels_enabled(simd)) return;
+  KernelTable scalar_int8 = scalar_kernel_table();
+  scalar_int8.name = simd.name;
+  scalar_int8.dense_gemm_cols = simd.dense_gemm_cols;
+  scalar_int8.int8_panels = true;
+  KernelTable float_tier = simd;
+  float_tier.int8_panels = false;
+  int cases = 0;
+  for (int i = 0; i < scaled(200); ++i) {
+    Case c = random_case(rng, std::vector<size_t>{40, 129, 300}[rng() % 3]);
+    VQProblem& p = c.p;
+    if (choose_path(p, simd) != VQPath::kTileGemm) continue;
+    // One value 1e4 times the others: the row's other values round to 0, energy = 127^2, and
+    // est^2 = K / (12 * 127^2) > 0.02^2 from K = 78 on (one depth chunk here, K <= 100).
+    const size_t outliers = rng() % 3 == 0 ? p.M / 8 : rng() % 2;  // M / 8: all float
+    for (size_t r = 0; r < outliers; ++r) c.x[(r * 7 % p.M) * p.K + rng() % p.K] = 1e4f;
+    vq_matmul(p, {}, simd);
+    const std::vector<float> got = c.y;
+    vq_matmul(p, {}, scalar_int8);
+    EXPECT(same_floats(got, c.y), "%s int8 tier vs scalar kernels: K=%zu N=%zu bits=%u d=%zu T=%zu fmt=%d M=%zu",
+           simd.name, p.K, p.N, p.bits, p.d, p.T, p.format_version, p.M);
+    vq_matmul(p, {}, float_tier);
+    const std::vector<float> exact = c.y;
+    size_t same_rows = 0;
+    for (size_t m = 0; m < p.M; ++m) {
+      const bool same = std::memcmp(&got[m * p.N], &exact[m * p.N], p.N * sizeof(float)) == 0;
+      same_rows += same;
+      const bool outlier = p.K > 1 && std::find_if(&c.x[m * p.K], &c.x[(m + 1) * p.K],
+                                                   [](float v) { return v == 1e4f; }) != &c.x[(m + 1) * p.K];
+      if (outlier && p.K >= 78) EXPECT(same, "%s: an outlier row (%zu) is not on the float tier", simd.name, m);
+    }
+    if (outliers > 1 && p.K >= 78) EXPECT(same_rows == p.M, "%s: %zu of %zu rows are outliers, not all float", simd.name, outliers, p.M);
+    if (outliers <= 1 && p.K >= 16 && p.N >= 4) EXPECT(same_rows < p.M, "%s: no row took the int8 tier", simd.name);
+    // The first 40 rows alone: the same bits.
+    VQProblem head = p;
+    head.M = 40;
+    std::vector<float> y(head.M * p.N);
+    head.y = y.data();
+    if (choose_path(head, simd) == VQPath::kTileGemm && 16 * std::min<size_t>(outliers, 40) <= 40) {
+      vq_matmul(head, {}, simd);
+      EXPECT(std::memcmp(y.data(), got.data(), y.size() * sizeof(float)) == 0, "%s: rows depend on M", simd.name);
+    }
+    ++cases;
+  }
+  std::printf("%s: %d int8-tier cases (scalar kernels' bits, guard, M-independence)\n", simd.name, cases);
+}
+
 int main() {
   std::mt19937 rng(12345);
   const KernelTable& scalar = onnxvq::kernels::scalar_kernel_table();
@@ -821,6 +967,8 @@ int main() {
     test_tile_gemm(*tables[i], rng);
     test_tile_micro_kernels(*tables[i], rng);
     test_guard_simd_matches_scalar(*tables[i], rng);
+    test_int8_micro_kernels(*tables[i], rng);
+    test_int8_tier(*tables[i], rng);
   }
   g_failures += run_gather_tests(tables, count);
   std::printf("random oracle cases per table: %d (ONNXVQ_TEST_CASES)\n", oracle_cases());

@@ -372,6 +372,9 @@ def main() -> int:
     x86_library.parent.mkdir(exist_ok=True)
     shutil.copy2(onnxvq.library_path(), x86_library)
     os.environ["ONNXVQ_LIBRARY"] = str(x86_library)
+    # x86 on float panels: the panel GEMM's int8 tier (AVX-512 VNNI only) is tested against
+    # scalar in the x86 suite; here NEON and x86 must agree at the fp32 tier.
+    os.environ["ONNXVQ_EXACT_GEMM"] = "1"
     tools = Tools(
         qemu=args.qemu.split(),
         arm_runner=args.arm_runner.resolve(),
