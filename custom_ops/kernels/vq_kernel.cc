@@ -1393,12 +1393,16 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     //                   3.11/1.45/0.79/0.49: 8 / 16 / 32 by N
     //   rq 2x4 fastscan 10.65/4.78/2.46/1.78/1.12/0.83, 5.12/3.23/1.54/0.90/0.53, 2.45/1.26/0.60,
     //                   4.42/2.70/1.24/0.69: 16 / 32 / 128 by N
-    // The other formats' rows above held (km4, binary, pq8-d4 axis out; pq4-d4 never wins on
-    // every layer: 1.27 at 128 on 4096x4096).
+    // The other formats' rows above held (km4, binary, pq8-d4 axis out; pq4-d4 on 4096x4096
+    // stays on fast-scan: 1.27 at 128).
     {VQPath::kDecodeDot, 2, 8, 1, 1, "avx512vbmi-vnni", 32, 2048},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi-vnni", 8, 512},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi-vnni", 16, 1024},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi-vnni", 32},
+    //   pq4-d4 fastscan 15.27/7.76/4.08/2.48/1.86/1.27, 5.83/3.62/2.05/1.21/0.78/0.62, 3.35/1.63/
+    //                   0.94/0.54, 6.14/4.03/1.82/1.18/0.74/0.69: 16 / 64 up to N = 2048
+    {VQPath::kFastScan, 4, 4, 2, 4, "avx512vbmi-vnni", 16, 512},
+    {VQPath::kFastScan, 4, 4, 2, 4, "avx512vbmi-vnni", 64, 2048},
     {VQPath::kFastScan, 4, 4, 2, 4, "avx512vbmi-vnni", 16, 512, 2},  // 1536x384: 0.60 at 16
     {VQPath::kFastScan, 4, 4, 2, 4, "avx512vbmi-vnni", 32, 2048, 2},
     {VQPath::kFastScan, 4, 4, 2, 4, "avx512vbmi-vnni", 128, static_cast<size_t>(-1), 2},
