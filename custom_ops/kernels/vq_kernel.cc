@@ -1024,15 +1024,58 @@ double int8_max_rel_error() {
   return limit;
 }
 
+// Outlier activations (a few input channels far larger than the rest, as in transformers'
+// LayerNorm outputs) would set a row's int8 step, and the guard would send the row to the
+// float panels (MiniLM at batch 32: most rows at 2%). Instead a row's outliers in a chunk,
+// |q| > kInt8OutlierRms times the row's RMS in the first quantization (q^2 len > 36 energy;
+// integers: the same choice on every table), at most kInt8MaxOutliers of them, are taken out:
+// the rest is quantized again and meets the int8 panel, and each outlier is added exactly,
+// y += x_k * W_hat[k, :] from the float panel (one multiply and one add per output, k
+// ascending, after the chunk's int8 part). Rows that still fail the guard run float.
+constexpr uint32_t kInt8OutlierRms = 6;
+constexpr size_t kInt8MaxOutliers = 8;
+
+struct Outlier {
+  size_t k;     // input index, absolute
+  float value;  // x[m][k]
+};
+
 // X over every depth chunk, quantized: chunk q's row m at q_rows[(q*M + m)*ldq] (ldq the chunk
-// depth rounded up to 4), its scale at scale[q*M + m]; float_rows are the rows the guard
-// sends to the float panels (ascending).
+// depth rounded up to 4), its scale at scale[q*M + m], its outliers at outliers[first[q*M + m]
+// .. first[q*M + m + 1]) (k ascending); float_rows are the rows the guard sends to the float
+// panels (ascending).
 struct QuantizedRows {
   size_t ldq = 0;
   std::vector<uint8_t> q_rows;
   std::vector<float> scale;
+  std::vector<Outlier> outliers;
+  std::vector<size_t> first;
   std::vector<size_t> float_rows;
 };
+
+// est^2 = len / (12 energy) <= limit^2 (a zero row is exact; a NaN scale is not finite).
+bool int8_row_ok(float scale, uint32_t energy, size_t len) {
+  return scale == 0.0f || double(len) <= 12.0 * int8_max_rel_error() * int8_max_rel_error() * energy;
+}
+
+// One row of one chunk (x: len floats) that failed the guard: its outliers into `found`, the
+// rest quantized again into q / scale. False when it still fails (or has too many outliers).
+bool split_outliers(const Context& c, const float* x, size_t len, size_t ldq, uint8_t* q, float* scale,
+                    uint32_t energy, size_t k0, std::vector<Outlier>& found) {
+  if (!(*scale > 0.0f)) return false;  // not finite
+  std::vector<float> rest(x, x + len);
+  for (size_t j = 0; j < len; ++j) {
+    const uint64_t level = q[j] > 128 ? q[j] - 128u : 128u - q[j];
+    if (level * level * len <= uint64_t{kInt8OutlierRms} * kInt8OutlierRms * energy) continue;
+    if (found.size() == kInt8MaxOutliers) return false;
+    found.push_back({k0 + j, x[j]});
+    rest[j] = 0.0f;
+  }
+  if (found.empty()) return false;
+  uint32_t rest_energy = 0;
+  c.k.quantize_rows_u8(rest.data(), len, 1, len, q, ldq, scale, &rest_energy);
+  return int8_row_ok(*scale, rest_energy, len);
+}
 
 QuantizedRows quantize_rows(const Context& c, const PanelPlan& plan) {
   const VQProblem& p = c.p;
@@ -1041,7 +1084,7 @@ QuantizedRows quantize_rows(const Context& c, const PanelPlan& plan) {
   out.q_rows.resize(plan.chunks * p.M * out.ldq);
   out.scale.resize(plan.chunks * p.M);
   std::vector<char> rejected(p.M);
-  const double limit = int8_max_rel_error(), limit2x12 = 12.0 * limit * limit;
+  std::vector<std::vector<Outlier>> found(plan.chunks * p.M);  // per (chunk, row)
   const Blocks blocks = Blocks::split(p.M, task_count(double(p.M) * p.K * 2));
   run_tasks(c.runner, blocks.count, [&](size_t task) {
     const size_t m0 = blocks.begin(task), rows = blocks.end(task) - m0;
@@ -1049,12 +1092,20 @@ QuantizedRows quantize_rows(const Context& c, const PanelPlan& plan) {
     for (size_t q = 0; q < plan.chunks; ++q) {
       const size_t k0 = q * plan.depth, len = std::min(plan.depth, p.K - k0);
       float* scale = &out.scale[q * p.M + m0];
-      c.k.quantize_rows_u8(p.x + m0 * p.K + k0, p.K, rows, len, &out.q_rows[(q * p.M + m0) * out.ldq],
-                           out.ldq, scale, energy.data());
-      for (size_t m = 0; m < rows; ++m)  // est^2 = len / (12 energy) > limit^2; NaN: not finite
-        rejected[m0 + m] |= !(scale[m] == 0.0f || double(len) <= limit2x12 * energy[m]);
+      uint8_t* q_rows = &out.q_rows[(q * p.M + m0) * out.ldq];
+      c.k.quantize_rows_u8(p.x + m0 * p.K + k0, p.K, rows, len, q_rows, out.ldq, scale, energy.data());
+      for (size_t m = 0; m < rows; ++m) {
+        if (rejected[m0 + m] || int8_row_ok(scale[m], energy[m], len)) continue;
+        rejected[m0 + m] = !split_outliers(c, p.x + (m0 + m) * p.K + k0, len, out.ldq, q_rows + m * out.ldq,
+                                           scale + m, energy[m], k0, found[q * p.M + m0 + m]);
+      }
     }
   });
+  out.first.assign(plan.chunks * p.M + 1, 0);
+  for (size_t i = 0; i < found.size(); ++i) {
+    out.outliers.insert(out.outliers.end(), found[i].begin(), found[i].end());
+    out.first[i + 1] = out.outliers.size();
+  }
   for (size_t m = 0; m < p.M; ++m)
     if (rejected[m]) out.float_rows.push_back(m);
   return out;
@@ -1077,6 +1128,13 @@ void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRow
         c.k.quantize_panel_s8(panel, len, count, panel_q, column_scale, bias128);
         c.k.int8_gemm(&x.q_rows[q * p.M * x.ldq], x.ldq, p.M, len4, panel_q, count, &x.scale[q * p.M],
                       column_scale, bias128, p.y + n0, p.N, q > 0);
+        for (size_t m = 0; m < p.M; ++m)  // the outliers, exactly (driver code: every table's bits)
+          for (size_t o = x.first[q * p.M + m]; o < x.first[q * p.M + m + 1]; ++o) {
+            const float value = x.outliers[o].value;
+            const float* w = panel + (x.outliers[o].k - k0) * count;
+            float* y = p.y + m * p.N + n0;
+            for (size_t i = 0; i < count; ++i) y[i] += value * w[i];
+          }
         if (q + 1 == plan.chunks) add_bias_columns(c, p.M, n0, count, p.y);
       }
     });
