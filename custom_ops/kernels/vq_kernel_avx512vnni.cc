@@ -24,22 +24,39 @@ namespace {
 
 inline __mmask16 lanes(size_t count) { return count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1); }
 
-// clamp(rint(v * inv), -127, 127) as int32 lanes (round_s8 in the scalar table).
-inline __m512i round_s8(__m512 v, __m512 inv) {
-  const __m512 level = _mm512_roundscale_ps(_mm512_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  return _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(level, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f)));
+// acc += dot products of x's and w's 4-byte groups, in place. (GCC 12's _mm512_dpbusd_epi32
+// copied every accumulator through another register and spilled the 6 x 4 block: 78 GMAC/s
+// against 150+ with the accumulator tied to its register.)
+inline void dpbusd(__m512i& acc, __m512i x, __m512i w) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
 }
 
-// Per-lane |value| maxima over `count` vectors `stride` floats apart; `bad` collects lanes
-// holding inf or NaN.
+// rint(v * inv) as int32 lanes (round_s8 in the scalar table). vcvtps2dq rounds in the current
+// mode, nearest-even as nearbyint() there; |v * inv| <= 127 (1 + 2^-23) rounds to 127 at most,
+// so the scalar table's clamp never applies.
+inline __m512i round_s8(__m512 v, __m512 inv) { return _mm512_cvtps_epi32(_mm512_mul_ps(v, inv)); }
+
+// Per-lane |value| maxima over `count` vectors `stride` floats apart, as the bits of the
+// float: for non-negative floats integer order is float order, and inf / NaN (exponent all
+// ones) compare above every finite value, so one unsigned max per vector (four chains) finds
+// both the maximum and the lanes that are not finite (returned in *bad).
 inline __m512 abs_max(const float* v, size_t count, size_t stride, __mmask16 mask, __mmask16* bad) {
-  __m512 top = _mm512_setzero_ps();
-  for (size_t i = 0; i < count; ++i) {
-    const __m512 x = _mm512_maskz_loadu_ps(mask, v + i * stride);
-    *bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(x, x), _mm512_setzero_ps(), _CMP_NEQ_UQ);
-    top = _mm512_max_ps(top, _mm512_abs_ps(x));
+  const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
+  auto bits = [&](size_t i) {
+    return _mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(mask, v + i * stride)), magnitude);
+  };
+  __m512i t0 = _mm512_setzero_si512(), t1 = t0, t2 = t0, t3 = t0;
+  size_t i = 0;
+  for (; i + 4 <= count; i += 4) {
+    t0 = _mm512_max_epu32(t0, bits(i));
+    t1 = _mm512_max_epu32(t1, bits(i + 1));
+    t2 = _mm512_max_epu32(t2, bits(i + 2));
+    t3 = _mm512_max_epu32(t3, bits(i + 3));
   }
-  return top;
+  for (; i < count; ++i) t0 = _mm512_max_epu32(t0, bits(i));
+  const __m512i top = _mm512_max_epu32(_mm512_max_epu32(t0, t1), _mm512_max_epu32(t2, t3));
+  *bad |= _mm512_cmp_epu32_mask(top, _mm512_set1_epi32(0x7f800000), _MM_CMPINT_NLT);
+  return _mm512_castsi512_ps(top);
 }
 
 void quantize_rows_u8_vnni(const float* x, size_t ldx, size_t rows, size_t len, uint8_t* q, size_t ldq,
@@ -71,39 +88,39 @@ void quantize_rows_u8_vnni(const float* x, size_t ldx, size_t rows, size_t len, 
   }
 }
 
-// 16 columns at a time: per-column maxima down the panel, then 4 depths per 32-bit lane.
+// 16 columns at a time: per-column maxima down the panel, then 4 depths x 16 columns per step:
+// two saturating packs put each 128-bit lane's 4 columns x 4 depths in bytes, depth-major, and
+// one byte shuffle makes them column-major (a column's 4 depths in its 32-bit lane); one
+// vpdpbusd against bytes of 1 sums them for bias128.
 void quantize_panel_s8_vnni(const float* w, size_t K, size_t N, int8_t* wq, float* scale, int32_t* bias128) {
-  const size_t K4 = (K + 3) / 4 * 4;
+  const __m512i depth_to_column = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+  const __m512i ones = _mm512_set1_epi8(1);
   for (size_t n = 0; n < N; n += 16) {
     const __mmask16 m = lanes(N - n);
     __mmask16 bad = 0;
     const __m512 a = abs_max(w + n, K, N, m, &bad);
     const __m512 inv = _mm512_div_ps(_mm512_set1_ps(127.0f), a);
-    const __mmask16 zero = _mm512_cmp_ps_mask(_mm512_sub_ps(inv, inv), _mm512_setzero_ps(), _CMP_NEQ_UQ) & ~bad;
-    const __mmask16 live = ~(zero | bad);
+    const __mmask16 zero = _mm512_cmp_ps_mask(inv, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ) & ~bad;
+    const __mmask16 live = m & ~(zero | bad);
     const __m512 col_scale = _mm512_mask_blend_ps(bad, _mm512_maskz_div_ps(live, a, _mm512_set1_ps(127.0f)),
                                                   _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
     _mm512_mask_storeu_ps(scale + n, m, col_scale);
+    auto level = [&](size_t k) {  // zero past K
+      return k < K ? _mm512_maskz_cvtps_epi32(live, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, w + k * N + n), inv))
+                   : _mm512_setzero_si512();
+    };
     __m512i sum = _mm512_setzero_si512();
-    for (size_t k = 0; k < K4; k += 4) {
-      __m512i packed = _mm512_setzero_si512();
-      for (size_t j = 0; j < 4 && k + j < K; ++j) {
-        const __m512i level = _mm512_maskz_mov_epi32(live, round_s8(_mm512_maskz_loadu_ps(m, w + (k + j) * N + n), inv));
-        sum = _mm512_add_epi32(sum, level);
-        packed = _mm512_or_si512(packed, _mm512_slli_epi32(_mm512_and_si512(level, _mm512_set1_epi32(255)), 8 * j));
-      }
+    for (size_t k = 0; k < K; k += 4) {
+      const __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(level(k), level(k + 1)),
+                                               _mm512_packs_epi32(level(k + 2), level(k + 3)));
+      const __m512i packed = _mm512_shuffle_epi8(bytes, depth_to_column);
+      dpbusd(sum, ones, packed);
       _mm512_mask_storeu_epi32(wq + k * N + 4 * n, m, packed);
     }
     _mm512_mask_storeu_epi32(bias128 + n, m, _mm512_mullo_epi32(sum, _mm512_set1_epi32(128)));
   }
 }
 
-// acc += dot products of x's and w's 4-byte groups, in place. (GCC 12's _mm512_dpbusd_epi32
-// copied every accumulator through another register and spilled the 6 x 4 block: 78 GMAC/s
-// against 150+ with the accumulator tied to its register.)
-inline void dpbusd(__m512i& acc, __m512i x, __m512i w) {
-  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
-}
 
 // MR rows x V vectors of 16 columns; `last` masks the last vector's columns.
 template <int MR, int V>
