@@ -185,6 +185,11 @@ def _int8_bound(layout, packed, codebooks, x):
     xd = np.abs(x.astype(np.float64))
     sx = xd.max(axis=1, keepdims=True) / 127.0  # [M, 1]
     sw = np.abs(w).max(axis=0, keepdims=True) / 127.0  # [1, N]
+    a = layout.attributes()
+    if a["subvector_len"] == 1 and a["stages"] == 1 and a["axis"] == 0 and not a["codebook_per_subspace"]:
+        # scalar codebooks quantize whole (km4 in fast-scan blocks): the group's largest codeword
+        groups = np.abs(codebooks.astype(np.float64)).reshape(layout.row_groups, -1).max(axis=1)
+        sw = np.maximum(sw, np.repeat(groups, a["group_size"])[: layout.out_features][None, :] / 127.0)
     return 1.01 * (0.5 * sx * np.abs(w).sum(axis=0) + 0.5 * xd.sum(axis=1, keepdims=True) * sw + 0.25 * k * sx * sw)
 
 

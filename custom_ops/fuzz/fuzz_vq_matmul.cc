@@ -612,6 +612,20 @@ float codebook_value(const Case& c, const std::vector<uint8_t>& books, uint64_t 
   std::abort();
 }
 
+bool int8_panels();  // whether the library runs the panel GEMM's int8 tier (Runtime, below)
+
+// The int8 tier's worst case for output (m, n): X rounded to half a step of its row's max
+// |x| / 127, W to half a step of its column's (scalar codebooks: of the largest codeword),
+// |xw - x'w'| <= sum_k sx/2 |w| + sw/2 |x| + sx sw / 4.
+double int8_bound(const float* x, uint64_t K, const std::vector<double>& w, uint64_t N, uint64_t m, uint64_t n,
+                  double row_max, double column_max) {
+  const double sx = row_max / 127.0, sw = column_max / 127.0;
+  double sum = 0.0;
+  for (uint64_t k = 0; k < K; ++k)
+    sum += 0.5 * sx * std::fabs(w[k * N + n]) + 0.5 * sw * std::fabs(static_cast<double>(x[m * K + k])) + 0.25 * sx * sw;
+  return 1.01 * sum;
+}
+
 void check_output(const Case& c, const Derived& d, const Model& model, const float* y, size_t y_count) {
   const uint64_t K = static_cast<uint64_t>(attr(c, kK)), N = static_cast<uint64_t>(attr(c, kN));
   const uint64_t M = element_count(c.x.shape) / K;
@@ -639,6 +653,19 @@ void check_output(const Case& c, const Derived& d, const Model& model, const flo
   // row group, |error| <= scale/2 per table entry, scale = widest table range / 255).
   const bool quantized = attr(c, kVersion) == kV2 || attr(c, kVersion) == kV3;
   const uint64_t S = static_cast<uint64_t>(attr(c, kS));
+  // The int8 tier (any layout on the tile path): per-column maxima of W, and for scalar
+  // codebooks (whose codewords quantize whole) the largest codeword.
+  std::vector<double> column_max(N, 0.0);
+  if (int8_panels()) {
+    for (uint64_t k = 0; k < K; ++k)
+      for (uint64_t n = 0; n < N; ++n) column_max[n] = std::max(column_max[n], std::fabs(w[k * N + n]));
+    if (sub == 1 && T == 1) {
+      double largest = 0.0;
+      const size_t values = model.data[2].size() / (c.codebooks.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? 2 : 4);
+      for (size_t i = 0; i < values; ++i) largest = std::max(largest, std::fabs(double(codebook_value(c, model.data[2], i))));
+      for (uint64_t n = 0; n < N; ++n) column_max[n] = std::max(column_max[n], largest);
+    }
+  }
   for (uint64_t m = 0; m < M; ++m) {
     double quantization = 0.0;
     if (quantized) {
@@ -660,14 +687,17 @@ void check_output(const Case& c, const Derived& d, const Model& model, const flo
         quantization = std::max(quantization, static_cast<double>(T * S) * widest / 255.0);
       }
     }
+    double row_max = 0.0;
+    for (uint64_t k = 0; k < K; ++k) row_max = std::max(row_max, std::fabs(static_cast<double>(x[m * K + k])));
     for (uint64_t n = 0; n < N; ++n) {
       double ref = bias ? bias[n] : 0.0, scale = bias ? std::fabs(bias[n]) : 0.0;
       for (uint64_t k = 0; k < K; ++k) {
         ref += static_cast<double>(x[m * K + k]) * w[k * N + n];
         scale += std::fabs(static_cast<double>(x[m * K + k]) * w[k * N + n]);
       }
+      const double int8 = int8_panels() ? int8_bound(x, K, w, N, m, n, row_max, column_max[n]) : 0.0;
       const double got = y[m * N + n];
-      if (!(std::fabs(got - ref) <= 1e-5 * scale + 1e-6 + quantization))
+      if (!(std::fabs(got - ref) <= 1e-5 * scale + 1e-6 + quantization + int8))
         finding(c, "wrong output at [" + std::to_string(m) + ", " + std::to_string(n) + "]: got " +
                        std::to_string(got) + ", oracle " + std::to_string(ref));
     }
@@ -754,13 +784,18 @@ struct Runtime {
       std::fprintf(stderr, "%s has no RegisterCustomOps\n", path);
       std::exit(2);
     }
+    using FlagFn = int (*)();
+    const auto int8 = reinterpret_cast<FlagFn>(dlsym(handle, "onnxvq_int8_panels"));
+    int8_panels = int8 != nullptr && int8() != 0;
   }
+  bool int8_panels = false;  // the library's panel GEMM runs its int8 tier (vq_kernel.h)
 };
 
 Runtime& runtime() {
   static Runtime* rt = new Runtime();  // never destroyed: sessions may outlive static teardown
   return *rt;
 }
+bool int8_panels() { return runtime().int8_panels; }
 
 struct Stats {
   uint64_t cases = 0, valid = 0, ran = 0, rejected_at_load = 0, rejected_at_run = 0;

@@ -1111,27 +1111,115 @@ QuantizedRows quantize_rows(const Context& c, const PanelPlan& plan) {
   return out;
 }
 
+// Scalar codebooks (k-means, binary: d = 1, one stage) skip the float panel: each row group's
+// codewords are quantized once per call (scale max |c| / 127, quantize_rows_u8's rounding) and
+// the codes decode straight to int8 bytes: from fast-scan blocks in int8_gemm's layout
+// (decode_fastscan_d1_s8), from a format-1 stream as rows of M (decode_codes_s8) transposed
+// 4 bytes at a time. 3-4x fewer instructions than decoding floats and quantizing them (km4 on
+// 384x1536 at 8 rows: 0.046 vs 0.152 ms). Layouts whose codebooks are not all finite keep the
+// float route (a NaN codeword then spoils only the columns that use it).
+enum class Int8Route { kFloatPanels, kFastScanBytes, kStreamBytes };
+struct Int8Books {
+  Int8Route route = Int8Route::kFloatPanels;
+  std::vector<int8_t> q;     // group g's codewords at q[g * 2^bits]
+  std::vector<float> scale;  // per group
+};
+Int8Books int8_books(const Context& c) {
+  const VQProblem& p = c.p;
+  Int8Books books;
+  const bool stream = p.format_version == 1 && p.axis == 0 && p.d == 1 && p.T == 1 && !p.per_subspace;
+  if (!fastscan_d1_panels(p) && !stream) return books;
+  books.q.resize(c.Gr * c.ncw);
+  books.scale.resize(c.Gr);
+  uint8_t levels[256];
+  for (size_t g = 0; g < c.Gr; ++g) {
+    uint32_t energy = 0;
+    c.k.quantize_rows_u8(c.codebook(0, 0, g), c.ncw, 1, c.ncw, levels, c.ncw, &books.scale[g], &energy);
+    if (!(books.scale[g] >= 0.0f)) return Int8Books();  // NaN: not finite
+    for (size_t i = 0; i < c.ncw; ++i) books.q[g * c.ncw + i] = static_cast<int8_t>(levels[i] - 128);
+  }
+  books.route = stream ? Int8Route::kStreamBytes : Int8Route::kFastScanBytes;
+  return books;
+}
+
+// W_hat[k][n0 .. n0+count) in float from a scalar-codebook layout (the outlier corrections of
+// the byte routes).
+void scalar_codebook_row(const Context& c, size_t k, size_t n0, size_t count, float* out) {
+  for (size_t i = 0; i < count; ++i) {
+    const size_t n = n0 + i;
+    unsigned code;
+    if (c.p.format_version == 2) {
+      const size_t block = n / kFastScanBlockRows, lane = n % kFastScanBlockRows;
+      const uint8_t byte = c.p.codes[(block * c.p.S + k) * kFastScanGroupBytes + lane % 16];
+      code = lane < 16 ? byte & 0x0f : byte >> 4;
+    } else {
+      uint8_t one;
+      c.unpack(0, n, k, 1, &one);
+      code = one;
+    }
+    out[i] = c.codebook(0, 0, c.group_of_row(n))[code];
+  }
+}
+
+// Panel columns [n0, n0 + count) over the chunk [k0, k0 + len) as int8 (int8_gemm's layout,
+// len4 deep) with their scales and 128 x column sums, on a byte route; `rows` is scratch of
+// count x len4 bytes in float storage (the transpose moves 4 bytes as one float).
+void decode_int8_panel(const Context& c, const Int8Books& books, size_t k0, size_t len, size_t n0, size_t count,
+                       float* rows, int8_t* panel_q, float* column_scale, int32_t* bias128) {
+  const VQProblem& p = c.p;
+  const size_t len4 = ceil_div(len, 4) * 4;
+  for (size_t i0 = 0; i0 < count;) {
+    const size_t g = c.group_of_row(n0 + i0);
+    size_t i1 = std::min(count, c.group_end(g) - n0);  // one codebook group
+    if (books.route == Int8Route::kFastScanBytes) {       // one block of 32 (groups are whole blocks)
+      i1 = std::min(i1, i0 + kFastScanBlockRows);
+      const size_t block = (n0 + i0) / kFastScanBlockRows;  // n0 + i0 is a block boundary
+      c.k.decode_fastscan_d1_s8(p.codes + (block * p.S + k0) * kFastScanGroupBytes, len, i1 - i0,
+                                &books.q[g * c.ncw], panel_q + 4 * i0, count, bias128 + i0);
+    } else {
+      c.k.decode_codes_s8(p.codes, static_cast<uint64_t>(n0 + i0) * p.S + k0, p.S, i1 - i0, len, p.bits,
+                          &books.q[g * c.ncw], reinterpret_cast<int8_t*>(rows) + i0 * len4, len4, bias128 + i0);
+    }
+    for (size_t i = i0; i < i1; ++i) {
+      bias128[i] *= 128;
+      column_scale[i] = books.scale[g];
+    }
+    i0 = i1;
+  }
+  if (books.route == Int8Route::kStreamBytes)
+    c.k.transpose(rows, count, len4 / 4, len4 / 4, reinterpret_cast<float*>(panel_q), count);
+}
+
 void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRows& x) {
   const VQProblem& p = c.p;
-  const size_t panel_bytes = x.ldq * plan.cols;
+  const size_t panel_floats = x.ldq * plan.cols / 4;  // int8 panel, in float storage (see above)
+  const Int8Books books = int8_books(c);
+  const bool direct = books.route != Int8Route::kFloatPanels;
   const Blocks blocks = Blocks::split(plan.columns, task_count(double(p.M + 16) * p.K * p.N / 32 / plan.chunks));
   for (size_t q = 0; q < plan.chunks; ++q) {
     const size_t k0 = q * plan.depth, len = std::min(plan.depth, p.K - k0), len4 = ceil_div(len, 4) * 4;
     run_tasks(c.runner, blocks.count, [&](size_t task) {
-      float* const scratch = thread_scratch(plan.scratch_floats() + plan.cols);
+      float* const scratch = thread_scratch(plan.scratch_floats() + plan.cols + panel_floats);
       float* const column_scale = scratch + plan.scratch_floats();
-      int8_t* const panel_q = thread_scratch<int8_t>(panel_bytes);
+      int8_t* const panel_q = reinterpret_cast<int8_t*>(column_scale + plan.cols);
       int32_t* const bias128 = thread_scratch<int32_t>(plan.cols);
       for (size_t b = blocks.begin(task); b < blocks.end(task); ++b) {
         const size_t n0 = b * plan.cols, count = std::min(plan.cols, p.N - n0);
-        const float* panel = plan.decode(c, k0, len, n0, count, scratch);
-        c.k.quantize_panel_s8(panel, len, count, panel_q, column_scale, bias128);
+        const float* panel = nullptr;
+        if (direct) {
+          decode_int8_panel(c, books, k0, len, n0, count, scratch, panel_q, column_scale, bias128);
+        } else {
+          panel = plan.decode(c, k0, len, n0, count, scratch);
+          c.k.quantize_panel_s8(panel, len, count, panel_q, column_scale, bias128);
+        }
         c.k.int8_gemm(&x.q_rows[q * p.M * x.ldq], x.ldq, p.M, len4, panel_q, count, &x.scale[q * p.M],
                       column_scale, bias128, p.y + n0, p.N, q > 0);
         for (size_t m = 0; m < p.M; ++m)  // the outliers, exactly (driver code: every table's bits)
           for (size_t o = x.first[q * p.M + m]; o < x.first[q * p.M + m + 1]; ++o) {
             const float value = x.outliers[o].value;
-            const float* w = panel + (x.outliers[o].k - k0) * count;
+            const size_t k = x.outliers[o].k;
+            if (direct) scalar_codebook_row(c, k, n0, count, scratch);
+            const float* w = direct ? scratch : panel + (k - k0) * count;
             float* y = p.y + m * p.N + n0;
             for (size_t i = 0; i < count; ++i) y[i] += value * w[i];
           }
@@ -1453,7 +1541,18 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     //                   4.42/2.70/1.24/0.69: 16 / 32 / 128 by N
     // The other formats' rows above held (km4, binary, pq8-d4 axis out; pq4-d4 on 4096x4096
     // stays on fast-scan: 1.27 at 128).
-    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx512vbmi-vnni", 32, 2048},
+    //   km4 fastscan (codes straight to int8) at M = 1, 2, 4, 8, 16: 2.33/1.24/0.73/0.68/0.60,
+    //                   1.27/0.93/0.53/0.44, 0.96/0.61/0.35, 1.30/0.87/0.55: 2 up to N = 2048, then 4
+    {VQPath::kFastScan, 4, 4, 1, 1, "avx512vbmi-vnni", 2, 2048},
+    {VQPath::kFastScan, 4, 4, 1, 1, "avx512vbmi-vnni", 4},
+    // Format-1 scalar codes straight to int8 too (decode_codes_s8), M = 1, 2, 4, 8, 16, 32:
+    //   km5 decode_dot  2.99/1.60/1.53/1.31/0.86/0.46, 0.85/1.07/1.06/0.82/0.50, 0.83/0.96/0.63/
+    //                   1.10/0.63, 0.89/1.29/1.25/1.02/0.65 (km3 per 16 rows alike): 16
+    //   binary bit_lut  6.72/1.85/1.43/0.63/0.32, 3.55/2.82/1.02/0.99/0.44, 1.97/1.16/0.57/0.20,
+    //                   3.20/1.91/0.65/0.55: 8, 4 up to N = 512
+    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx512vbmi-vnni", 16},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx512vbmi-vnni", 8},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx512vbmi-vnni", 4, 512},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi-vnni", 8, 512},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi-vnni", 16, 1024},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi-vnni", 32},

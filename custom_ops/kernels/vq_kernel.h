@@ -268,6 +268,22 @@ struct KernelTable {
   void (*quantize_panel_s8)(const float* w, size_t K, size_t N, int8_t* wq, float* scale,
                             int32_t* bias128);
 
+  /// quantize_panel_s8's output for a fast-scan block with a scalar codebook (format 2, d = 1,
+  /// one stage; decode_fastscan_d1's codes) decoded straight from its 16-byte groups through
+  /// an int8 codebook: for k < K4 = depth rounded up to 4, i < cols (<= 32),
+  ///   out[(k/4)*4*ld + 4*i + k%4] = k < depth ? book_q[code_i(k)] : 0,  sums[i] = sum_k of them
+  /// (ld: the panel's width in columns). Copies bytes: every table's bits.
+  void (*decode_fastscan_d1_s8)(const uint8_t* groups, size_t depth, size_t cols, const int8_t* book_q,
+                                int8_t* out, size_t ld, int32_t* sums);
+
+  /// decode_codes' int8 twin (scalar codebooks in a format-1 stream, as rows of M): for r < rows,
+  /// i < count, out[r*ld + i] = book_q[code number first + r*row_stride + i], out[r*ld + i] = 0
+  /// for count <= i < ld, sums[r] = sum_i out[r*ld + i]. Reads only the bytes that hold those
+  /// codes (as unpack_codes); book_q holds 2^bits values. Copies bytes: every table's bits.
+  void (*decode_codes_s8)(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows,
+                          size_t count, unsigned bits, const int8_t* book_q, int8_t* out, size_t ld,
+                          int32_t* sums);
+
   /// Y (+)= X W on quantized operands: for m < M, n < N, with K4 a multiple of 4,
   ///   acc = sum_{k < K4} xq[m*ldq + k] * wq[(k/4)*4*N + 4*n + k%4]     (exact int32)
   ///   v = xs[m] * (ws[n] * float(acc - bias128[n]));  y[m*ldy + n] = accumulate ? y + v : v

@@ -1,6 +1,6 @@
 // AVX-512 VNNI: the panel GEMM's int8 tier (Ice Lake, Zen 4 and later; the table extends the
 // VBMI one and is selected where the CPU has both). Only this file is compiled with
-// -mavx512vnni.
+// -mavx512vnni (and -mavx512vbmi: the codes decode straight to int8 with byte permutes).
 //
 // int8_gemm: vpdpbusd multiplies 4 unsigned bytes of X by 4 signed bytes of W and adds the
 // four products into a 32-bit lane: 64 multiply-adds per instruction against 16 for an fp32
@@ -12,8 +12,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
+#include "vq_codes_vbmi.h"
 #include "vq_kernel.h"
 
 namespace onnxvq::kernels {
@@ -122,6 +124,67 @@ void quantize_panel_s8_vnni(const float* w, size_t K, size_t N, int8_t* wq, floa
 }
 
 
+// Four depths at a time: their 4 groups are 64 consecutive bytes (byte 16j + i: depth j,
+// outputs i and 16 + i in its nibbles); one byte shuffle per half looks the nibbles up in the
+// int8 codebook, one VBMI byte permute moves byte 16j + i to 4i + j (output i's 4 depths in
+// its 32-bit lane), and vpdpbusd against bytes of 1 adds the column sums.
+void decode_fastscan_d1_s8_vnni(const uint8_t* groups, size_t depth, size_t cols, const int8_t* book_q,
+                                int8_t* out, size_t ld, int32_t* sums) {
+  alignas(64) uint8_t to_columns[64];
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 4; ++j) to_columns[4 * i + j] = static_cast<uint8_t>(16 * j + i);
+  const __m512i permute = _mm512_load_si512(to_columns);
+  const __m512i table = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(book_q)));
+  const __m512i nibble = _mm512_set1_epi8(0x0f), ones = _mm512_set1_epi8(1);
+  const __mmask16 low = lanes(cols), high = lanes(cols > 16 ? cols - 16 : 0);
+  __m512i sum_low = _mm512_setzero_si512(), sum_high = sum_low;
+  for (size_t k = 0; k < depth; k += 4) {
+    const size_t valid = std::min<size_t>(4, depth - k);  // depths in this step
+    const __mmask64 bytes = valid == 4 ? ~__mmask64{0} : (__mmask64{1} << (16 * valid)) - 1;
+    const __m512i codes = _mm512_maskz_loadu_epi8(bytes, groups + k * kFastScanGroupBytes);
+    const __m512i lo = _mm512_permutexvar_epi8(permute, _mm512_maskz_shuffle_epi8(bytes, table, _mm512_and_si512(codes, nibble)));
+    const __m512i hi = _mm512_permutexvar_epi8(
+        permute, _mm512_maskz_shuffle_epi8(bytes, table, _mm512_and_si512(_mm512_srli_epi16(codes, 4), nibble)));
+    dpbusd(sum_low, ones, lo);
+    dpbusd(sum_high, ones, hi);
+    int8_t* row = out + k * ld;  // (k / 4) * 4 * ld
+    _mm512_mask_storeu_epi32(row, low, lo);
+    _mm512_mask_storeu_epi32(row + 64, high, hi);
+  }
+  _mm512_mask_storeu_epi32(sums, low, sum_low);
+  _mm512_mask_storeu_epi32(sums + 16, high, sum_high);
+}
+
+// decode_codes_vbmi's extraction (vq_codes_vbmi.h: 16 codes per step), then the codes as bytes
+// look up a 256-entry byte table (two two-source byte permutes, the code's top bit picks one).
+void decode_codes_s8_vnni(const uint8_t* stream, uint64_t first_code, uint64_t row_stride, size_t rows,
+                          size_t count, unsigned bits, const int8_t* book_q, int8_t* out_rows, size_t ld,
+                          int32_t* sums) {
+  alignas(64) int8_t table[256] = {};
+  std::memcpy(table, book_q, size_t{1} << bits);
+  const __m512i t0 = _mm512_load_si512(table), t1 = _mm512_load_si512(table + 64);
+  const __m512i t2 = _mm512_load_si512(table + 128), t3 = _mm512_load_si512(table + 192);
+  const __m128i ones = _mm_set1_epi8(1);
+  vbmi::CodeSteps steps(bits);
+  for (size_t r = 0; r < rows; ++r) {
+    steps.start(first_code + r * row_stride, count);
+    int8_t* out = out_rows + r * ld;
+    __m128i sum = _mm_setzero_si128();
+    for (size_t i = 0; i < count; i += 16) {
+      const __m512i codes = _mm512_zextsi128_si512(_mm512_cvtepi32_epi8(steps.next(stream)));
+      const __m512i low = _mm512_permutex2var_epi8(t0, codes, t1), high = _mm512_permutex2var_epi8(t2, codes, t3);
+      const __m128i values = _mm512_castsi512_si128(_mm512_mask_blend_epi8(_mm512_movepi8_mask(codes), low, high));
+      const size_t n = std::min<size_t>(16, count - i);
+      const __m128i kept = _mm_maskz_mov_epi8(n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1), values);
+      sum = _mm_dpbusd_epi32(sum, ones, kept);
+      _mm_mask_storeu_epi8(out + i, n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1), kept);
+    }
+    std::memset(out + count, 0, ld - count);
+    const __m128i pair = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0x4e));
+    sums[r] = _mm_cvtsi128_si32(_mm_add_epi32(pair, _mm_shuffle_epi32(pair, 0xb1)));
+  }
+}
+
 // MR rows x V vectors of 16 columns; `last` masks the last vector's columns.
 template <int MR, int V>
 void int8_block(const uint8_t* xq, size_t ldq, size_t K4, const int8_t* wq, size_t N, const float* xs,
@@ -198,6 +261,8 @@ const KernelTable& avx512vnni_kernel_table() {
     t.name = "avx512vbmi-vnni";  // keeps the "avx512vbmi" threshold rows
     t.quantize_rows_u8 = quantize_rows_u8_vnni;
     t.quantize_panel_s8 = quantize_panel_s8_vnni;
+    t.decode_fastscan_d1_s8 = decode_fastscan_d1_s8_vnni;
+    t.decode_codes_s8 = decode_codes_s8_vnni;
     t.int8_gemm = int8_gemm_vnni;
     t.int8_panels = true;
     return t;

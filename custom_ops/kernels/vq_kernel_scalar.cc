@@ -347,6 +347,40 @@ void quantize_panel_s8_scalar(const float* w, size_t K, size_t N, int8_t* wq, fl
   }
 }
 
+void decode_fastscan_d1_s8_scalar(const uint8_t* groups, size_t depth, size_t cols, const int8_t* book_q,
+                                  int8_t* out, size_t ld, int32_t* sums) {
+  const size_t K4 = (depth + 3) / 4 * 4;
+  for (size_t i = 0; i < cols; ++i) {
+    int32_t sum = 0;
+    for (size_t k = 0; k < K4; ++k) {
+      int8_t value = 0;  // past the depth: zero (and no group read)
+      if (k < depth) {
+        const uint8_t byte = groups[k * kFastScanGroupBytes + i % 16];
+        value = book_q[i < 16 ? byte & 0x0f : byte >> 4];
+      }
+      out[(k / 4) * 4 * ld + 4 * i + k % 4] = value;
+      sum += value;
+    }
+    sums[i] = sum;
+  }
+}
+
+void decode_codes_s8_scalar(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows,
+                            size_t count, unsigned bits, const int8_t* book_q, int8_t* out, size_t ld,
+                            int32_t* sums) {
+  uint8_t codes[256];
+  for (size_t r = 0; r < rows; ++r) {
+    int32_t sum = 0;
+    for (size_t i = 0; i < count; i += sizeof codes) {
+      const size_t n = std::min(sizeof codes, count - i);
+      unpack_codes_scalar(stream, first + r * row_stride + i, n, bits, codes);
+      for (size_t j = 0; j < n; ++j) sum += out[r * ld + i + j] = book_q[codes[j]];
+    }
+    std::fill(out + r * ld + count, out + (r + 1) * ld, int8_t{0});
+    sums[r] = sum;
+  }
+}
+
 void int8_gemm_scalar(const uint8_t* xq, size_t ldq, size_t M, size_t K4, const int8_t* wq, size_t N,
                       const float* xs, const float* ws, const int32_t* bias128, float* y, size_t ldy,
                       bool accumulate) {
@@ -370,7 +404,9 @@ const KernelTable& scalar_kernel_table() {
       quantize_byte_luts_scalar, bytescan_u8_scalar, bytescan_f32_scalar,
       decode_codes_scalar, decode_fastscan_d1_scalar, dot_rows_scalar, decode_fastscan_group_scalar,
       transpose_scalar, dense_gemm_scalar, /*dense_gemm_cols=*/32, decode_row_scalar,
-      quantize_rows_u8_scalar, quantize_panel_s8_scalar, int8_gemm_scalar, /*int8_panels=*/false,
+      quantize_rows_u8_scalar, quantize_panel_s8_scalar, decode_fastscan_d1_s8_scalar, decode_codes_s8_scalar,
+      int8_gemm_scalar,
+      /*int8_panels=*/false,
   };
   return table;
 }

@@ -235,6 +235,10 @@ std::vector<double> int8_bounds(const Case& c, bool applies, const std::vector<f
   std::vector<double> sw(p.N, 0.0);
   for (size_t k = 0; k < p.K; ++k)
     for (size_t n = 0; n < p.N; ++n) sw[n] = std::max(sw[n], std::abs(w[k * p.N + n]) / 127.0);
+  if (p.d == 1 && p.T == 1 && !p.per_subspace && p.axis == 0)  // km4's codebooks quantize whole
+    for (size_t n = 0; n < p.N; ++n)
+      for (size_t i = 0; i < p.codewords(); ++i)
+        sw[n] = std::max(sw[n], std::abs(double(c.codebooks[(n / p.group_size) * p.codewords() + i])) / 127.0);
   for (size_t m = 0; m < p.M; ++m) {
     double sx = 0.0;
     for (size_t k = 0; k < p.K; ++k) sx = std::max(sx, std::abs(double(xr[m * p.K + k])) / 127.0);
@@ -888,6 +892,34 @@ void test_int8_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
     scalar.int8_gemm(q1.data(), ldq, M, K4, wq1.data(), N, s1.data(), ws1.data(), b1.data(), want.data(), ldy, accumulate);
     simd.int8_gemm(q1.data(), ldq, M, K4, wq1.data(), N, s1.data(), ws1.data(), b1.data(), got.data(), ldy, accumulate);
     EXPECT(same_floats(want, got), "%s int8_gemm differs: M=%zu K4=%zu N=%zu acc=%d", simd.name, M, K4, N, accumulate);
+    // Fast-scan groups straight to int8 (exactly `depth` groups: a sanitizer sees any read past
+    // them), into a panel wider than the block with canaries around the written bytes.
+    const size_t depth = 1 + rng() % 40, cols = 1 + rng() % 32, ld = cols + rng() % 40, D4 = (depth + 3) / 4 * 4;
+    std::vector<uint8_t> groups(depth * kFastScanGroupBytes);
+    for (auto& v : groups) v = static_cast<uint8_t>(rng());
+    int8_t book[kFastScanCodewords];
+    for (auto& v : book) v = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+    std::vector<int8_t> p1(D4 * ld, 99), p2 = p1;
+    std::vector<int32_t> c1(cols + 1, -7), c2 = c1;
+    scalar.decode_fastscan_d1_s8(groups.data(), depth, cols, book, p1.data(), ld, c1.data());
+    simd.decode_fastscan_d1_s8(groups.data(), depth, cols, book, p2.data(), ld, c2.data());
+    EXPECT(p1 == p2 && c1 == c2 && c1[cols] == -7, "%s decode_fastscan_d1_s8 differs: depth=%zu cols=%zu ld=%zu",
+           simd.name, depth, cols, ld);
+    // A format-1 stream straight to int8 rows, every width, from any start, the stream sized to
+    // end exactly at the last code asked for.
+    const unsigned bits = 1 + rng() % 8;
+    const size_t rows = 1 + rng() % 5, count = 1 + rng() % 70, stride = count + rng() % 9, first = rng() % 13;
+    const size_t ld_rows = count + rng() % 9;
+    std::vector<uint8_t> stream(((first + (rows - 1) * stride + count) * bits + 7) / 8);
+    for (auto& v : stream) v = static_cast<uint8_t>(rng());
+    std::vector<int8_t> book_q(size_t{1} << bits);
+    for (auto& v : book_q) v = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+    std::vector<int8_t> r1(rows * ld_rows, 55), r2 = r1;
+    std::vector<int32_t> s1r(rows + 1, -3), s2r = s1r;
+    scalar.decode_codes_s8(stream.data(), first, stride, rows, count, bits, book_q.data(), r1.data(), ld_rows, s1r.data());
+    simd.decode_codes_s8(stream.data(), first, stride, rows, count, bits, book_q.data(), r2.data(), ld_rows, s2r.data());
+    EXPECT(r1 == r2 && s1r == s2r && s1r[rows] == -3, "%s decode_codes_s8 differs: bits=%u rows=%zu count=%zu first=%zu",
+           simd.name, bits, rows, count, first);
   }
   std::printf("%s: %d int8 micro-kernel cases bit-identical to scalar\n", simd.name, cases);
 }
@@ -908,7 +940,7 @@ void test_int8_tier(const KernelTable& simd, std::mt19937& rng) {
   float_tier.int8_panels = false;
   int cases = 0;
   size_t split_rows = 0, float_rows = 0;
-  for (int i = 0; i < scaled(200); ++i) {
+  for (int i = 0; i < std::max(scaled(200), 100); ++i) {  // enough K = 100 cases for the outlier rows
     Case c = random_case(rng, std::vector<size_t>{40, 129, 300}[rng() % 3]);
     VQProblem& p = c.p;
     if (choose_path(p, simd) != VQPath::kTileGemm) continue;
