@@ -1541,16 +1541,21 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     //                   4.42/2.70/1.24/0.69: 16 / 32 / 128 by N
     // The other formats' rows above held (km4, binary, pq8-d4 axis out; pq4-d4 on 4096x4096
     // stays on fast-scan: 1.27 at 128).
-    //   km4 fastscan (codes straight to int8) at M = 1, 2, 4, 8, 16: 2.33/1.24/0.73/0.68/0.60,
-    //                   1.27/0.93/0.53/0.44, 0.96/0.61/0.35, 1.30/0.87/0.55: 2 up to N = 2048, then 4
+    //   km4 fastscan (codes straight to int8) at M = 1, 2, 4, 8, 16: 2.26/1.23/0.63/0.59/0.47,
+    //                   1.12/0.69/0.54/0.44, 0.78/0.50/0.36/0.17, 1.17/0.77/0.48/0.38: 2 up to N =
+    //                   2048, then 4
     {VQPath::kFastScan, 4, 4, 1, 1, "avx512vbmi-vnni", 2, 2048},
     {VQPath::kFastScan, 4, 4, 1, 1, "avx512vbmi-vnni", 4},
-    // Format-1 scalar codes straight to int8 too (decode_codes_s8), M = 1, 2, 4, 8, 16, 32:
-    //   km5 decode_dot  2.99/1.60/1.53/1.31/0.86/0.46, 0.85/1.07/1.06/0.82/0.50, 0.83/0.96/0.63/
-    //                   1.10/0.63, 0.89/1.29/1.25/1.02/0.65 (km3 per 16 rows alike): 16
-    //   binary bit_lut  6.72/1.85/1.43/0.63/0.32, 3.55/2.82/1.02/0.99/0.44, 1.97/1.16/0.57/0.20,
-    //                   3.20/1.91/0.65/0.55: 8, 4 up to N = 512
-    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx512vbmi-vnni", 16},
+    // Format-1 scalar codes straight to int8 too (decode_codes_s8), M = 1, 2, 4, 8, 16, 32 (quiet
+    // host, 2026-12-03):
+    //   km5 decode_dot  1.39/1.26/1.84/1.00/0.94/0.57, 1.08/1.03/1.06/0.76/0.59, 1.42/1.01/1.26/
+    //                   0.76/0.61, 1.52/1.18/1.22/0.87/0.65
+    //   km3 per 16 rows 2.90/2.10/1.84/2.01/1.19/0.76, 1.21/1.11/1.14/0.86, 1.67/1.30/1.31/0.88,
+    //                   1.96/1.36/1.26/0.98: 8 up to N = 2048, then 32
+    //   binary bit_lut  3.53/2.00/1.15/0.63/0.35, 5.70/3.14/1.44/0.73/0.40, 2.69/0.96/0.58/0.29,
+    //                   3.57/2.13/0.93/0.50: 8, 4 up to N = 512
+    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx512vbmi-vnni", 8, 2048},
+    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx512vbmi-vnni", 32},
     {VQPath::kBitLut, 1, 1, 1, 1, "avx512vbmi-vnni", 8},
     {VQPath::kBitLut, 1, 1, 1, 1, "avx512vbmi-vnni", 4, 512},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi-vnni", 8, 512},
