@@ -1025,32 +1025,32 @@ double int8_max_rel_error() {
 }
 
 // Outlier activations (a few input channels far larger than the rest, as in transformers'
-// LayerNorm outputs) would set a row's int8 step, and the guard would send the row to the
-// float panels (MiniLM at batch 32: most rows at 2%). Instead a row's outliers in a chunk,
-// |q| > kInt8OutlierRms times the row's RMS in the first quantization (q^2 len > 36 energy;
-// integers: the same choice on every table), at most kInt8MaxOutliers of them, are taken out:
-// the rest is quantized again and meets the int8 panel, and each outlier is added exactly,
-// y += x_k * W_hat[k, :] from the float panel (one multiply and one add per output, k
-// ascending, after the chunk's int8 part). Rows that still fail the guard run float.
-constexpr uint32_t kInt8OutlierRms = 6;
-constexpr size_t kInt8MaxOutliers = 8;
-
-struct Outlier {
-  size_t k;     // input index, absolute
-  float value;  // x[m][k]
-};
+// LayerNorm and GELU outputs) set a row's int8 step, and the guard rejects the row (MiniLM:
+// most rows at 2%). Such a row gets a second int8 row in its chunk: the residual
+// x - scale * (q - 128), quantized in its own scale (at most half the first step, so 254x
+// finer), which meets the same int8 panel; its products are added after the first row's.
+// Both rows are int8, so the row still runs at int8 speed (an outlier split with exact float
+// corrections and a float fallback per row, before this, made MiniLM km5 slower than the
+// float tier). Rows whose two levels still exceed the limit (only with ONNXVQ_INT8_GUARD far
+// below 2%: the second level's estimate is at most the first's / 254) and rows that are not
+// finite run on the float panels.
 
 // X over every depth chunk, quantized: chunk q's row m at q_rows[(q*M + m)*ldq] (ldq the chunk
-// depth rounded up to 4), its scale at scale[q*M + m], its outliers at outliers[first[q*M + m]
-// .. first[q*M + m + 1]) (k ascending); float_rows are the rows the guard sends to the float
-// panels (ascending).
+// depth rounded up to 4), its scale at scale[q*M + m]; chunk q's second rows, i < residual_count[q],
+// at residual_q[(q*M + i)*ldq] with residual_scale[q*M + i], for row residual_row[q*M + i]
+// (ascending); float_rows: the rows that run on the float panels (ascending).
 struct QuantizedRows {
   size_t ldq = 0;
   std::vector<uint8_t> q_rows;
   std::vector<float> scale;
-  std::vector<Outlier> outliers;
-  std::vector<size_t> first;
+  std::vector<uint8_t> residual_q;
+  std::vector<float> residual_scale;
+  std::vector<size_t> residual_row;
+  std::vector<size_t> residual_count;
   std::vector<size_t> float_rows;
+  size_t max_residual_rows() const {
+    return residual_count.empty() ? 0 : *std::max_element(residual_count.begin(), residual_count.end());
+  }
 };
 
 // est^2 = len / (12 energy) <= limit^2 (a zero row is exact; a NaN scale is not finite).
@@ -1058,23 +1058,17 @@ bool int8_row_ok(float scale, uint32_t energy, size_t len) {
   return scale == 0.0f || double(len) <= 12.0 * int8_max_rel_error() * int8_max_rel_error() * energy;
 }
 
-// One row of one chunk (x: len floats) that failed the guard: its outliers into `found`, the
-// rest quantized again into q / scale. False when it still fails (or has too many outliers).
-bool split_outliers(const Context& c, const float* x, size_t len, size_t ldq, uint8_t* q, float* scale,
-                    uint32_t energy, size_t k0, std::vector<Outlier>& found) {
-  if (!(*scale > 0.0f)) return false;  // not finite
-  std::vector<float> rest(x, x + len);
-  for (size_t j = 0; j < len; ++j) {
-    const uint64_t level = q[j] > 128 ? q[j] - 128u : 128u - q[j];
-    if (level * level * len <= uint64_t{kInt8OutlierRms} * kInt8OutlierRms * energy) continue;
-    if (found.size() == kInt8MaxOutliers) return false;
-    found.push_back({k0 + j, x[j]});
-    rest[j] = 0.0f;
-  }
-  if (found.empty()) return false;
-  uint32_t rest_energy = 0;
-  c.k.quantize_rows_u8(rest.data(), len, 1, len, q, ldq, scale, &rest_energy);
-  return int8_row_ok(*scale, rest_energy, len);
+// A chunk's row x (len floats) that failed the guard with (q, scale, energy): its residual
+// quantized into q2 / scale2. False when the two levels still exceed the limit:
+// est^2 = len scale2^2 / (12 scale^2 energy) (the second step's noise against the row's
+// energy in the first step's units).
+bool quantize_residual(const Context& c, const float* x, size_t len, const uint8_t* q, float scale,
+                       uint32_t energy, float* residual, uint8_t* q2, size_t ldq, float* scale2) {
+  for (size_t j = 0; j < len; ++j) residual[j] = x[j] - scale * static_cast<float>(int{q[j]} - 128);
+  uint32_t residual_energy = 0;
+  c.k.quantize_rows_u8(residual, len, 1, len, q2, ldq, scale2, &residual_energy);
+  const double limit = int8_max_rel_error(), ratio = double(*scale2) / double(scale);
+  return *scale2 >= 0.0f && double(len) * ratio * ratio <= 12.0 * limit * limit * energy;
 }
 
 QuantizedRows quantize_rows(const Context& c, const PanelPlan& plan) {
@@ -1083,31 +1077,48 @@ QuantizedRows quantize_rows(const Context& c, const PanelPlan& plan) {
   out.ldq = ceil_div(plan.depth, 4) * 4;
   out.q_rows.resize(plan.chunks * p.M * out.ldq);
   out.scale.resize(plan.chunks * p.M);
-  std::vector<char> rejected(p.M);
-  std::vector<std::vector<Outlier>> found(plan.chunks * p.M);  // per (chunk, row)
+  // Second rows first at their (chunk, row) slot, [(q*M + m)*ldq], then packed per chunk.
+  std::vector<char> rejected(p.M), second(plan.chunks * p.M);
+  std::vector<uint8_t> second_q(out.q_rows.size());
+  std::vector<float> second_scale(plan.chunks * p.M);
   const Blocks blocks = Blocks::split(p.M, task_count(double(p.M) * p.K * 2));
   run_tasks(c.runner, blocks.count, [&](size_t task) {
     const size_t m0 = blocks.begin(task), rows = blocks.end(task) - m0;
     std::vector<uint32_t> energy(rows);
+    std::vector<float> residual(plan.depth);
     for (size_t q = 0; q < plan.chunks; ++q) {
       const size_t k0 = q * plan.depth, len = std::min(plan.depth, p.K - k0);
       float* scale = &out.scale[q * p.M + m0];
       uint8_t* q_rows = &out.q_rows[(q * p.M + m0) * out.ldq];
       c.k.quantize_rows_u8(p.x + m0 * p.K + k0, p.K, rows, len, q_rows, out.ldq, scale, energy.data());
       for (size_t m = 0; m < rows; ++m) {
+        const size_t i = q * p.M + m0 + m;
         if (rejected[m0 + m] || int8_row_ok(scale[m], energy[m], len)) continue;
-        rejected[m0 + m] = !split_outliers(c, p.x + (m0 + m) * p.K + k0, len, out.ldq, q_rows + m * out.ldq,
-                                           scale + m, energy[m], k0, found[q * p.M + m0 + m]);
+        second[i] = scale[m] > 0.0f &&  // else not finite
+                    quantize_residual(c, p.x + (m0 + m) * p.K + k0, len, q_rows + m * out.ldq, scale[m], energy[m],
+                                      residual.data(), &second_q[i * out.ldq], out.ldq, &second_scale[i]);
+        rejected[m0 + m] = !second[i];
       }
     }
   });
-  out.first.assign(plan.chunks * p.M + 1, 0);
-  for (size_t i = 0; i < found.size(); ++i) {
-    out.outliers.insert(out.outliers.end(), found[i].begin(), found[i].end());
-    out.first[i + 1] = out.outliers.size();
-  }
   for (size_t m = 0; m < p.M; ++m)
     if (rejected[m]) out.float_rows.push_back(m);
+  // Packed in row order, in place (slot q*M + m moves to q*M + i, i <= m).
+  out.residual_count.assign(plan.chunks, 0);
+  out.residual_row.resize(plan.chunks * p.M);
+  out.residual_scale.resize(plan.chunks * p.M);
+  for (size_t q = 0; q < plan.chunks; ++q) {
+    size_t& count = out.residual_count[q];
+    for (size_t m = 0; m < p.M; ++m) {
+      const size_t from = q * p.M + m;
+      if (!second[from] || rejected[m]) continue;
+      const size_t to = q * p.M + count++;
+      if (to != from) std::copy_n(&second_q[from * out.ldq], out.ldq, &second_q[to * out.ldq]);
+      out.residual_scale[to] = second_scale[from];
+      out.residual_row[to] = m;
+    }
+  }
+  out.residual_q = std::move(second_q);
   return out;
 }
 
@@ -1117,7 +1128,20 @@ QuantizedRows quantize_rows(const Context& c, const PanelPlan& plan) {
 // (decode_fastscan_d1_s8), from a format-1 stream as rows of M (decode_codes_s8) transposed
 // 4 bytes at a time. 3-4x fewer instructions than decoding floats and quantizing them (km4 on
 // 384x1536 at 8 rows: 0.046 vs 0.152 ms). Layouts whose codebooks are not all finite keep the
-// float route (a NaN codeword then spoils only the columns that use it).
+// float route (a NaN codeword then spoils only the columns that use it), and so do codebooks
+// one step of which is coarse against their typical codeword: a rare outlier codeword (7.9
+// against an RMS of 0.045 in MiniLM's FFN output) would set the step of every weight, 39% error
+// where the float route's per-column steps keep the rest fine. The estimate, the rounding noise
+// step / sqrt(12) against the median |codeword|, must stay within kInt8BookMaxRelError.
+constexpr double kInt8BookMaxRelError = 0.01;
+
+bool int8_book_ok(const float* book, size_t count, float scale) {
+  std::vector<float> magnitude(count);
+  for (size_t i = 0; i < count; ++i) magnitude[i] = std::abs(book[i]);
+  std::nth_element(magnitude.begin(), magnitude.begin() + count / 2, magnitude.end());
+  const double median = magnitude[count / 2];
+  return scale == 0.0f || double(scale) <= std::sqrt(12.0) * kInt8BookMaxRelError * median;
+}
 enum class Int8Route { kFloatPanels, kFastScanBytes, kStreamBytes };
 struct Int8Books {
   Int8Route route = Int8Route::kFloatPanels;
@@ -1135,30 +1159,12 @@ Int8Books int8_books(const Context& c) {
   for (size_t g = 0; g < c.Gr; ++g) {
     uint32_t energy = 0;
     c.k.quantize_rows_u8(c.codebook(0, 0, g), c.ncw, 1, c.ncw, levels, c.ncw, &books.scale[g], &energy);
-    if (!(books.scale[g] >= 0.0f)) return Int8Books();  // NaN: not finite
+    if (!(books.scale[g] >= 0.0f) || !int8_book_ok(c.codebook(0, 0, g), c.ncw, books.scale[g]))
+      return Int8Books();  // not finite, or coarse for most codewords
     for (size_t i = 0; i < c.ncw; ++i) books.q[g * c.ncw + i] = static_cast<int8_t>(levels[i] - 128);
   }
   books.route = stream ? Int8Route::kStreamBytes : Int8Route::kFastScanBytes;
   return books;
-}
-
-// W_hat[k][n0 .. n0+count) in float from a scalar-codebook layout (the outlier corrections of
-// the byte routes).
-void scalar_codebook_row(const Context& c, size_t k, size_t n0, size_t count, float* out) {
-  for (size_t i = 0; i < count; ++i) {
-    const size_t n = n0 + i;
-    unsigned code;
-    if (c.p.format_version == 2) {
-      const size_t block = n / kFastScanBlockRows, lane = n % kFastScanBlockRows;
-      const uint8_t byte = c.p.codes[(block * c.p.S + k) * kFastScanGroupBytes + lane % 16];
-      code = lane < 16 ? byte & 0x0f : byte >> 4;
-    } else {
-      uint8_t one;
-      c.unpack(0, n, k, 1, &one);
-      code = one;
-    }
-    out[i] = c.codebook(0, 0, c.group_of_row(n))[code];
-  }
 }
 
 // Panel columns [n0, n0 + count) over the chunk [k0, k0 + len) as int8 (int8_gemm's layout,
@@ -1193,36 +1199,37 @@ void decode_int8_panel(const Context& c, const Int8Books& books, size_t k0, size
 void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRows& x) {
   const VQProblem& p = c.p;
   const size_t panel_floats = x.ldq * plan.cols / 4;  // int8 panel, in float storage (see above)
+  const size_t second_floats = x.max_residual_rows() * plan.cols;
   const Int8Books books = int8_books(c);
   const bool direct = books.route != Int8Route::kFloatPanels;
   const Blocks blocks = Blocks::split(plan.columns, task_count(double(p.M + 16) * p.K * p.N / 32 / plan.chunks));
   for (size_t q = 0; q < plan.chunks; ++q) {
     const size_t k0 = q * plan.depth, len = std::min(plan.depth, p.K - k0), len4 = ceil_div(len, 4) * 4;
+    const size_t seconds = x.residual_count[q];
     run_tasks(c.runner, blocks.count, [&](size_t task) {
-      float* const scratch = thread_scratch(plan.scratch_floats() + plan.cols + panel_floats);
+      float* const scratch = thread_scratch(plan.scratch_floats() + plan.cols + panel_floats + second_floats);
       float* const column_scale = scratch + plan.scratch_floats();
       int8_t* const panel_q = reinterpret_cast<int8_t*>(column_scale + plan.cols);
+      float* const second_y = column_scale + plan.cols + panel_floats;  // seconds x count
       int32_t* const bias128 = thread_scratch<int32_t>(plan.cols);
       for (size_t b = blocks.begin(task); b < blocks.end(task); ++b) {
         const size_t n0 = b * plan.cols, count = std::min(plan.cols, p.N - n0);
-        const float* panel = nullptr;
         if (direct) {
           decode_int8_panel(c, books, k0, len, n0, count, scratch, panel_q, column_scale, bias128);
         } else {
-          panel = plan.decode(c, k0, len, n0, count, scratch);
+          const float* panel = plan.decode(c, k0, len, n0, count, scratch);
           c.k.quantize_panel_s8(panel, len, count, panel_q, column_scale, bias128);
         }
         c.k.int8_gemm(&x.q_rows[q * p.M * x.ldq], x.ldq, p.M, len4, panel_q, count, &x.scale[q * p.M],
                       column_scale, bias128, p.y + n0, p.N, q > 0);
-        for (size_t m = 0; m < p.M; ++m)  // the outliers, exactly (driver code: every table's bits)
-          for (size_t o = x.first[q * p.M + m]; o < x.first[q * p.M + m + 1]; ++o) {
-            const float value = x.outliers[o].value;
-            const size_t k = x.outliers[o].k;
-            if (direct) scalar_codebook_row(c, k, n0, count, scratch);
-            const float* w = direct ? scratch : panel + (k - k0) * count;
-            float* y = p.y + m * p.N + n0;
-            for (size_t i = 0; i < count; ++i) y[i] += value * w[i];
+        if (seconds > 0) {  // the second rows' products, added after the first's (driver code)
+          c.k.int8_gemm(&x.residual_q[q * p.M * x.ldq], x.ldq, seconds, len4, panel_q, count,
+                        &x.residual_scale[q * p.M], column_scale, bias128, second_y, count, false);
+          for (size_t i = 0; i < seconds; ++i) {
+            float* y = p.y + x.residual_row[q * p.M + i] * p.N + n0;
+            for (size_t j = 0; j < count; ++j) y[j] += second_y[i * count + j];
           }
+        }
         if (q + 1 == plan.chunks) add_bias_columns(c, p.M, n0, count, p.y);
       }
     });
@@ -1233,13 +1240,9 @@ void run_panel_gemm_path(const Context& c) {
   if (int8_tier(c)) {
     const PanelPlan plan(c, kPanelMaxDepth);
     const QuantizedRows x = quantize_rows(c, plan);
-    // Inputs the guard mostly rejects (outlier activations) run float throughout; the few
-    // rows of others are computed again on the float panels.
-    if (16 * x.float_rows.size() <= c.p.M) {
-      run_int8_panels(c, plan, x);
-      if (!x.float_rows.empty()) run_on_rows(c, x.float_rows, run_float_panels);
-      return;
-    }
+    run_int8_panels(c, plan, x);
+    if (!x.float_rows.empty()) run_on_rows(c, x.float_rows, run_float_panels);  // not finite (or a tiny limit)
+    return;
   }
   run_float_panels(c);
 }

@@ -314,12 +314,12 @@ size_t supported_kernel_tables(const KernelTable** tables, size_t capacity);
 /// estimates the relative RMS error its rounding adds to its outputs from its own quantized
 /// values (uniform rounding noise of one step^2 / 12 per input against the row's mean square,
 /// est^2 = len / (12 * energy) per chunk, integers only: the same choice on every table). A
-/// row over kInt8MaxRelError (or ONNXVQ_INT8_GUARD=x) has its outliers (|q| > 6 x the row's
-/// RMS, at most 8 per chunk) taken out and added exactly from the float panel; a row still
-/// over the limit takes the float panels, and inputs the guard mostly rejects run float
-/// throughout. ONNXVQ_EXACT_GEMM=1 (read once) turns the tier off: every panel float,
-/// bit-identical at any M. MiniLM at batch 32 (km4): cosine 0.9991 to the float panels'
-/// embeddings over 256 held-out sentences, 1.7x faster.
+/// row over kInt8MaxRelError (or ONNXVQ_INT8_GUARD=x) in a chunk (outlier activations set
+/// its step) gets a second int8 row there, its residual x - step * q in its own scale (254x
+/// finer), against the same int8 panel; rows that are not finite (or whose two levels still
+/// exceed a limit far below 2%) take the float panels. ONNXVQ_EXACT_GEMM=1 (read once) turns
+/// the tier off: every panel float, bit-identical at any M. MiniLM (km5, batch 32): cosine
+/// 0.9995 to the float panels' embeddings over 256 held-out sentences.
 inline constexpr double kInt8MaxRelError = 0.02;
 bool int8_panels_enabled(const KernelTable& kernels);
 
