@@ -319,7 +319,7 @@ size_t supported_kernel_tables(const KernelTable** tables, size_t capacity);
 /// finer), against the same int8 panel; rows that are not finite (or whose two levels still
 /// exceed a limit far below 2%) take the float panels. ONNXVQ_EXACT_GEMM=1 (read once) turns
 /// the tier off: every panel float, bit-identical at any M. MiniLM (km5, batch 32): cosine
-/// 0.9995 to the float panels' embeddings over 256 held-out sentences.
+/// 0.9992 to the float panels' embeddings over 256 held-out sentences.
 inline constexpr double kInt8MaxRelError = 0.02;
 bool int8_panels_enabled(const KernelTable& kernels);
 
