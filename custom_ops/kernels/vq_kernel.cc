@@ -1036,20 +1036,24 @@ double int8_max_rel_error() {
 // finite run on the float panels.
 
 // X over every depth chunk, quantized: chunk q's row m at q_rows[(q*M + m)*ldq] (ldq the chunk
-// depth rounded up to 4), its scale at scale[q*M + m]; chunk q's second rows, i < residual_count[q],
-// at residual_q[(q*M + i)*ldq] with residual_scale[q*M + i], for row residual_row[q*M + i]
-// (ascending); float_rows: the rows that run on the float panels (ascending).
+// depth rounded up to 4), its scale at scale[q*M + m]; chunk q's second rows are i in
+// [first_second[q], first_second[q + 1]), at second_q[i*ldq] with second_scale[i], for row
+// second_row[i] (ascending within a chunk); float_rows: the rows that run on the float panels
+// (ascending; their second rows, if any, are overwritten with the rest of them).
 struct QuantizedRows {
   size_t ldq = 0;
   std::vector<uint8_t> q_rows;
   std::vector<float> scale;
-  std::vector<uint8_t> residual_q;
-  std::vector<float> residual_scale;
-  std::vector<size_t> residual_row;
-  std::vector<size_t> residual_count;
+  std::vector<size_t> first_second;
+  std::vector<uint8_t> second_q;
+  std::vector<float> second_scale;
+  std::vector<size_t> second_row;
   std::vector<size_t> float_rows;
-  size_t max_residual_rows() const {
-    return residual_count.empty() ? 0 : *std::max_element(residual_count.begin(), residual_count.end());
+  size_t seconds(size_t q) const { return first_second[q + 1] - first_second[q]; }
+  size_t max_seconds() const {
+    size_t most = 0;
+    for (size_t q = 0; q + 1 < first_second.size(); ++q) most = std::max(most, seconds(q));
+    return most;
   }
 };
 
@@ -1077,48 +1081,56 @@ QuantizedRows quantize_rows(const Context& c, const PanelPlan& plan) {
   out.ldq = ceil_div(plan.depth, 4) * 4;
   out.q_rows.resize(plan.chunks * p.M * out.ldq);
   out.scale.resize(plan.chunks * p.M);
-  // Second rows first at their (chunk, row) slot, [(q*M + m)*ldq], then packed per chunk.
-  std::vector<char> rejected(p.M), second(plan.chunks * p.M);
-  std::vector<uint8_t> second_q(out.q_rows.size());
-  std::vector<float> second_scale(plan.chunks * p.M);
+  std::vector<char> rejected(p.M), failed(plan.chunks * p.M);  // failed: (chunk, row) needs a second row
+  std::vector<uint32_t> energy(plan.chunks * p.M);
   const Blocks blocks = Blocks::split(p.M, task_count(double(p.M) * p.K * 2));
   run_tasks(c.runner, blocks.count, [&](size_t task) {
     const size_t m0 = blocks.begin(task), rows = blocks.end(task) - m0;
-    std::vector<uint32_t> energy(rows);
-    std::vector<float> residual(plan.depth);
     for (size_t q = 0; q < plan.chunks; ++q) {
-      const size_t k0 = q * plan.depth, len = std::min(plan.depth, p.K - k0);
-      float* scale = &out.scale[q * p.M + m0];
-      uint8_t* q_rows = &out.q_rows[(q * p.M + m0) * out.ldq];
-      c.k.quantize_rows_u8(p.x + m0 * p.K + k0, p.K, rows, len, q_rows, out.ldq, scale, energy.data());
+      const size_t k0 = q * plan.depth, len = std::min(plan.depth, p.K - k0), i0 = q * p.M + m0;
+      c.k.quantize_rows_u8(p.x + m0 * p.K + k0, p.K, rows, len, &out.q_rows[i0 * out.ldq], out.ldq, &out.scale[i0],
+                           &energy[i0]);
       for (size_t m = 0; m < rows; ++m) {
-        const size_t i = q * p.M + m0 + m;
-        if (rejected[m0 + m] || int8_row_ok(scale[m], energy[m], len)) continue;
-        second[i] = scale[m] > 0.0f &&  // else not finite
-                    quantize_residual(c, p.x + (m0 + m) * p.K + k0, len, q_rows + m * out.ldq, scale[m], energy[m],
-                                      residual.data(), &second_q[i * out.ldq], out.ldq, &second_scale[i]);
-        rejected[m0 + m] = !second[i];
+        if (rejected[m0 + m] || int8_row_ok(out.scale[i0 + m], energy[i0 + m], len)) continue;
+        if (out.scale[i0 + m] > 0.0f)
+          failed[i0 + m] = 1;
+        else
+          rejected[m0 + m] = 1;  // not finite
       }
     }
   });
+  // Second rows only where the guard asked for them (most inputs need none): slots in row order.
+  std::vector<size_t> slot(plan.chunks * p.M);
+  out.first_second.assign(plan.chunks + 1, 0);
+  for (size_t q = 0; q < plan.chunks; ++q) {
+    size_t next = out.first_second[q];
+    for (size_t m = 0; m < p.M; ++m)
+      if (failed[q * p.M + m]) {
+        slot[q * p.M + m] = next++;
+        out.second_row.push_back(m);
+      }
+    out.first_second[q + 1] = next;
+  }
+  const size_t total = out.first_second[plan.chunks];
+  if (total > 0) {
+    out.second_q.resize(total * out.ldq);
+    out.second_scale.resize(total);
+    run_tasks(c.runner, blocks.count, [&](size_t task) {
+      std::vector<float> residual(plan.depth);
+      for (size_t q = 0; q < plan.chunks; ++q) {
+        const size_t k0 = q * plan.depth, len = std::min(plan.depth, p.K - k0);
+        for (size_t m = blocks.begin(task); m < blocks.end(task); ++m) {
+          const size_t i = q * p.M + m, to = slot[i];
+          if (failed[i] && !quantize_residual(c, p.x + m * p.K + k0, len, &out.q_rows[i * out.ldq], out.scale[i],
+                                              energy[i], residual.data(), &out.second_q[to * out.ldq], out.ldq,
+                                              &out.second_scale[to]))
+            rejected[m] = 1;
+        }
+      }
+    });
+  }
   for (size_t m = 0; m < p.M; ++m)
     if (rejected[m]) out.float_rows.push_back(m);
-  // Packed in row order, in place (slot q*M + m moves to q*M + i, i <= m).
-  out.residual_count.assign(plan.chunks, 0);
-  out.residual_row.resize(plan.chunks * p.M);
-  out.residual_scale.resize(plan.chunks * p.M);
-  for (size_t q = 0; q < plan.chunks; ++q) {
-    size_t& count = out.residual_count[q];
-    for (size_t m = 0; m < p.M; ++m) {
-      const size_t from = q * p.M + m;
-      if (!second[from] || rejected[m]) continue;
-      const size_t to = q * p.M + count++;
-      if (to != from) std::copy_n(&second_q[from * out.ldq], out.ldq, &second_q[to * out.ldq]);
-      out.residual_scale[to] = second_scale[from];
-      out.residual_row[to] = m;
-    }
-  }
-  out.residual_q = std::move(second_q);
   return out;
 }
 
@@ -1135,10 +1147,10 @@ QuantizedRows quantize_rows(const Context& c, const PanelPlan& plan) {
 // step / sqrt(12) against the median |codeword|, must stay within kInt8BookMaxRelError.
 constexpr double kInt8BookMaxRelError = 0.01;
 
-bool int8_book_ok(const float* book, size_t count, float scale) {
-  std::vector<float> magnitude(count);
+bool int8_book_ok(const float* book, size_t count, float scale) {  // count <= 256 (8-bit codes)
+  float magnitude[256];
   for (size_t i = 0; i < count; ++i) magnitude[i] = std::abs(book[i]);
-  std::nth_element(magnitude.begin(), magnitude.begin() + count / 2, magnitude.end());
+  std::nth_element(magnitude, magnitude + count / 2, magnitude + count);
   const double median = magnitude[count / 2];
   return scale == 0.0f || double(scale) <= std::sqrt(12.0) * kInt8BookMaxRelError * median;
 }
@@ -1199,13 +1211,13 @@ void decode_int8_panel(const Context& c, const Int8Books& books, size_t k0, size
 void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRows& x) {
   const VQProblem& p = c.p;
   const size_t panel_floats = x.ldq * plan.cols / 4;  // int8 panel, in float storage (see above)
-  const size_t second_floats = x.max_residual_rows() * plan.cols;
+  const size_t second_floats = x.max_seconds() * plan.cols;
   const Int8Books books = int8_books(c);
   const bool direct = books.route != Int8Route::kFloatPanels;
   const Blocks blocks = Blocks::split(plan.columns, task_count(double(p.M + 16) * p.K * p.N / 32 / plan.chunks));
   for (size_t q = 0; q < plan.chunks; ++q) {
     const size_t k0 = q * plan.depth, len = std::min(plan.depth, p.K - k0), len4 = ceil_div(len, 4) * 4;
-    const size_t seconds = x.residual_count[q];
+    const size_t seconds = x.seconds(q), first = x.first_second[q];
     run_tasks(c.runner, blocks.count, [&](size_t task) {
       float* const scratch = thread_scratch(plan.scratch_floats() + plan.cols + panel_floats + second_floats);
       float* const column_scale = scratch + plan.scratch_floats();
@@ -1223,10 +1235,10 @@ void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRow
         c.k.int8_gemm(&x.q_rows[q * p.M * x.ldq], x.ldq, p.M, len4, panel_q, count, &x.scale[q * p.M],
                       column_scale, bias128, p.y + n0, p.N, q > 0);
         if (seconds > 0) {  // the second rows' products, added after the first's (driver code)
-          c.k.int8_gemm(&x.residual_q[q * p.M * x.ldq], x.ldq, seconds, len4, panel_q, count,
-                        &x.residual_scale[q * p.M], column_scale, bias128, second_y, count, false);
+          c.k.int8_gemm(&x.second_q[first * x.ldq], x.ldq, seconds, len4, panel_q, count, &x.second_scale[first],
+                        column_scale, bias128, second_y, count, false);
           for (size_t i = 0; i < seconds; ++i) {
-            float* y = p.y + x.residual_row[q * p.M + i] * p.N + n0;
+            float* y = p.y + x.second_row[first + i] * p.N + n0;
             for (size_t j = 0; j < count; ++j) y[j] += second_y[i * count + j];
           }
         }
