@@ -1147,36 +1147,51 @@ QuantizedRows quantize_rows(const Context& c, const PanelPlan& plan) {
 // step / sqrt(12) against the median |codeword|, must stay within kInt8BookMaxRelError.
 constexpr double kInt8BookMaxRelError = 0.01;
 
-bool int8_book_ok(const float* book, size_t count, float scale) {  // count <= 256 (8-bit codes)
+bool int8_book_ok(const float* book, size_t count) {  // count <= 256 (8-bit codes)
   float magnitude[256];
-  for (size_t i = 0; i < count; ++i) magnitude[i] = std::abs(book[i]);
+  float largest = 0.0f;
+  for (size_t i = 0; i < count; ++i) {
+    magnitude[i] = std::abs(book[i]);
+    if (!(magnitude[i] <= std::numeric_limits<float>::max())) return false;  // not finite
+    largest = std::max(largest, magnitude[i]);
+  }
+  if (count <= 2) return true;  // the median is the largest (binary: one codebook per output, checked per call)
   std::nth_element(magnitude, magnitude + count / 2, magnitude + count);
-  const double median = magnitude[count / 2];
-  return scale == 0.0f || double(scale) <= std::sqrt(12.0) * kInt8BookMaxRelError * median;
+  const double median = magnitude[count / 2], step = largest / 127.0f;  // quantize_rows_u8's scale
+  return step <= std::sqrt(12.0) * kInt8BookMaxRelError * median;
 }
 enum class Int8Route { kFloatPanels, kFastScanBytes, kStreamBytes };
+// The route p's codebooks take on the int8 tier (a few float operations per codeword); a
+// shape-only problem (no codebooks: onnxvq_path_name) is taken to have typical ones.
+Int8Route int8_route(const VQProblem& p) {
+  const bool stream = p.format_version == 1 && p.axis == 0 && p.d == 1 && p.T == 1 && !p.per_subspace;
+  if (!fastscan_d1_panels(p) && !stream) return Int8Route::kFloatPanels;
+  for (size_t g = 0; g < p.row_groups() && p.codebooks != nullptr; ++g)  // layout (Gr, 2^bits): d = 1, one stage, one subspace group
+    if (!int8_book_ok(p.codebooks + g * p.codewords(), p.codewords())) return Int8Route::kFloatPanels;
+  return stream ? Int8Route::kStreamBytes : Int8Route::kFastScanBytes;
+}
 struct Int8Books {
   Int8Route route = Int8Route::kFloatPanels;
   std::vector<int8_t> q;     // group g's codewords at q[g * 2^bits]
   std::vector<float> scale;  // per group
 };
 Int8Books int8_books(const Context& c) {
-  const VQProblem& p = c.p;
   Int8Books books;
-  const bool stream = p.format_version == 1 && p.axis == 0 && p.d == 1 && p.T == 1 && !p.per_subspace;
-  if (!fastscan_d1_panels(p) && !stream) return books;
+  books.route = int8_route(c.p);
+  if (books.route == Int8Route::kFloatPanels) return books;
   books.q.resize(c.Gr * c.ncw);
   books.scale.resize(c.Gr);
   uint8_t levels[256];
   for (size_t g = 0; g < c.Gr; ++g) {
     uint32_t energy = 0;
     c.k.quantize_rows_u8(c.codebook(0, 0, g), c.ncw, 1, c.ncw, levels, c.ncw, &books.scale[g], &energy);
-    if (!(books.scale[g] >= 0.0f) || !int8_book_ok(c.codebook(0, 0, g), c.ncw, books.scale[g]))
-      return Int8Books();  // not finite, or coarse for most codewords
     for (size_t i = 0; i < c.ncw; ++i) books.q[g * c.ncw + i] = static_cast<int8_t>(levels[i] - 128);
   }
-  books.route = stream ? Int8Route::kStreamBytes : Int8Route::kFastScanBytes;
   return books;
+}
+
+void int8_column_scales(const Context& c, const Int8Books& books, size_t n0, size_t count, float* column_scale) {
+  for (size_t i = 0; i < count; ++i) column_scale[i] = books.scale[c.group_of_row(n0 + i)];
 }
 
 // Panel columns [n0, n0 + count) over the chunk [k0, k0 + len) as int8 (int8_gemm's layout,
@@ -1186,26 +1201,49 @@ void decode_int8_panel(const Context& c, const Int8Books& books, size_t k0, size
                        float* rows, int8_t* panel_q, float* column_scale, int32_t* bias128) {
   const VQProblem& p = c.p;
   const size_t len4 = ceil_div(len, 4) * 4;
-  for (size_t i0 = 0; i0 < count;) {
-    const size_t g = c.group_of_row(n0 + i0);
-    size_t i1 = std::min(count, c.group_end(g) - n0);  // one codebook group
-    if (books.route == Int8Route::kFastScanBytes) {       // one block of 32 (groups are whole blocks)
-      i1 = std::min(i1, i0 + kFastScanBlockRows);
-      const size_t block = (n0 + i0) / kFastScanBlockRows;  // n0 + i0 is a block boundary
-      c.k.decode_fastscan_d1_s8(p.codes + (block * p.S + k0) * kFastScanGroupBytes, len, i1 - i0,
-                                &books.q[g * c.ncw], panel_q + 4 * i0, count, bias128 + i0);
-    } else {
-      c.k.decode_codes_s8(p.codes, static_cast<uint64_t>(n0 + i0) * p.S + k0, p.S, i1 - i0, len, p.bits,
-                          &books.q[g * c.ncw], reinterpret_cast<int8_t*>(rows) + i0 * len4, len4, bias128 + i0);
-    }
-    for (size_t i = i0; i < i1; ++i) {
-      bias128[i] *= 128;
-      column_scale[i] = books.scale[g];
-    }
-    i0 = i1;
-  }
-  if (books.route == Int8Route::kStreamBytes)
+  int8_column_scales(c, books, n0, count, column_scale);
+  if (books.route == Int8Route::kStreamBytes) {  // one call over every group (binary: a codebook per row)
+    const size_t g = c.group_of_row(n0);
+    c.k.decode_codes_s8(p.codes, static_cast<uint64_t>(n0) * p.S + k0, p.S, count, len, p.bits, &books.q[g * c.ncw],
+                        p.group_size, n0 - c.group_begin(g), reinterpret_cast<int8_t*>(rows), len4, bias128);
     c.k.transpose(rows, count, len4 / 4, len4 / 4, reinterpret_cast<float*>(panel_q), count);
+  } else {
+    for (size_t i0 = 0; i0 < count; i0 += kFastScanBlockRows) {  // one block of 32: one group (whole blocks)
+      const size_t block = (n0 + i0) / kFastScanBlockRows, g = c.group_of_row(n0 + i0);  // n0 + i0: a block boundary
+      c.k.decode_fastscan_d1_s8(p.codes + (block * p.S + k0) * kFastScanGroupBytes, len,
+                                std::min(count - i0, kFastScanBlockRows), &books.q[g * c.ncw], panel_q + 4 * i0, count,
+                                bias128 + i0);
+    }
+  }
+  for (size_t i = 0; i < count; ++i) bias128[i] *= 128;
+}
+
+// Few rows on the stream route meet the codes as they are decoded (decode_dot_s8): no panel
+// is written or transposed. The int32 sums and the epilogue are int8_gemm's, so are the bits.
+// (Measured by bench/thresholds.py with ONNXVQ_TILE_GEMM_MIN_ROWS=1: see kTileGemmThresholds.)
+constexpr size_t kInt8DecodeDotMaxRows = 4;
+
+void int8_epilogue(size_t M, const int32_t* dots, size_t count, const float* xs, const float* ws,
+                   const int32_t* bias128, float* y, size_t ldy, bool accumulate) {  // int8_gemm's formula
+  for (size_t m = 0; m < M; ++m)
+    for (size_t n = 0; n < count; ++n) {
+      const float v = xs[m] * (ws[n] * static_cast<float>(dots[m * count + n] - bias128[n]));
+      float& out = y[m * ldy + n];
+      out = accumulate ? out + v : v;
+    }
+}
+
+// Columns [n0, n0 + count) over the chunk [k0, k0 + len) for `rows` rows of quantized X by
+// decode_dot_s8: y (+)= the int8 products; dots: rows x count scratch, sums: count scratch.
+void decode_dot_int8(const Context& c, const Int8Books& books, size_t k0, size_t len, size_t n0, size_t count,
+                     const uint8_t* xq, size_t ldq, size_t rows, const float* xs, const float* column_scale,
+                     int32_t* dots, int32_t* bias128, float* y, size_t ldy, bool accumulate) {
+  const VQProblem& p = c.p;
+  const size_t g = c.group_of_row(n0);
+  c.k.decode_dot_s8(p.codes, static_cast<uint64_t>(n0) * p.S + k0, p.S, count, len, p.bits, &books.q[g * c.ncw],
+                    p.group_size, n0 - c.group_begin(g), xq, ldq, rows, dots, bias128);
+  for (size_t i = 0; i < count; ++i) bias128[i] *= 128;
+  int8_epilogue(rows, dots, count, xs, column_scale, bias128, y, ldy, accumulate);
 }
 
 void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRows& x) {
@@ -1214,33 +1252,45 @@ void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRow
   const size_t second_floats = x.max_seconds() * plan.cols;
   const Int8Books books = int8_books(c);
   const bool direct = books.route != Int8Route::kFloatPanels;
+  const bool dot_rows = books.route == Int8Route::kStreamBytes && p.M <= kInt8DecodeDotMaxRows;
   const Blocks blocks = Blocks::split(plan.columns, task_count(double(p.M + 16) * p.K * p.N / 32 / plan.chunks));
   for (size_t q = 0; q < plan.chunks; ++q) {
     const size_t k0 = q * plan.depth, len = std::min(plan.depth, p.K - k0), len4 = ceil_div(len, 4) * 4;
     const size_t seconds = x.seconds(q), first = x.first_second[q];
+    const uint8_t* const first_q = &x.q_rows[q * p.M * x.ldq];
+    const uint8_t* const second_q = seconds > 0 ? &x.second_q[first * x.ldq] : nullptr;
     run_tasks(c.runner, blocks.count, [&](size_t task) {
       float* const scratch = thread_scratch(plan.scratch_floats() + plan.cols + panel_floats + second_floats);
       float* const column_scale = scratch + plan.scratch_floats();
       int8_t* const panel_q = reinterpret_cast<int8_t*>(column_scale + plan.cols);
       float* const second_y = column_scale + plan.cols + panel_floats;  // seconds x count
-      int32_t* const bias128 = thread_scratch<int32_t>(plan.cols);
+      int32_t* const bias128 = thread_scratch<int32_t>(plan.cols * (2 + (dot_rows ? p.M : 0)));
+      int32_t* const dots = bias128 + 2 * plan.cols;  // dot_rows: M x count
       for (size_t b = blocks.begin(task); b < blocks.end(task); ++b) {
         const size_t n0 = b * plan.cols, count = std::min(plan.cols, p.N - n0);
-        if (direct) {
-          decode_int8_panel(c, books, k0, len, n0, count, scratch, panel_q, column_scale, bias128);
+        if (dot_rows) {
+          int8_column_scales(c, books, n0, count, column_scale);
+          decode_dot_int8(c, books, k0, len, n0, count, first_q, x.ldq, p.M, &x.scale[q * p.M], column_scale, dots,
+                          bias128, p.y + n0, p.N, q > 0);
+          if (seconds > 0)  // bias128 + cols: the same sums again
+            decode_dot_int8(c, books, k0, len, n0, count, second_q, x.ldq, seconds, &x.second_scale[first],
+                            column_scale, dots, bias128 + plan.cols, second_y, count, false);
         } else {
-          const float* panel = plan.decode(c, k0, len, n0, count, scratch);
-          c.k.quantize_panel_s8(panel, len, count, panel_q, column_scale, bias128);
-        }
-        c.k.int8_gemm(&x.q_rows[q * p.M * x.ldq], x.ldq, p.M, len4, panel_q, count, &x.scale[q * p.M],
-                      column_scale, bias128, p.y + n0, p.N, q > 0);
-        if (seconds > 0) {  // the second rows' products, added after the first's (driver code)
-          c.k.int8_gemm(&x.second_q[first * x.ldq], x.ldq, seconds, len4, panel_q, count, &x.second_scale[first],
-                        column_scale, bias128, second_y, count, false);
-          for (size_t i = 0; i < seconds; ++i) {
-            float* y = p.y + x.second_row[first + i] * p.N + n0;
-            for (size_t j = 0; j < count; ++j) y[j] += second_y[i * count + j];
+          if (direct) {
+            decode_int8_panel(c, books, k0, len, n0, count, scratch, panel_q, column_scale, bias128);
+          } else {
+            const float* panel = plan.decode(c, k0, len, n0, count, scratch);
+            c.k.quantize_panel_s8(panel, len, count, panel_q, column_scale, bias128);
           }
+          c.k.int8_gemm(first_q, x.ldq, p.M, len4, panel_q, count, &x.scale[q * p.M], column_scale, bias128,
+                        p.y + n0, p.N, q > 0);
+          if (seconds > 0)
+            c.k.int8_gemm(second_q, x.ldq, seconds, len4, panel_q, count, &x.second_scale[first], column_scale,
+                          bias128, second_y, count, false);
+        }
+        for (size_t i = 0; i < seconds; ++i) {  // the second rows' products, added after the first's
+          float* y = p.y + x.second_row[first + i] * p.N + n0;
+          for (size_t j = 0; j < count; ++j) y[j] += second_y[i * count + j];
         }
         if (q + 1 == plan.chunks) add_bias_columns(c, p.M, n0, count, p.y);
       }
@@ -1487,6 +1537,7 @@ struct TileGemmThreshold {
   size_t min_rows;
   size_t max_outputs = static_cast<size_t>(-1);  // N the row covers (shape-specific rows)
   size_t min_stages = 1;                         // T the row covers: min_stages and more
+  bool byte_route = false;  // measured on the int8 byte route: only where p's codebooks take it (int8_route)
 };
 constexpr size_t kAnyD = static_cast<size_t>(-1);
 constexpr TileGemmThreshold kTileGemmThresholds[] = {
@@ -1569,10 +1620,21 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     //                   1.96/1.36/1.26/0.98: 8 up to N = 2048, then 32
     //   binary bit_lut  3.53/2.00/1.15/0.63/0.35, 5.70/3.14/1.44/0.73/0.40, 2.69/0.96/0.58/0.29,
     //                   3.57/2.13/0.93/0.50: 8, 4 up to N = 512
-    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx512vbmi-vnni", 8, 2048},
-    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx512vbmi-vnni", 32},
-    {VQPath::kBitLut, 1, 1, 1, 1, "avx512vbmi-vnni", 8},
-    {VQPath::kBitLut, 1, 1, 1, 1, "avx512vbmi-vnni", 4, 512},
+    // Then 64 codes per step (vbmi::CodeBytes) and, up to kInt8DecodeDotMaxRows rows, the codes
+    // met by X as they are decoded (decode_dot_s8), M = 1, 2, 4, 8 (2026-12-03, k-means-like
+    // codebooks: bench/kernels.py random_books):
+    //   km5 decode_dot  0.81/0.65/0.68/0.67, 0.39/0.27/0.46/0.47, 0.48/0.34/0.77/0.53, 0.70/0.55/0.69/0.63
+    //   km3 per 16 rows 0.52/0.48/0.71/0.74, 0.45/0.34/0.53/0.46, 0.57/0.46/0.61/0.56, 0.62/0.42/0.62/0.53
+    //   binary bit_lut  0.90/0.49/0.35/0.26, 1.69/1.13/0.67/0.46, 0.65/0.34/0.23/0.16, 1.03/0.45/0.32/0.23:
+    //                   4, 2 up to N = 1024, 1 up to N = 512
+    // These rows hold on the byte route only; codebooks it turns away (an outlier codeword)
+    // decode float panels and quantize them, as the first int8 measurement above (km5: 32 up
+    // to N = 2048, then the avx512 row; binary: the avx512 rows).
+    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx512vbmi-vnni", 1, static_cast<size_t>(-1), 1, true},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx512vbmi-vnni", 4, static_cast<size_t>(-1), 1, true},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx512vbmi-vnni", 2, 1024, 1, true},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx512vbmi-vnni", 1, 512, 1, true},
+    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx512vbmi-vnni", 32, 2048},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi-vnni", 8, 512},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi-vnni", 16, 1024},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi-vnni", 32},
@@ -1601,15 +1663,22 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
 
 size_t measured_min_rows(const VQProblem& p, VQPath small, const KernelTable& kernels) {
   const TileGemmThreshold* best = nullptr;
+  int byte_route = -1;  // int8_route(p) != kFloatPanels, once it is asked (it reads every codebook)
+  auto takes_byte_route = [&] {
+    if (byte_route < 0) byte_route = int8_panels_enabled(kernels) && int8_route(p) != Int8Route::kFloatPanels;
+    return byte_route == 1;
+  };
   for (const TileGemmThreshold& row : kTileGemmThresholds) {
     if (row.small != small || p.bits < row.min_bits || p.bits > row.max_bits) continue;
     if (p.d < row.min_d || p.d > row.max_d || p.N > row.max_outputs || p.T < row.min_stages) continue;
     if (row.isa != nullptr && std::strncmp(row.isa, kernels.name, std::strlen(row.isa)) != 0) continue;
+    if (row.byte_route && !takes_byte_route()) continue;
     // The most specific row wins: an ISA's own over the shared ones (the longest name:
-    // "avx512vbmi-vnni" over "avx512"), then the one limited to the narrowest layers, then one
-    // for residual stages; the first of equals.
+    // "avx512vbmi-vnni" over "avx512"), then one for the int8 byte route where it applies,
+    // then the one limited to the narrowest layers, then one for residual stages; the first
+    // of equals.
     auto rank = [](const TileGemmThreshold& r) {  // larger is more specific
-      return std::make_tuple(r.isa != nullptr ? std::strlen(r.isa) : 0, ~r.max_outputs, r.min_stages);
+      return std::make_tuple(r.isa != nullptr ? std::strlen(r.isa) : 0, r.byte_route, ~r.max_outputs, r.min_stages);
     };
     if (best == nullptr || rank(row) > rank(*best)) best = &row;
   }

@@ -277,12 +277,23 @@ struct KernelTable {
                                 int8_t* out, size_t ld, int32_t* sums);
 
   /// decode_codes' int8 twin (scalar codebooks in a format-1 stream, as rows of M): for r < rows,
-  /// i < count, out[r*ld + i] = book_q[code number first + r*row_stride + i], out[r*ld + i] = 0
-  /// for count <= i < ld, sums[r] = sum_i out[r*ld + i]. Reads only the bytes that hold those
-  /// codes (as unpack_codes); book_q holds 2^bits values. Copies bytes: every table's bits.
+  /// i < count, out[r*ld + i] = book_r[code number first + r*row_stride + i], out[r*ld + i] = 0
+  /// for count <= i < ld, sums[r] = sum_i out[r*ld + i]. Row r's codebook book_r (2^bits values)
+  /// is book_q + ((phase + r) / rows_per_book) * 2^bits: one call covers rows of several
+  /// codebook groups (binary: one per row). Reads only the bytes that hold those codes (as
+  /// unpack_codes). Copies bytes: every table's bits.
   void (*decode_codes_s8)(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows,
-                          size_t count, unsigned bits, const int8_t* book_q, int8_t* out, size_t ld,
-                          int32_t* sums);
+                          size_t count, unsigned bits, const int8_t* book_q, size_t rows_per_book,
+                          size_t phase, int8_t* out, size_t ld, int32_t* sums);
+
+  /// decode_codes_s8's rows met by few rows of X at once, no panel written: for r < rows (W's
+  /// rows over one depth chunk: outputs), m < M, with w_r[i] decode_codes_s8's out[r*ld + i],
+  ///   dots[m*rows + r] = sum_{i < count} xq[m*ldq + i] * w_r[i]   (exact int32)
+  ///   sums[r] = sum_i w_r[i]
+  /// M >= 1. Reads xq[m*ldq + i] only for i < count. Exact integer sums: every table's bits.
+  void (*decode_dot_s8)(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
+                        unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase, const uint8_t* xq,
+                        size_t ldq, size_t M, int32_t* dots, int32_t* sums);
 
   /// Y (+)= X W on quantized operands: for m < M, n < N, with K4 a multiple of 4,
   ///   acc = sum_{k < K4} xq[m*ldq + k] * wq[(k/4)*4*N + 4*n + k%4]     (exact int32)

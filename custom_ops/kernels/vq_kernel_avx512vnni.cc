@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "vq_codes_vbmi.h"
 #include "vq_kernel.h"
@@ -157,31 +158,100 @@ void decode_fastscan_d1_s8_vnni(const uint8_t* groups, size_t depth, size_t cols
 
 // decode_codes_vbmi's extraction (vq_codes_vbmi.h: 16 codes per step), then the codes as bytes
 // look up a 256-entry byte table (two two-source byte permutes, the code's top bit picks one).
+// A codebook's 2^bits bytes in up to four registers, and the lookup of 64 codes in them: one
+// register up to 6 bits, two for 7, four for 8 (the code's top bit picks the half).
+struct ByteBook {
+  __m512i t[4];
+  size_t ncw;
+  explicit ByteBook(unsigned bits) : ncw(size_t{1} << bits) {}
+  void load(const int8_t* book) {  // masked loads: exactly its bytes
+    for (size_t i = 0; i < 4; ++i)
+      t[i] = 64 * i >= ncw ? _mm512_setzero_si512()
+                           : _mm512_maskz_loadu_epi8(ncw - 64 * i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (ncw - 64 * i)) - 1,
+                                                     book + 64 * i);
+  }
+  __m512i lookup(__m512i codes) const {
+    if (ncw <= 64) return _mm512_permutexvar_epi8(codes, t[0]);
+    if (ncw == 128) return _mm512_permutex2var_epi8(t[0], codes, t[1]);
+    return _mm512_mask_blend_epi8(_mm512_movepi8_mask(codes), _mm512_permutex2var_epi8(t[0], codes, t[1]),
+                                  _mm512_permutex2var_epi8(t[2], codes, t[3]));
+  }
+};
+
+inline __mmask64 first_bytes(size_t n) { return n >= 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1; }
+
 void decode_codes_s8_vnni(const uint8_t* stream, uint64_t first_code, uint64_t row_stride, size_t rows,
-                          size_t count, unsigned bits, const int8_t* book_q, int8_t* out_rows, size_t ld,
-                          int32_t* sums) {
-  alignas(64) int8_t table[256] = {};
-  std::memcpy(table, book_q, size_t{1} << bits);
-  const __m512i t0 = _mm512_load_si512(table), t1 = _mm512_load_si512(table + 64);
-  const __m512i t2 = _mm512_load_si512(table + 128), t3 = _mm512_load_si512(table + 192);
-  const __m128i ones = _mm_set1_epi8(1);
-  vbmi::CodeSteps steps(bits);
-  for (size_t r = 0; r < rows; ++r) {
+                          size_t count, unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase,
+                          int8_t* out_rows, size_t ld, int32_t* sums) {
+  ByteBook book(bits);
+  book.load(book_q);
+  const __m512i ones = _mm512_set1_epi8(1);
+  vbmi::CodeBytes steps(bits);
+  for (size_t r = 0, in_book = phase; r < rows; ++r, ++in_book) {
+    if (in_book == rows_per_book) {  // the next group's codebook
+      book.load(book_q += book.ncw);
+      in_book = 0;
+    }
     steps.start(first_code + r * row_stride, count);
     int8_t* out = out_rows + r * ld;
-    __m128i sum = _mm_setzero_si128();
-    for (size_t i = 0; i < count; i += 16) {
-      const __m512i codes = _mm512_zextsi128_si512(_mm512_cvtepi32_epi8(steps.next(stream)));
-      const __m512i low = _mm512_permutex2var_epi8(t0, codes, t1), high = _mm512_permutex2var_epi8(t2, codes, t3);
-      const __m128i values = _mm512_castsi512_si128(_mm512_mask_blend_epi8(_mm512_movepi8_mask(codes), low, high));
-      const size_t n = std::min<size_t>(16, count - i);
-      const __m128i kept = _mm_maskz_mov_epi8(n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1), values);
-      sum = _mm_dpbusd_epi32(sum, ones, kept);
-      _mm_mask_storeu_epi8(out + i, n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1), kept);
+    __m512i sum = _mm512_setzero_si512();
+    for (size_t i = 0; i < count; i += 64) {
+      const __mmask64 kept_lanes = first_bytes(count - i);
+      const __m512i kept = _mm512_maskz_mov_epi8(kept_lanes, book.lookup(steps.next(stream)));
+      sum = _mm512_dpbusd_epi32(sum, ones, kept);
+      _mm512_mask_storeu_epi8(out + i, kept_lanes, kept);
     }
     std::memset(out + count, 0, ld - count);
-    const __m128i pair = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0x4e));
-    sums[r] = _mm_cvtsi128_si32(_mm_add_epi32(pair, _mm_shuffle_epi32(pair, 0xb1)));
+    sums[r] = _mm512_reduce_add_epi32(sum);
+  }
+}
+
+// MR rows of X against each decoded row of W, 64 codes a step: the decode is shared by the
+// rows, each adds one vpdpbusd.
+template <int MR>
+void decode_dot_rows(const uint8_t* stream, uint64_t first_code, uint64_t row_stride, size_t rows, size_t count,
+                     unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase, const uint8_t* xq,
+                     size_t ldq, int32_t* dots, int32_t* sums) {
+  ByteBook book(bits);
+  book.load(book_q);
+  const __m512i ones = _mm512_set1_epi8(1);
+  vbmi::CodeBytes steps(bits);
+  for (size_t r = 0, in_book = phase; r < rows; ++r, ++in_book) {
+    if (in_book == rows_per_book) {
+      book.load(book_q += book.ncw);
+      in_book = 0;
+    }
+    steps.start(first_code + r * row_stride, count);
+    __m512i sum = _mm512_setzero_si512(), acc[MR];
+    for (int m = 0; m < MR; ++m) acc[m] = _mm512_setzero_si512();
+    for (size_t i = 0; i < count; i += 64) {
+      const __mmask64 kept_lanes = first_bytes(count - i);
+      const __m512i w = _mm512_maskz_mov_epi8(kept_lanes, book.lookup(steps.next(stream)));
+      if (sums != nullptr) sum = _mm512_dpbusd_epi32(sum, ones, w);
+      for (int m = 0; m < MR; ++m)
+        acc[m] = _mm512_dpbusd_epi32(acc[m], _mm512_maskz_loadu_epi8(kept_lanes, xq + m * ldq + i), w);
+    }
+    if (sums != nullptr) sums[r] = _mm512_reduce_add_epi32(sum);
+    for (int m = 0; m < MR; ++m) dots[m * rows + r] = _mm512_reduce_add_epi32(acc[m]);
+  }
+}
+
+void decode_dot_s8_vnni(const uint8_t* stream, uint64_t first_code, uint64_t row_stride, size_t rows, size_t count,
+                        unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase, const uint8_t* xq,
+                        size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
+  // Blocks of up to 4 rows of X (each block decodes again; the sums come with the first).
+  for (size_t m = 0; m < M; m += 4) {
+    auto block = [&](auto rows_of_x) {
+      decode_dot_rows<decltype(rows_of_x)::value>(stream, first_code, row_stride, rows, count, bits, book_q,
+                                                  rows_per_book, phase, xq + m * ldq, ldq, dots + m * rows,
+                                                  m == 0 ? sums : nullptr);
+    };
+    switch (std::min<size_t>(4, M - m)) {
+      case 1: block(std::integral_constant<int, 1>()); break;
+      case 2: block(std::integral_constant<int, 2>()); break;
+      case 3: block(std::integral_constant<int, 3>()); break;
+      default: block(std::integral_constant<int, 4>()); break;
+    }
   }
 }
 
@@ -263,6 +333,7 @@ const KernelTable& avx512vnni_kernel_table() {
     t.quantize_panel_s8 = quantize_panel_s8_vnni;
     t.decode_fastscan_d1_s8 = decode_fastscan_d1_s8_vnni;
     t.decode_codes_s8 = decode_codes_s8_vnni;
+    t.decode_dot_s8 = decode_dot_s8_vnni;
     t.int8_gemm = int8_gemm_vnni;
     t.int8_panels = true;
     return t;

@@ -366,17 +366,39 @@ void decode_fastscan_d1_s8_scalar(const uint8_t* groups, size_t depth, size_t co
 }
 
 void decode_codes_s8_scalar(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows,
-                            size_t count, unsigned bits, const int8_t* book_q, int8_t* out, size_t ld,
-                            int32_t* sums) {
+                            size_t count, unsigned bits, const int8_t* book_q, size_t rows_per_book,
+                            size_t phase, int8_t* out, size_t ld, int32_t* sums) {
   uint8_t codes[256];
   for (size_t r = 0; r < rows; ++r) {
+    const int8_t* book = book_q + ((phase + r) / rows_per_book << bits);
     int32_t sum = 0;
     for (size_t i = 0; i < count; i += sizeof codes) {
       const size_t n = std::min(sizeof codes, count - i);
       unpack_codes_scalar(stream, first + r * row_stride + i, n, bits, codes);
-      for (size_t j = 0; j < n; ++j) sum += out[r * ld + i + j] = book_q[codes[j]];
+      for (size_t j = 0; j < n; ++j) sum += out[r * ld + i + j] = book[codes[j]];
     }
     std::fill(out + r * ld + count, out + (r + 1) * ld, int8_t{0});
+    sums[r] = sum;
+  }
+}
+
+void decode_dot_s8_scalar(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
+                          unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase, const uint8_t* xq,
+                          size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
+  uint8_t codes[256];
+  for (size_t r = 0; r < rows; ++r) {
+    const int8_t* book = book_q + ((phase + r) / rows_per_book << bits);
+    int32_t sum = 0;
+    for (size_t m = 0; m < M; ++m) dots[m * rows + r] = 0;
+    for (size_t i = 0; i < count; i += sizeof codes) {
+      const size_t n = std::min(sizeof codes, count - i);
+      unpack_codes_scalar(stream, first + r * row_stride + i, n, bits, codes);
+      for (size_t j = 0; j < n; ++j) {
+        const int32_t w = book[codes[j]];
+        sum += w;
+        for (size_t m = 0; m < M; ++m) dots[m * rows + r] += int32_t{xq[m * ldq + i + j]} * w;
+      }
+    }
     sums[r] = sum;
   }
 }
@@ -405,7 +427,7 @@ const KernelTable& scalar_kernel_table() {
       decode_codes_scalar, decode_fastscan_d1_scalar, dot_rows_scalar, decode_fastscan_group_scalar,
       transpose_scalar, dense_gemm_scalar, /*dense_gemm_cols=*/32, decode_row_scalar,
       quantize_rows_u8_scalar, quantize_panel_s8_scalar, decode_fastscan_d1_s8_scalar, decode_codes_s8_scalar,
-      int8_gemm_scalar,
+      decode_dot_s8_scalar, int8_gemm_scalar,
       /*int8_panels=*/false,
   };
   return table;
