@@ -475,15 +475,15 @@ struct ScanFormat {
                    size_t rows, float* out);
   // The guard's estimate from the float tables (format 2) or from the uint8 ones (format 3).
   double (*error)(const float* lut, size_t entries);
-  double (*error_quantized)(const uint8_t* q, size_t entries);
+  bool error_quantized;  // bytescan_uint8_error
   VQPath exact_path;  // the float tables' row in kTileGemmThresholds
 };
 ScanFormat scan_format(const Context& c) {
   if (c.p.format_version == 3)
     return {kByteScanBlockRows, kByteScanBlockRows, kByteScanCodewords, c.k.quantize_byte_luts,
-            c.k.bytescan_u8, c.k.bytescan_f32, nullptr, bytescan_uint8_error, VQPath::kByteScanExact};
+            c.k.bytescan_u8, c.k.bytescan_f32, nullptr, true, VQPath::kByteScanExact};
   return {kFastScanBlockRows, kFastScanGroupBytes, kFastScanCodewords, c.k.quantize_luts,
-          c.k.fastscan_u8, c.k.fastscan_f32, fastscan_uint8_error, nullptr, VQPath::kFastScanExact};
+          c.k.fastscan_u8, c.k.fastscan_f32, fastscan_uint8_error, false, VQPath::kFastScanExact};
 }
 
 void run_tile_gemm_path(const Context& c, const DenseGemm& host);
@@ -597,7 +597,7 @@ void run_fastscan_path(const Context& c, bool exact, const DenseGemm& host) {
             const float* row = luts + m * lut_row;
             uint8_t* q = qluts + m * q_stride;
             if (f.error_quantized) {
-              quantized[m] = f.quantize(row, E, q, &scale[m], &offset[m]) && f.error_quantized(q, E) <= limit;
+              quantized[m] = f.quantize(row, E, q, &scale[m], &offset[m]) && bytescan_uint8_error(c.k, q, E) <= limit;
               continue;
             }
             const double error =
@@ -1181,12 +1181,13 @@ Int8Books int8_books(const Context& c) {
   if (books.route == Int8Route::kFloatPanels) return books;
   books.q.resize(c.Gr * c.ncw);
   books.scale.resize(c.Gr);
-  uint8_t levels[256];
-  for (size_t g = 0; g < c.Gr; ++g) {
-    uint32_t energy = 0;
-    c.k.quantize_rows_u8(c.codebook(0, 0, g), c.ncw, 1, c.ncw, levels, c.ncw, &books.scale[g], &energy);
-    for (size_t i = 0; i < c.ncw; ++i) books.q[g * c.ncw + i] = static_cast<int8_t>(levels[i] - 128);
-  }
+  // One call for every group (binary has one per output): the groups' codewords are
+  // contiguous, (Gr, 2^bits) with d = 1 and one stage.
+  std::vector<uint8_t> levels(c.Gr * c.ncw);
+  std::vector<uint32_t> energy(c.Gr);
+  c.k.quantize_rows_u8(c.codebook(0, 0, 0), c.ncw, c.Gr, c.ncw, levels.data(), c.ncw, books.scale.data(),
+                       energy.data());
+  for (size_t i = 0; i < levels.size(); ++i) books.q[i] = static_cast<int8_t>(levels[i] - 128);
   return books;
 }
 
@@ -1449,21 +1450,20 @@ double fastscan_uint8_error(const float* lut, size_t entries) {
   return step * std::sqrt(static_cast<double>(varying) / spread);
 }
 
-double bytescan_uint8_error(const uint8_t* q, size_t entries) {
+double bytescan_uint8_error(const KernelTable& k, const uint8_t* q, size_t entries) {
   // Integer sums: exact, so every table makes the same choice.
   uint64_t varying = 0;
   double variance = 0.0;
-  for (size_t e = 0; e < entries; ++e) {
-    const uint8_t* table = q + e * kByteScanCodewords;
-    uint32_t sum = 0, squares = 0, top = 0;
-    for (size_t c = 0; c < kByteScanCodewords; ++c) {
-      sum += table[c];
-      squares += uint32_t{table[c]} * table[c];
-      top |= table[c];
+  constexpr size_t kBatch = 64;
+  uint32_t sums[kBatch], squares[kBatch];
+  for (size_t e0 = 0; e0 < entries; e0 += kBatch) {
+    const size_t count = std::min(kBatch, entries - e0);
+    k.byte_table_moments(q + e0 * kByteScanCodewords, count, sums, squares);
+    for (size_t e = 0; e < count; ++e) {
+      varying += squares[e] != 0;  // the lowest value quantizes to 0: any other level means a range
+      const double mean = sums[e] / double(kByteScanCodewords);
+      variance += std::max(0.0, squares[e] / double(kByteScanCodewords) - mean * mean);
     }
-    varying += top != 0;  // the lowest value quantizes to 0: any other level means a range
-    const double mean = sum / double(kByteScanCodewords);
-    variance += std::max(0.0, squares / double(kByteScanCodewords) - mean * mean);
   }
   if (varying == 0) return 0.0;
   if (!(variance > 0.0)) return std::numeric_limits<double>::infinity();

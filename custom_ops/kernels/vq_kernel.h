@@ -176,6 +176,10 @@ struct KernelTable {
   /// rounding, so lut[e][c] ~ lo[e] + scale * q[e][c]. Bit-identical across tables.
   bool (*quantize_byte_luts)(const float* lut, size_t entries, uint8_t* q, float* scale, float* offset);
 
+  /// The integer moments of `entries` tables of 256 uint8 levels (q + e*256), for the guard
+  /// (bytescan_uint8_error): sums[e] = sum_c q[e][c], squares[e] = sum_c q[e][c]^2. Exact.
+  void (*byte_table_moments)(const uint8_t* q, size_t entries, uint32_t* sums, uint32_t* squares);
+
   /// One block of 64 rows of M: `codes` is the block's E entries of 64 bytes (format v3),
   /// table m of `rows` at qluts + m*qlut_stride holds E entries of 256 uint8.
   /// out[m*64 + i] = sum_e table_m[e][codes[e*64 + i]] (exact integer sums: every table's bits).
@@ -369,8 +373,9 @@ double fastscan_uint8_error(const float* lut, size_t entries);
 /// levels, with each table's spread taken from its variance (r_e^2 / 12 -> var_e: among 256
 /// codewords one outlier moves a variance little):
 ///   est^2 = (1 / 12) * E' / sum_e var_e      (E' = tables with more than one level)
-/// Integer sums, so every table makes the same choice. 0 when every table is constant.
-double bytescan_uint8_error(const uint8_t* q, size_t entries);
+/// Integer sums (k.byte_table_moments), so every table makes the same choice. 0 when every
+/// table is constant.
+double bytescan_uint8_error(const KernelTable& k, const uint8_t* q, size_t entries);
 
 /// The threshold vq_matmul() applies: kFastScanMaxRelError, or ONNXVQ_LUT_GUARD=x (read
 /// once; a relative error, e.g. 0.03; "inf" disables the guard) for measurements.

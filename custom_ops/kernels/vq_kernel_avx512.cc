@@ -4,8 +4,9 @@
 // fastscan_u8 takes four entries per 512-bit register (one 16-byte group or table per
 // 128-bit lane), two rows per code load; otherwise the same scheme as the AVX2 kernel (see there). dense_gemm runs
 // 6 rows x 64 columns per block (24 accumulators), 8 x 32 and masked loads and stores for the last
-// columns. Both bit-identical to scalar. The other functions come from the AVX2 table
-// (every AVX-512 CPU has AVX2).
+// columns. Both bit-identical to scalar. build_lut at d = 4 takes 16 codewords a step with
+// AVX2's pairwise sums (AVX2's bits); byte_table_moments is exact. The other functions come
+// from the AVX2 table (every AVX-512 CPU has AVX2).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -334,7 +335,10 @@ void dense_gemm_avx512(const float* x, size_t ldx, size_t M, size_t K, const flo
 bool quantize_byte_luts_avx512(const float* lut, size_t entries, uint8_t* q, float* scale, float* offset) {
   constexpr size_t kVectors = kByteScanCodewords / 16;
   float range = 0.0f, offset_sum = 0.0f;
-  std::vector<float> lows(entries);
+  // Each table's minimum; on the stack up to 1024 tables (K = 4096 at d = 4), no allocation per row.
+  float stack_lows[1024];
+  std::vector<float> heap_lows(entries > 1024 ? entries : 0);
+  float* const lows = entries > 1024 ? heap_lows.data() : stack_lows;
   for (size_t e = 0; e < entries; ++e) {
     const float* table = lut + e * kByteScanCodewords;
     __m512 lo = _mm512_loadu_ps(table), hi = lo;
@@ -369,6 +373,50 @@ bool quantize_byte_luts_avx512(const float* lut, size_t entries, uint8_t* q, flo
   return true;
 }
 
+// 256-byte tables: sums by vpsadbw, squares by vpmaddwd on the bytes widened to words. Exact
+// integers, the scalar table's values.
+void byte_table_moments_avx512(const uint8_t* q, size_t entries, uint32_t* sums, uint32_t* squares) {
+  const __m512i zero = _mm512_setzero_si512();
+  for (size_t e = 0; e < entries; ++e) {
+    const uint8_t* table = q + e * kByteScanCodewords;
+    __m512i sum = zero, square = zero;
+    for (size_t v = 0; v < kByteScanCodewords; v += 64) {
+      const __m512i bytes = _mm512_loadu_si512(table + v);
+      sum = _mm512_add_epi64(sum, _mm512_sad_epu8(bytes, zero));
+      const __m512i low = _mm512_unpacklo_epi8(bytes, zero), high = _mm512_unpackhi_epi8(bytes, zero);
+      square = _mm512_add_epi32(square, _mm512_add_epi32(_mm512_madd_epi16(low, low), _mm512_madd_epi16(high, high)));
+    }
+    sums[e] = static_cast<uint32_t>(_mm512_reduce_add_epi64(sum));
+    squares[e] = static_cast<uint32_t>(_mm512_reduce_add_epi32(square));
+  }
+}
+
+// Lookup tables for d = 4, 16 codewords a step: AVX2's pairwise sums ((x0 c0 + x1 c1) +
+// (x2 c2 + x3 c3), hadd within 128-bit lanes, emulated by two shuffles and an add), so the
+// same bits as the AVX2 table; the other lengths and the last codewords go to it.
+inline __m512 hadd_lanes(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+void build_lut_avx512(const float* x, size_t len, const float* codewords, size_t d, size_t num_codewords,
+                      float* lut) {
+  const size_t wide = len == 4 && d == 4 ? num_codewords / 16 * 16 : 0;
+  if (wide > 0) {
+    const __m512 xx = _mm512_broadcast_f32x4(_mm_loadu_ps(x));
+    // After the hadd tree element 4L + i holds codeword c + 4i + L.
+    const __m512i natural = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    for (size_t c = 0; c < wide; c += 16) {
+      const float* cw = codewords + c * 4;
+      const __m512 p0 = _mm512_mul_ps(xx, _mm512_loadu_ps(cw)), p1 = _mm512_mul_ps(xx, _mm512_loadu_ps(cw + 16));
+      const __m512 p2 = _mm512_mul_ps(xx, _mm512_loadu_ps(cw + 32)), p3 = _mm512_mul_ps(xx, _mm512_loadu_ps(cw + 48));
+      const __m512 sums = hadd_lanes(hadd_lanes(p0, p1), hadd_lanes(p2, p3));
+      _mm512_storeu_ps(lut + c, _mm512_permutexvar_ps(natural, sums));
+    }
+  }
+  if (wide < num_codewords)
+    avx2_kernel_table().build_lut(x, len, codewords + wide * d, d, num_codewords - wide, lut + wide);
+}
+
 // Float byte-scan: four 16-lane gathers per entry, each output one chain of adds in entry
 // order (the scalar table's bits).
 void bytescan_f32_avx512(const uint8_t* codes, size_t entries, const float* luts, size_t lut_stride,
@@ -401,6 +449,8 @@ const KernelTable& avx512_kernel_table() {
     t.decode_fastscan_group = decode_fastscan_group_avx512;
     t.decode_fastscan_d1 = decode_fastscan_d1_avx512;
     t.quantize_byte_luts = quantize_byte_luts_avx512;
+    t.byte_table_moments = byte_table_moments_avx512;
+    t.build_lut = build_lut_avx512;
     t.bytescan_f32 = bytescan_f32_avx512;
     return t;
   }();

@@ -159,6 +159,19 @@ void bytescan_rows(const uint8_t* codes, size_t entries, const Table* tables, si
     }
   }
 }
+void byte_table_moments_scalar(const uint8_t* q, size_t entries, uint32_t* sums, uint32_t* squares) {
+  for (size_t e = 0; e < entries; ++e) {
+    const uint8_t* table = q + e * kByteScanCodewords;
+    uint32_t sum = 0, square_sum = 0;
+    for (size_t c = 0; c < kByteScanCodewords; ++c) {
+      sum += table[c];
+      square_sum += uint32_t{table[c]} * table[c];
+    }
+    sums[e] = sum;
+    squares[e] = square_sum;
+  }
+}
+
 void bytescan_u8_scalar(const uint8_t* codes, size_t entries, const uint8_t* qluts, size_t qlut_stride,
                         size_t rows, uint32_t* out) {
   bytescan_rows(codes, entries, qluts, qlut_stride, rows, out);
@@ -423,7 +436,7 @@ const KernelTable& scalar_kernel_table() {
       lut_gather8_scalar, scatter_add_scalar,  bucket_dot_scalar,    dot_scalar,
       axpy_scalar,
       quantize_luts_scalar, fastscan_u8_scalar, fastscan_f32_scalar,
-      quantize_byte_luts_scalar, bytescan_u8_scalar, bytescan_f32_scalar,
+      quantize_byte_luts_scalar, byte_table_moments_scalar, bytescan_u8_scalar, bytescan_f32_scalar,
       decode_codes_scalar, decode_fastscan_d1_scalar, dot_rows_scalar, decode_fastscan_group_scalar,
       transpose_scalar, dense_gemm_scalar, /*dense_gemm_cols=*/32, decode_row_scalar,
       quantize_rows_u8_scalar, quantize_panel_s8_scalar, decode_fastscan_d1_s8_scalar, decode_codes_s8_scalar,

@@ -385,7 +385,7 @@ void test_bytescan_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
   constexpr size_t kRows = onnxvq::kernels::kByteScanBlockRows, kWords = onnxvq::kernels::kByteScanCodewords;
   std::normal_distribution<float> normal;
   int checked = 0;
-  for (size_t entries : {1u, 2u, 3u, 255u, 256u, 257u, 511u, 513u}) {
+  for (size_t entries : {1u, 2u, 3u, 255u, 256u, 257u, 511u, 513u, 1025u}) {  // 1025: past the stack minima
     for (size_t rows : {1u, 2u, 3u, 4u, 5u}) {
       const size_t stride = entries * kWords + 64 * (rng() % 2);
       std::vector<uint8_t> codes(entries * kRows), q(rows * stride, 0);
@@ -410,6 +410,14 @@ void test_bytescan_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
       const bool rb = simd.quantize_byte_luts(luts.data(), entries, qb.data(), &sb, &ob);
       EXPECT(ra && rb && qa == qb && same_bits(sa, sb) && same_bits(oa, ob), "%s quantize_byte_luts entries=%zu",
              simd.name, entries);
+      // The guard's moments of the same tables (saturated ones are the largest sums).
+      std::vector<uint32_t> sum_a(entries), sq_a(entries), sum_b(entries), sq_b(entries);
+      scalar.byte_table_moments(q.data(), entries, sum_a.data(), sq_a.data());
+      simd.byte_table_moments(q.data(), entries, sum_b.data(), sq_b.data());
+      uint64_t plain_sum = 0, plain_squares = 0;
+      for (size_t c = 0; c < kWords; ++c) plain_sum += q[c], plain_squares += uint64_t{q[c]} * q[c];
+      EXPECT(sum_a == sum_b && sq_a == sq_b && sum_a[0] == plain_sum && sq_a[0] == plain_squares,
+             "%s byte_table_moments entries=%zu saturated=%d", simd.name, entries, int(saturated));
       luts[rng() % (entries * kWords)] = rows % 2 ? std::nanf("") : -INFINITY;
       EXPECT(!scalar.quantize_byte_luts(luts.data(), entries, qa.data(), &sa, &oa) &&
                  !simd.quantize_byte_luts(luts.data(), entries, qb.data(), &sb, &ob),
@@ -418,6 +426,48 @@ void test_bytescan_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
     }
   }
   std::printf("%s: byte-scan micro-kernels equal to scalar on %d shapes\n", simd.name, checked);
+}
+
+// build_lut on every length and codeword count: within rounding of the scalar sums (d = 4
+// and 8 sum pairwise) and of a double reference; AVX-512's d = 4 tables AVX2's bits.
+void test_build_lut(const KernelTable& simd, std::mt19937& rng) {
+  const KernelTable& scalar = onnxvq::kernels::scalar_kernel_table();
+  const KernelTable* avx2 = nullptr;
+  const KernelTable* tables[8];
+  const size_t count = onnxvq::kernels::supported_kernel_tables(tables, 8);
+  for (size_t i = 0; i < count; ++i)
+    if (std::strcmp(tables[i]->name, "avx2") == 0) avx2 = tables[i];
+  const bool avx512 = std::strncmp(simd.name, "avx512", 6) == 0;
+  std::normal_distribution<float> normal;
+  int cases = 0;
+  for (size_t d : {1u, 2u, 3u, 4u, 5u, 8u, 9u})
+    for (size_t ncw : {1u, 2u, 8u, 15u, 16u, 17u, 31u, 32u, 48u, 256u}) {
+      const size_t len = rng() % 3 == 0 ? 1 + rng() % d : d;  // a row's last subspace may be partial
+      std::vector<float> x(d), book(ncw * d), want(ncw), got(ncw), pairwise(ncw);
+      for (auto& v : x) v = normal(rng);
+      for (auto& v : book) v = normal(rng);
+      scalar.build_lut(x.data(), len, book.data(), d, ncw, want.data());
+      simd.build_lut(x.data(), len, book.data(), d, ncw, got.data());
+      for (size_t c = 0; c < ncw; ++c) {
+        double exact = 0.0, size = 0.0;
+        for (size_t j = 0; j < len; ++j)
+          exact += double(x[j]) * book[c * d + j], size += std::abs(double(x[j]) * book[c * d + j]);
+        const double tol = double(len + 1) * 6e-8 * size + 1e-30;  // (len + 1) roundings of 2^-24
+        EXPECT(std::abs(got[c] - exact) <= tol && std::abs(want[c] - exact) <= tol,
+               "%s build_lut d=%zu len=%zu codewords=%zu: c=%zu got %g scalar %g exact %g", simd.name, d, len, ncw,
+               c, got[c], want[c], exact);
+        if (len != 4 && len != 8) EXPECT(same_bits(got[c], want[c]), "%s build_lut d=%zu len=%zu: not scalar's bits",
+                                         simd.name, d, len);
+      }
+      if (avx512 && avx2 != nullptr) {
+        avx2->build_lut(x.data(), len, book.data(), d, ncw, pairwise.data());
+        EXPECT(same_floats(pairwise, got), "%s build_lut d=%zu len=%zu codewords=%zu: not avx2's bits", simd.name,
+               d, len, ncw);
+      }
+      ++cases;
+    }
+  std::printf("%s: %d build_lut cases within rounding of scalar%s\n", simd.name, cases,
+              avx512 && avx2 ? ", avx2's bits" : "");
 }
 
 // Whole problems on awkward shapes, SIMD table vs scalar table. Integer work is equal to the
@@ -1127,6 +1177,7 @@ int main() {
     test_threads_do_not_change_bits(*tables[i], rng);
     test_fastscan_micro_kernels(*tables[i], rng);
     test_bytescan_micro_kernels(*tables[i], rng);
+    test_build_lut(*tables[i], rng);
     test_shapes_against_scalar(*tables[i], rng);
     test_tile_gemm(*tables[i], rng);
     test_tile_micro_kernels(*tables[i], rng);
