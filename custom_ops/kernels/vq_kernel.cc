@@ -475,15 +475,15 @@ struct ScanFormat {
                    size_t rows, float* out);
   // The guard's estimate from the float tables (format 2) or from the uint8 ones (format 3).
   double (*error)(const float* lut, size_t entries);
-  bool error_quantized;  // bytescan_uint8_error
+  double (*error_quantized)(const KernelTable& k, const uint8_t* q, size_t entries);
   VQPath exact_path;  // the float tables' row in kTileGemmThresholds
 };
 ScanFormat scan_format(const Context& c) {
   if (c.p.format_version == 3)
     return {kByteScanBlockRows, kByteScanBlockRows, kByteScanCodewords, c.k.quantize_byte_luts,
-            c.k.bytescan_u8, c.k.bytescan_f32, nullptr, true, VQPath::kByteScanExact};
+            c.k.bytescan_u8, c.k.bytescan_f32, nullptr, bytescan_uint8_error, VQPath::kByteScanExact};
   return {kFastScanBlockRows, kFastScanGroupBytes, kFastScanCodewords, c.k.quantize_luts,
-          c.k.fastscan_u8, c.k.fastscan_f32, fastscan_uint8_error, false, VQPath::kFastScanExact};
+          c.k.fastscan_u8, c.k.fastscan_f32, fastscan_uint8_error, nullptr, VQPath::kFastScanExact};
 }
 
 void run_tile_gemm_path(const Context& c, const DenseGemm& host);
@@ -597,7 +597,7 @@ void run_fastscan_path(const Context& c, bool exact, const DenseGemm& host) {
             const float* row = luts + m * lut_row;
             uint8_t* q = qluts + m * q_stride;
             if (f.error_quantized) {
-              quantized[m] = f.quantize(row, E, q, &scale[m], &offset[m]) && bytescan_uint8_error(c.k, q, E) <= limit;
+              quantized[m] = f.quantize(row, E, q, &scale[m], &offset[m]) && f.error_quantized(c.k, q, E) <= limit;
               continue;
             }
             const double error =
@@ -1182,12 +1182,11 @@ Int8Books int8_books(const Context& c) {
   books.q.resize(c.Gr * c.ncw);
   books.scale.resize(c.Gr);
   // One call for every group (binary has one per output): the groups' codewords are
-  // contiguous, (Gr, 2^bits) with d = 1 and one stage.
-  std::vector<uint8_t> levels(c.Gr * c.ncw);
+  // contiguous, (Gr, 2^bits) with d = 1 and one stage. Levels land in q, then lose the 128.
+  uint8_t* const levels = reinterpret_cast<uint8_t*>(books.q.data());
   std::vector<uint32_t> energy(c.Gr);
-  c.k.quantize_rows_u8(c.codebook(0, 0, 0), c.ncw, c.Gr, c.ncw, levels.data(), c.ncw, books.scale.data(),
-                       energy.data());
-  for (size_t i = 0; i < levels.size(); ++i) books.q[i] = static_cast<int8_t>(levels[i] - 128);
+  c.k.quantize_rows_u8(c.codebook(0, 0, 0), c.ncw, c.Gr, c.ncw, levels, c.ncw, books.scale.data(), energy.data());
+  for (size_t i = 0; i < books.q.size(); ++i) books.q[i] = static_cast<int8_t>(levels[i] - 128);
   return books;
 }
 
