@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <string>
@@ -40,7 +41,8 @@ class VQMatMulKernel {
   VQMatMulKernel(const OrtApi& api, const OrtKernelInfo* info)
       : node_(api, info, schema::kOpType),
         layout_(op_common::read_layout(api, info, node_, schema::kSupportedFormatVersions)),
-        gemm_(info) {}
+        gemm_(info),
+        constant_codebooks_(codebooks_are_constant(info)) {}
 
   void Compute(OrtKernelContext* raw_context) const;
 
@@ -52,10 +54,28 @@ class VQMatMulKernel {
   size_t check_x(const Ort::ConstValue& x, std::vector<int64_t>* x_shape) const;
   void check_bias(const Ort::ConstValue& bias) const;
 
+  static bool codebooks_are_constant(const OrtKernelInfo* info) {
+    int is_constant = 0;
+    Ort::ConstKernelInfo(info).GetTensorConstantInput(schema::kInput_codebooks, &is_constant);
+    return is_constant != 0;
+  }
+  const kernels::PreparedCodebooks* prepared(const kernels::VQProblem& problem) const;
+
   Node node_;
   Layout layout_;
   op_common::OrtGemm gemm_;  // ORT's Gemm, for the tile path
+  // Constant codebooks (an initializer) are prepared once, on the first call, for every later
+  // one: the int8 tier's quantized codebooks read every codeword (pq8-d4: as many values as W).
+  const bool constant_codebooks_;
+  mutable std::once_flag prepare_once_;
+  mutable std::shared_ptr<const kernels::PreparedCodebooks> prepared_;
 };
+
+const kernels::PreparedCodebooks* VQMatMulKernel::prepared(const kernels::VQProblem& problem) const {
+  if (!constant_codebooks_) return nullptr;
+  std::call_once(prepare_once_, [&] { prepared_ = kernels::prepare_codebooks(problem, kernels::active_kernel_table()); });
+  return prepared_.get();
+}
 
 // Returns M (rows of X after flattening its leading dimensions).
 size_t VQMatMulKernel::check_x(const Ort::ConstValue& x, std::vector<int64_t>* x_shape) const {
@@ -118,6 +138,7 @@ void VQMatMulKernel::Compute(OrtKernelContext* raw_context) const {
   problem.codebooks = op_common::codebook_floats(codebooks, codebook_type, &widened);
   problem.bias = bias ? bias.GetTensorData<float>() : nullptr;
   problem.y = y.GetTensorMutableData<float>();
+  problem.prepared = prepared(problem);
   const op_common::OrtGemm::Call gemm = gemm_.in(raw_context);
   static const bool builtin_only = std::getenv("ONNXVQ_BUILTIN_GEMM") != nullptr;  // benchmarks
   kernels::vq_matmul(problem, op_common::ort_task_runner(raw_context),

@@ -1160,10 +1160,48 @@ bool int8_book_ok(const float* book, size_t count) {  // count <= 256 (8-bit cod
   const double median = magnitude[count / 2], step = largest / 127.0f;  // quantize_rows_u8's scale
   return step <= std::sqrt(12.0) * kInt8BookMaxRelError * median;
 }
-enum class Int8Route { kFloatPanels, kFastScanBytes, kStreamBytes };
+
+// Vector codebooks of d = 4 (pq 4- and 8-bit, one stage, one row group, K a multiple of 4)
+// quantize per codebook (per subspace, or one shared), each codeword becoming one int32 word
+// of int8_gemm's panel layout: the decode is one word lookup per code (decode_*_words_s8), no
+// float panel, transpose or per-column quantization. A subspace's scale varies along the
+// depth, where int8_gemm has none, so it is folded into X (x[k] times the scale of k's
+// subspace) before X is quantized; the columns' scales are 1.
+// The check: rounding noise step / sqrt(12) within kInt8VectorBookMaxRelError of the
+// codebook's spread, taken robustly as median |value| / 0.6745 (a normal's sigma). An RMS
+// would let one outlier hide itself (a codeword of 400 among 63 normal values is only 8 RMS),
+// and the scalar check's median alone refuses normal 8-bit codebooks (1024 values reach 4.5
+// sigma). At 1% one normal 8-bit codebook in a hundred failed, and one failing codebook sends
+// the whole layer to the float panels; 2% (the largest value within 8.8 sigma) refuses an
+// outlier codeword and is small next to the codes' own error (pq8-d4: 10-20% of W).
+constexpr double kInt8VectorBookMaxRelError = 0.02;
+bool int8_vector_book_ok(const float* book, size_t count) {  // count <= 1024 (8-bit codes, d = 4)
+  float magnitude[1024];
+  float largest = 0.0f;
+  for (size_t i = 0; i < count; ++i) {
+    magnitude[i] = std::abs(book[i]);
+    if (!(magnitude[i] <= std::numeric_limits<float>::max())) return false;  // not finite
+    largest = std::max(largest, magnitude[i]);
+  }
+  std::nth_element(magnitude, magnitude + count / 2, magnitude + count);
+  const double sigma = magnitude[count / 2] / 0.6745, step = largest / 127.0f;  // quantize_rows_u8's scale
+  return step <= std::sqrt(12.0) * kInt8VectorBookMaxRelError * sigma;  // all zero: 0 <= 0
+}
+bool vector_bytes_cover(const VQProblem& p) {
+  return (fastscan_panels(p) || bytescan_panels(p)) && p.d == 4 && p.T == 1 && p.row_groups() == 1 &&
+         p.K % 4 == 0;
+}
+
+enum class Int8Route { kFloatPanels, kFastScanBytes, kStreamBytes, kVectorBytes };
 // The route p's codebooks take on the int8 tier (a few float operations per codeword); a
 // shape-only problem (no codebooks: onnxvq_path_name) is taken to have typical ones.
 Int8Route int8_route(const VQProblem& p) {
+  if (vector_bytes_cover(p)) {
+    const size_t values = p.codewords() * p.d;  // layout (Gs, 2^bits, d): one stage, one row group
+    for (size_t g = 0; g < p.subspace_groups() && p.codebooks != nullptr; ++g)
+      if (!int8_vector_book_ok(p.codebooks + g * values, values)) return Int8Route::kFloatPanels;
+    return Int8Route::kVectorBytes;
+  }
   const bool stream = p.format_version == 1 && p.axis == 0 && p.d == 1 && p.T == 1 && !p.per_subspace;
   if (!fastscan_d1_panels(p) && !stream) return Int8Route::kFloatPanels;
   for (size_t g = 0; g < p.row_groups() && p.codebooks != nullptr; ++g)  // layout (Gr, 2^bits): d = 1, one stage, one subspace group
@@ -1172,13 +1210,40 @@ Int8Route int8_route(const VQProblem& p) {
 }
 struct Int8Books {
   Int8Route route = Int8Route::kFloatPanels;
-  std::vector<int8_t> q;     // group g's codewords at q[g * 2^bits]
-  std::vector<float> scale;  // per group
+  std::vector<int8_t> q;         // scalar routes: group g's codewords at q[g * 2^bits]
+  std::vector<int32_t> words;    // kVectorBytes: codebook g's codeword c at words[g * 2^bits + c]
+  std::vector<uint8_t> planes;   // kVectorBytes, 8 bits: byte b of that word at planes[(g * 4 + b) * 256 + c]
+  std::vector<float> scale;      // per group (kVectorBytes: per codebook, folded into X)
 };
+}  // namespace
+
+// What prepare_codebooks() keeps (vq_kernel.h).
+struct PreparedCodebooks {
+  Int8Books books;
+};
+
+namespace {
 Int8Books int8_books(const Context& c) {
   Int8Books books;
   books.route = int8_route(c.p);
   if (books.route == Int8Route::kFloatPanels) return books;
+  if (books.route == Int8Route::kVectorBytes) {  // one quantize_rows_u8 row per codebook
+    const size_t values = c.ncw * c.p.d;
+    std::vector<uint8_t> levels(c.Gs * values);
+    std::vector<uint32_t> energy(c.Gs);
+    books.scale.resize(c.Gs);
+    c.k.quantize_rows_u8(c.p.codebooks, values, c.Gs, values, levels.data(), values, books.scale.data(), energy.data());
+    for (uint8_t& level : levels) level = static_cast<uint8_t>(level - 128);  // the int8 value's byte
+    books.words.resize(c.Gs * c.ncw);
+    std::memcpy(books.words.data(), levels.data(), levels.size());
+    if (c.ncw == kByteScanCodewords) {  // decode_bytescan_words_s8's byte planes
+      books.planes.resize(levels.size());
+      for (size_t g = 0; g < c.Gs; ++g)
+        for (size_t code = 0; code < c.ncw; ++code)
+          for (size_t b = 0; b < 4; ++b) books.planes[(g * 4 + b) * c.ncw + code] = levels[(g * c.ncw + code) * 4 + b];
+    }
+    return books;
+  }
   books.q.resize(c.Gr * c.ncw);
   books.scale.resize(c.Gr);
   // One call for every group (binary has one per output): the groups' codewords are
@@ -1191,7 +1256,15 @@ Int8Books int8_books(const Context& c) {
 }
 
 void int8_column_scales(const Context& c, const Int8Books& books, size_t n0, size_t count, float* column_scale) {
-  for (size_t i = 0; i < count; ++i) column_scale[i] = books.scale[c.group_of_row(n0 + i)];
+  for (size_t i = 0; i < count; ++i)
+    column_scale[i] = books.route == Int8Route::kVectorBytes ? 1.0f : books.scale[c.group_of_row(n0 + i)];
+}
+
+// The codebooks' int8 form: prepared once (the op's constant codebooks), else for this call.
+const Int8Books& books_for(const Context& c, Int8Books& local) {
+  if (c.p.prepared != nullptr) return c.p.prepared->books;
+  local = int8_books(c);
+  return local;
 }
 
 // Panel columns [n0, n0 + count) over the chunk [k0, k0 + len) as int8 (int8_gemm's layout,
@@ -1202,7 +1275,25 @@ void decode_int8_panel(const Context& c, const Int8Books& books, size_t k0, size
   const VQProblem& p = c.p;
   const size_t len4 = ceil_div(len, 4) * 4;
   int8_column_scales(c, books, n0, count, column_scale);
-  if (books.route == Int8Route::kStreamBytes) {  // one call over every group (binary: a codebook per row)
+  if (books.route == Int8Route::kVectorBytes) {  // len: whole subspaces of 4 (K % 4 == 0), k0 one's start
+    const size_t s0 = k0 / 4, subspaces = len / 4, stride = p.per_subspace ? c.ncw : 0;
+    const int32_t* words = books.words.data() + s0 * stride;
+    for (size_t i0 = 0; i0 < count;) {
+      const size_t n = n0 + i0;
+      if (p.format_version == 2) {  // n: a block boundary (whole blocks of 32)
+        const size_t cols = std::min(kFastScanBlockRows, count - i0);
+        c.k.decode_fastscan_words_s8(p.codes + ((n / kFastScanBlockRows) * p.S + s0) * kFastScanGroupBytes, subspaces,
+                                     cols, words, stride, panel_q + 4 * i0, count, bias128 + i0);
+        i0 += cols;
+      } else {  // n: a half-block boundary of 64-output blocks
+        const size_t lane = n % kByteScanBlockRows, cols = std::min(kByteScanBlockRows - lane, count - i0);
+        c.k.decode_bytescan_words_s8(p.codes + ((n / kByteScanBlockRows) * p.S + s0) * kByteScanBlockRows + lane,
+                                     subspaces, cols, books.planes.data() + 4 * s0 * stride, 4 * stride,
+                                     panel_q + 4 * i0, count, bias128 + i0);
+        i0 += cols;
+      }
+    }
+  } else if (books.route == Int8Route::kStreamBytes) {  // one call over every group (binary: a codebook per row)
     const size_t g = c.group_of_row(n0);
     c.k.decode_codes_s8(p.codes, static_cast<uint64_t>(n0) * p.S + k0, p.S, count, len, p.bits, &books.q[g * c.ncw],
                         p.group_size, n0 - c.group_begin(g), reinterpret_cast<int8_t*>(rows), len4, bias128);
@@ -1246,11 +1337,10 @@ void decode_dot_int8(const Context& c, const Int8Books& books, size_t k0, size_t
   int8_epilogue(rows, dots, count, xs, column_scale, bias128, y, ldy, accumulate);
 }
 
-void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRows& x) {
+void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRows& x, const Int8Books& books) {
   const VQProblem& p = c.p;
   const size_t panel_floats = x.ldq * plan.cols / 4;  // int8 panel, in float storage (see above)
   const size_t second_floats = x.max_seconds() * plan.cols;
-  const Int8Books books = int8_books(c);
   const bool direct = books.route != Int8Route::kFloatPanels;
   const bool dot_rows = books.route == Int8Route::kStreamBytes && p.M <= kInt8DecodeDotMaxRows;
   const Blocks blocks = Blocks::split(plan.columns, task_count(double(p.M + 16) * p.K * p.N / 32 / plan.chunks));
@@ -1300,9 +1390,23 @@ void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRow
 
 void run_panel_gemm_path(const Context& c) {
   if (int8_tier(c)) {
+    const VQProblem& p = c.p;
     const PanelPlan plan(c, kPanelMaxDepth);
-    const QuantizedRows x = quantize_rows(c, plan);
-    run_int8_panels(c, plan, x);
+    Int8Books local;
+    const Int8Books& books = books_for(c, local);
+    QuantizedRows x;
+    if (books.route == Int8Route::kVectorBytes) {  // X with its subspaces' codebook scales folded in
+      std::vector<float> scaled(p.M * p.K);
+      for (size_t m = 0; m < p.M; ++m)
+        for (size_t k = 0; k < p.K; ++k)
+          scaled[m * p.K + k] = p.x[m * p.K + k] * books.scale[p.per_subspace ? k / 4 : 0];
+      VQProblem folded = p;
+      folded.x = scaled.data();
+      x = quantize_rows(Context(folded, c.k, c.runner), plan);
+    } else {
+      x = quantize_rows(c, plan);
+    }
+    run_int8_panels(c, plan, x, books);
     if (!x.float_rows.empty()) run_on_rows(c, x.float_rows, run_float_panels);  // not finite (or a tiny limit)
     return;
   }
@@ -1368,6 +1472,25 @@ const KernelTable& select_kernel_table() {
 }
 
 }  // namespace
+
+const char* int8_route_name(const VQProblem& p) {
+  switch (p.prepared != nullptr ? p.prepared->books.route : int8_route(p)) {
+    case Int8Route::kVectorBytes: return "vector_bytes";
+    case Int8Route::kFastScanBytes: return "fastscan_bytes";
+    case Int8Route::kStreamBytes: return "stream_bytes";
+    case Int8Route::kFloatPanels: break;
+  }
+  return "float_panels";
+}
+
+std::shared_ptr<const PreparedCodebooks> prepare_codebooks(const VQProblem& p, const KernelTable& kernels) {
+  static const TaskRunner serial;
+  auto prepared = std::make_shared<PreparedCodebooks>();
+  VQProblem layout = p;
+  layout.prepared = nullptr;
+  prepared->books = int8_books(Context(layout, kernels, serial));
+  return prepared;
+}
 
 const char* kernel_selection_error() {
   static const std::string error = [] {
@@ -1644,6 +1767,18 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     {VQPath::kFastScan, 4, 4, 2, 4, "avx512vbmi-vnni", 16, 512, 2},  // 1536x384: 0.60 at 16
     {VQPath::kFastScan, 4, 4, 2, 4, "avx512vbmi-vnni", 32, 2048, 2},
     {VQPath::kFastScan, 4, 4, 2, 4, "avx512vbmi-vnni", 128, static_cast<size_t>(-1), 2},
+    // d = 4 vector codebooks as int8 words (kVectorBytes; AMD EPYC, 2026-12-04), tile / small
+    // at M = 1, 2, 4, 8, 16, 32, 64 on 4096x4096, 384x1536, 1536x384, 1280x1000:
+    //   pq4-d4 fastscan 4.03/2.62/1.84/1.44/1.22/1.14/1.07, 1.91/1.47/1.07/0.80/0.69, 1.98/1.26/0.83/0.57,
+    //                   2.43/1.55/1.13/0.81/0.65: 4 up to N = 512, 8 up to 2048 (then the rows above)
+    //   pq8-d4 bytescan 6.22/3.46/1.78/1.03/0.64/0.46, 3.79/1.93/1.16/0.68, 1.45/0.79/0.44,
+    //                   2.94/1.59/0.92/0.53: 2 / 4 / 8 / 16 by N
+    {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni", 4, 512, 1, true},
+    {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni", 8, 2048, 1, true},
+    {VQPath::kByteScan, 8, 8, 4, 4, "avx512vbmi-vnni", 2, 512, 1, true},
+    {VQPath::kByteScan, 8, 8, 4, 4, "avx512vbmi-vnni", 4, 1024, 1, true},
+    {VQPath::kByteScan, 8, 8, 4, 4, "avx512vbmi-vnni", 8, 2048, 1, true},
+    {VQPath::kByteScan, 8, 8, 4, 4, "avx512vbmi-vnni", 16, static_cast<size_t>(-1), 1, true},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 8, 512},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 16, 2048},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 64},
@@ -1664,7 +1799,9 @@ size_t measured_min_rows(const VQProblem& p, VQPath small, const KernelTable& ke
   const TileGemmThreshold* best = nullptr;
   int byte_route = -1;  // int8_route(p) != kFloatPanels, once it is asked (it reads every codebook)
   auto takes_byte_route = [&] {
-    if (byte_route < 0) byte_route = int8_panels_enabled(kernels) && int8_route(p) != Int8Route::kFloatPanels;
+    if (byte_route < 0)
+      byte_route = int8_panels_enabled(kernels) &&
+                   (p.prepared != nullptr ? p.prepared->books.route : int8_route(p)) != Int8Route::kFloatPanels;
     return byte_route == 1;
   };
   for (const TileGemmThreshold& row : kTileGemmThresholds) {

@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #if defined(_WIN32)
 #define ONNXVQ_EXPORT __declspec(dllexport)
@@ -50,6 +51,8 @@ inline constexpr size_t kFastScanTablePad = 64;
 inline constexpr size_t kByteScanBlockRows = 64;
 inline constexpr size_t kByteScanCodewords = 256;
 
+struct PreparedCodebooks;  // see prepare_codebooks()
+
 /// One VQMatMul evaluation. Sizes are element counts; every buffer is dense row-major.
 struct VQProblem {
   size_t M = 0;  ///< rows of X and Y: every leading dimension of X flattened (may be 0)
@@ -76,6 +79,9 @@ struct VQProblem {
   const float* codebooks = nullptr;  ///< size T*Gs*Gr*2^bits*d, layout (T, Gs, Gr, 2^bits, d)
   const float* bias = nullptr;       ///< size N, or nullptr for no bias
   float* y = nullptr;                ///< size M*N, layout (M, N); fully overwritten
+  /// prepare_codebooks() of exactly these layout fields and codebook values, or nullptr (then
+  /// whatever it holds is derived again on every call).
+  const PreparedCodebooks* prepared = nullptr;
 
   size_t rows() const { return axis == 0 ? N : K; }     ///< R
   size_t length() const { return axis == 0 ? K : N; }   ///< L
@@ -299,6 +305,25 @@ struct KernelTable {
                         unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase, const uint8_t* xq,
                         size_t ldq, size_t M, int32_t* dots, int32_t* sums);
 
+  /// Vector codebooks of d = 4 on the int8 tier: one codeword quantized to int8 is one int32
+  /// word of int8_gemm's panel layout (its 4 values are a column's 4 depths), so a panel row
+  /// of words is one lookup per code. Fast-scan groups (format 2, one stage): for j <
+  /// subspaces (the consecutive 16-byte groups at groups + j*16), i < cols (<= 32), with code_i
+  /// group j's nibble of output i (low nibbles outputs 0-15, high ones 16-31),
+  ///   word_j(i) = words[j*book_stride + code_i]   (book_stride 16: a codebook per subspace; 0)
+  ///   out[(j*ld + i)*4 .. + 4) = word_j(i)'s bytes,  sums[i] = sum over j of its 4 signed bytes
+  /// (ld: the panel's width in columns). Copies words: every table's bits.
+  void (*decode_fastscan_words_s8)(const uint8_t* groups, size_t subspaces, size_t cols, const int32_t* words,
+                                   size_t book_stride, int8_t* out, size_t ld, int32_t* sums);
+
+  /// The same for byte-scan codes (format 3, one stage): subspace j's codes at codes + j*64
+  /// (kByteScanBlockRows apart), code_i = codes[j*64 + i] for i < cols (<= 64). Its codebook's
+  /// 256 words come as 4 byte planes, book = planes + j*book_stride (book_stride 1024 or 0):
+  /// byte b of codeword c at book[b*256 + c] (planes fit byte permutes: 256 words do not fit
+  /// registers). Reads only those code bytes and the codebooks.
+  void (*decode_bytescan_words_s8)(const uint8_t* codes, size_t subspaces, size_t cols, const uint8_t* planes,
+                                   size_t book_stride, int8_t* out, size_t ld, int32_t* sums);
+
   /// Y (+)= X W on quantized operands: for m < M, n < N, with K4 a multiple of 4,
   ///   acc = sum_{k < K4} xq[m*ldq + k] * wq[(k/4)*4*N + 4*n + k%4]     (exact int32)
   ///   v = xs[m] * (ws[n] * float(acc - bias128[n]));  y[m*ldy + n] = accumulate ? y + v : v
@@ -436,6 +461,19 @@ VQPath choose_path(const VQProblem& problem, const KernelTable& kernels = active
 /// every layout (benchmarks, tests; n = SIZE_MAX-like huge values disable the path).
 size_t tile_gemm_min_rows(const VQProblem& problem, const KernelTable& kernels = active_kernel_table());
 const char* path_name(VQPath path);
+
+/// What vq_matmul() derives from the codebooks alone (the int8 tier's quantized codebooks and
+/// the route they take, which reads every codebook: for pq8-d4 as many values as W_hat has), for
+/// a caller that runs the same codebooks many times: the ORT op builds one per node when the
+/// codebooks are a constant initializer. Uses p's layout and codebooks (M, x, y unused);
+/// VQProblem::prepared then gives the same bits as deriving them per call.
+std::shared_ptr<const PreparedCodebooks> prepare_codebooks(const VQProblem& p,
+                                                           const KernelTable& kernels = active_kernel_table());
+
+/// The route p's codebooks take through the int8 tier's panels (tests, diagnostics):
+/// "vector_bytes" (d = 4 codewords as int32 words), "fastscan_bytes" / "stream_bytes" (scalar
+/// codebooks as bytes), or "float_panels" (decoded to float, then quantized per column).
+const char* int8_route_name(const VQProblem& p);
 
 /// Computes problem.y. Throws std::bad_alloc (or whatever runner.run throws) on failure.
 void vq_matmul(const VQProblem& problem, const TaskRunner& runner = {},

@@ -255,6 +255,71 @@ void decode_dot_s8_vnni(const uint8_t* stream, uint64_t first_code, uint64_t row
   }
 }
 
+// d = 4 vector codebooks: a codebook of 16 words is one register, and one vpermd looks 16
+// outputs' codes up in it (the low nibbles, then the high ones); vpdpbusd against bytes of 1
+// adds each word's 4 bytes to its column sum.
+void decode_fastscan_words_s8_vnni(const uint8_t* groups, size_t subspaces, size_t cols, const int32_t* words,
+                                   size_t book_stride, int8_t* out, size_t ld, int32_t* sums) {
+  const __mmask16 low = lanes(cols), high = lanes(cols > 16 ? cols - 16 : 0);
+  const __m512i nibble = _mm512_set1_epi32(0x0f), ones = _mm512_set1_epi8(1);
+  __m512i sum_low = _mm512_setzero_si512(), sum_high = sum_low;
+  __m512i table = _mm512_loadu_si512(words);
+  int32_t* row = reinterpret_cast<int32_t*>(out);
+  for (size_t j = 0; j < subspaces; ++j, row += ld) {
+    if (book_stride != 0) table = _mm512_loadu_si512(words + j * book_stride);
+    const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(groups + j * kFastScanGroupBytes)));
+    const __m512i lo = _mm512_permutexvar_epi32(_mm512_and_si512(codes, nibble), table);
+    const __m512i hi = _mm512_permutexvar_epi32(_mm512_srli_epi32(codes, 4), table);
+    dpbusd(sum_low, ones, lo);
+    dpbusd(sum_high, ones, hi);
+    _mm512_mask_storeu_epi32(row, low, lo);
+    _mm512_mask_storeu_epi32(row + 16, high, hi);
+  }
+  _mm512_mask_storeu_epi32(sums, low, sum_low);
+  _mm512_mask_storeu_epi32(sums + 16, high, sum_high);
+}
+
+// 256-word codebooks do not fit registers, but their 4 byte planes do (4 x 4 registers): 64
+// codes a step look each plane up with two two-source byte permutes (the code's top bit picks
+// one, as ByteBook), and byte unpacks interleave the planes into words. The codes are first
+// permuted so that the unpacks, which work within 128-bit lanes, leave the words in column
+// order (position 16L + 4v + j holds column 16v + 4L + j). (vpgatherdd, 16 words a step, took
+// 3x as long on Zen 4.) Masked code loads and stores: nothing past the columns is touched.
+void decode_bytescan_words_s8_vnni(const uint8_t* codes, size_t subspaces, size_t cols, const uint8_t* planes,
+                                   size_t book_stride, int8_t* out, size_t ld, int32_t* sums) {
+  alignas(64) uint8_t order[64];
+  for (int lane = 0; lane < 4; ++lane)
+    for (int v = 0; v < 4; ++v)
+      for (int j = 0; j < 4; ++j) order[16 * lane + 4 * v + j] = static_cast<uint8_t>(16 * v + 4 * lane + j);
+  const __m512i to_lanes = _mm512_load_si512(order), ones = _mm512_set1_epi8(1);
+  const __mmask64 kept = first_bytes(cols);
+  __mmask16 mask[4];
+  for (size_t v = 0; v < 4; ++v) mask[v] = lanes(cols > 16 * v ? cols - 16 * v : 0);
+  __m512i sum[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+  __m512i t[16];
+  for (size_t j = 0; j < subspaces; ++j) {
+    const uint8_t* book = planes + j * book_stride;
+    if (j == 0 || book_stride != 0)
+      for (size_t r = 0; r < 16; ++r) t[r] = _mm512_loadu_si512(book + 64 * r);
+    const __m512i code = _mm512_permutexvar_epi8(to_lanes, _mm512_maskz_loadu_epi8(kept, codes + j * kByteScanBlockRows));
+    const __mmask64 top = _mm512_movepi8_mask(code);
+    __m512i plane[4];
+    for (size_t b = 0; b < 4; ++b)
+      plane[b] = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(t[4 * b], code, t[4 * b + 1]),
+                                        _mm512_permutex2var_epi8(t[4 * b + 2], code, t[4 * b + 3]));
+    const __m512i lo01 = _mm512_unpacklo_epi8(plane[0], plane[1]), hi01 = _mm512_unpackhi_epi8(plane[0], plane[1]);
+    const __m512i lo23 = _mm512_unpacklo_epi8(plane[2], plane[3]), hi23 = _mm512_unpackhi_epi8(plane[2], plane[3]);
+    const __m512i word[4] = {_mm512_unpacklo_epi16(lo01, lo23), _mm512_unpackhi_epi16(lo01, lo23),
+                             _mm512_unpacklo_epi16(hi01, hi23), _mm512_unpackhi_epi16(hi01, hi23)};
+    int32_t* row = reinterpret_cast<int32_t*>(out) + j * ld;
+    for (size_t v = 0; v < 4; ++v) {
+      dpbusd(sum[v], ones, word[v]);
+      _mm512_mask_storeu_epi32(row + 16 * v, mask[v], word[v]);
+    }
+  }
+  for (size_t v = 0; v < 4; ++v) _mm512_mask_storeu_epi32(sums + 16 * v, mask[v], sum[v]);
+}
+
 // MR rows x V vectors of 16 columns; `last` masks the last vector's columns.
 template <int MR, int V>
 void int8_block(const uint8_t* xq, size_t ldq, size_t K4, const int8_t* wq, size_t N, const float* xs,
@@ -334,6 +399,8 @@ const KernelTable& avx512vnni_kernel_table() {
     t.decode_fastscan_d1_s8 = decode_fastscan_d1_s8_vnni;
     t.decode_codes_s8 = decode_codes_s8_vnni;
     t.decode_dot_s8 = decode_dot_s8_vnni;
+    t.decode_fastscan_words_s8 = decode_fastscan_words_s8_vnni;
+    t.decode_bytescan_words_s8 = decode_bytescan_words_s8_vnni;
     t.int8_gemm = int8_gemm_vnni;
     t.int8_panels = true;
     return t;

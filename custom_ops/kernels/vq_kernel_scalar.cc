@@ -416,6 +416,44 @@ void decode_dot_s8_scalar(const uint8_t* stream, uint64_t first, uint64_t row_st
   }
 }
 
+// One int32 word's 4 signed bytes, summed.
+int32_t word_byte_sum(int32_t word) {
+  int8_t bytes[4];
+  std::memcpy(bytes, &word, 4);
+  return int32_t{bytes[0]} + bytes[1] + bytes[2] + bytes[3];
+}
+
+void decode_fastscan_words_s8_scalar(const uint8_t* groups, size_t subspaces, size_t cols, const int32_t* words,
+                                     size_t book_stride, int8_t* out, size_t ld, int32_t* sums) {
+  for (size_t i = 0; i < cols; ++i) {
+    int32_t sum = 0;
+    for (size_t j = 0; j < subspaces; ++j) {
+      const uint8_t byte = groups[j * kFastScanGroupBytes + i % 16];
+      const int32_t word = words[j * book_stride + (i < 16 ? byte & 0x0f : byte >> 4)];
+      std::memcpy(out + (j * ld + i) * 4, &word, 4);
+      sum += word_byte_sum(word);
+    }
+    sums[i] = sum;
+  }
+}
+
+void decode_bytescan_words_s8_scalar(const uint8_t* codes, size_t subspaces, size_t cols, const uint8_t* planes,
+                                     size_t book_stride, int8_t* out, size_t ld, int32_t* sums) {
+  for (size_t i = 0; i < cols; ++i) {
+    int32_t sum = 0;
+    for (size_t j = 0; j < subspaces; ++j) {
+      const uint8_t* book = planes + j * book_stride;
+      const size_t code = codes[j * kByteScanBlockRows + i];
+      for (size_t b = 0; b < 4; ++b) {
+        const int8_t value = static_cast<int8_t>(book[b * kByteScanCodewords + code]);
+        out[(j * ld + i) * 4 + b] = value;
+        sum += value;
+      }
+    }
+    sums[i] = sum;
+  }
+}
+
 void int8_gemm_scalar(const uint8_t* xq, size_t ldq, size_t M, size_t K4, const int8_t* wq, size_t N,
                       const float* xs, const float* ws, const int32_t* bias128, float* y, size_t ldy,
                       bool accumulate) {
@@ -440,7 +478,7 @@ const KernelTable& scalar_kernel_table() {
       decode_codes_scalar, decode_fastscan_d1_scalar, dot_rows_scalar, decode_fastscan_group_scalar,
       transpose_scalar, dense_gemm_scalar, /*dense_gemm_cols=*/32, decode_row_scalar,
       quantize_rows_u8_scalar, quantize_panel_s8_scalar, decode_fastscan_d1_s8_scalar, decode_codes_s8_scalar,
-      decode_dot_s8_scalar, int8_gemm_scalar,
+      decode_dot_s8_scalar, decode_fastscan_words_s8_scalar, decode_bytescan_words_s8_scalar, int8_gemm_scalar,
       /*int8_panels=*/false,
   };
   return table;

@@ -226,6 +226,39 @@ bool int8_path(const VQProblem& p, const KernelTable& kernels) {
          onnxvq::kernels::choose_path(p, kernels) == onnxvq::kernels::VQPath::kTileGemm;
 }
 // (A row on two int8 levels is rounded 254x finer: within the same bound.)
+// Layouts whose d = 4 codebooks may take the int8 tier's vector route (int8 words, each
+// codebook's scale folded into X): its own error bound applies there.
+bool vector_route_layout(const VQProblem& p) {
+  return p.axis == 0 && (p.format_version == 2 || p.format_version == 3) && p.d == 4 && p.T == 1 &&
+         p.row_groups() == 1 && p.K % 4 == 0;
+}
+
+// |x_k q_k - x_k w_k| with x'_k = x_k sigma_k rounded by half a step sx' of X' and q_k = w_k /
+// sigma_k by half a level: |x_k| sigma_k / 2 + sx' |w_k| / (2 sigma_k) + sx' / 4 per term.
+std::vector<double> vector_int8_bounds(const Case& c, const std::vector<double>& w) {
+  const VQProblem& p = c.p;
+  const size_t values = p.codewords() * p.d;
+  std::vector<double> sigma(p.K, 0.0);
+  for (size_t k = 0; k < p.K; ++k) {
+    const float* book = c.codebooks.data() + (p.per_subspace ? k / 4 : 0) * values;
+    for (size_t i = 0; i < values; ++i) sigma[k] = std::max(sigma[k], std::abs(double(book[i])) / 127.0);
+  }
+  std::vector<double> bound(p.M * p.N, 0.0);
+  for (size_t m = 0; m < p.M; ++m) {
+    const float* x = c.x.data() + m * p.K;
+    double sx = 0.0;
+    for (size_t k = 0; k < p.K; ++k) sx = std::max(sx, std::abs(double(x[k]) * sigma[k]) / 127.0);
+    for (size_t n = 0; n < p.N; ++n) {
+      double sum = 0.0;
+      for (size_t k = 0; k < p.K; ++k)
+        sum += 0.5 * std::abs(double(x[k])) * sigma[k] + (sigma[k] > 0.0 ? 0.5 * sx * std::abs(w[k * p.N + n]) / sigma[k] : 0.0) +
+               0.25 * sx;
+      bound[m * p.N + n] = sum * 1.01;
+    }
+  }
+  return bound;
+}
+
 std::vector<double> int8_bounds(const Case& c, bool applies) {
   const VQProblem& p = c.p;
   const std::vector<float>& xr = c.x;
@@ -248,6 +281,10 @@ std::vector<double> int8_bounds(const Case& c, bool applies) {
         sum += 0.5 * sx * std::abs(w[k * p.N + n]) + 0.5 * sw[n] * std::abs(double(xr[m * p.K + k])) + 0.25 * sx * sw[n];
       bound[m * p.N + n] = sum * 1.01;
     }
+  }
+  if (vector_route_layout(p)) {
+    const std::vector<double> vector_bound = vector_int8_bounds(c, w);
+    for (size_t e = 0; e < bound.size(); ++e) bound[e] = std::max(bound[e], vector_bound[e]);
   }
   return bound;
 }
@@ -1139,6 +1176,121 @@ void test_int8_tier(const KernelTable& simd, std::mt19937& rng) {
               simd.name, cases, second_rows, mean_second, worst_second, float_rows, few_row_cases);
 }
 
+// The d = 4 word decoders against scalar, and scalar against plain lookups: every panel width
+// up to a block, partial blocks, shared and per-subspace codebooks, codes and codebooks at
+// their exact sizes (a sanitizer sees any read past them), canaries around the panel.
+void test_vector_word_kernels(const KernelTable& simd, std::mt19937& rng) {
+  const KernelTable& scalar = onnxvq::kernels::scalar_kernel_table();
+  using onnxvq::kernels::kByteScanBlockRows;
+  using onnxvq::kernels::kFastScanGroupBytes;
+  const int cases = scaled(300);
+  for (int i = 0; i < cases; ++i) {
+    const bool bytes = rng() % 2;
+    const size_t ncw = bytes ? 256 : 16, block = bytes ? kByteScanBlockRows : 32;
+    const size_t subspaces = 1 + rng() % 40, cols = 1 + rng() % block, ld = cols + rng() % 40;
+    const bool per_subspace = rng() % 2;
+    // Byte-scan codes: subspace j's at j * 64, the last one's exactly cols bytes long.
+    std::vector<uint8_t> codes(bytes ? (subspaces - 1) * kByteScanBlockRows + cols : subspaces * kFastScanGroupBytes);
+    for (auto& v : codes) v = static_cast<uint8_t>(rng());
+    std::vector<int32_t> words((per_subspace ? subspaces : 1) * ncw);
+    for (auto& v : words) v = static_cast<int32_t>(rng());
+    const size_t stride = per_subspace ? ncw : 0;
+    std::vector<uint8_t> planes(words.size() * 4);  // byte-scan codebooks as byte planes
+    for (size_t g = 0; g * ncw < words.size(); ++g)
+      for (size_t code = 0; code < ncw; ++code)
+        for (size_t b = 0; b < 4; ++b) planes[(g * 4 + b) * ncw + code] = static_cast<uint8_t>(words[g * ncw + code] >> (8 * b));
+    std::vector<int8_t> p1(subspaces * 4 * ld, 99), p2 = p1;
+    std::vector<int32_t> s1(cols + 1, -7), s2 = s1;
+    auto run = [&](const KernelTable& k, std::vector<int8_t>& out, std::vector<int32_t>& sums) {
+      if (bytes)
+        k.decode_bytescan_words_s8(codes.data(), subspaces, cols, planes.data(), 4 * stride, out.data(), ld, sums.data());
+      else
+        k.decode_fastscan_words_s8(codes.data(), subspaces, cols, words.data(), stride, out.data(), ld, sums.data());
+    };
+    run(scalar, p1, s1);
+    run(simd, p2, s2);
+    EXPECT(p1 == p2 && s1 == s2 && s1[cols] == -7, "%s decode_%s_words_s8 differs: subspaces=%zu cols=%zu ld=%zu",
+           simd.name, bytes ? "bytescan" : "fastscan", subspaces, cols, ld);
+    for (size_t c = 0; c < cols; ++c) {
+      int32_t sum = 0;
+      for (size_t j = 0; j < subspaces; ++j) {
+        const uint8_t byte = bytes ? codes[j * kByteScanBlockRows + c] : codes[j * kFastScanGroupBytes + c % 16];
+        const unsigned code = bytes ? byte : c < 16 ? byte & 15u : byte >> 4;
+        int8_t want[4];
+        std::memcpy(want, &words[j * stride + code], 4);
+        EXPECT(std::memcmp(&p1[(j * ld + c) * 4], want, 4) == 0, "scalar word decode: subspace %zu column %zu", j, c);
+        sum += want[0] + want[1] + want[2] + want[3];
+      }
+      EXPECT(s1[c] == sum, "scalar word decode: column %zu sum", c);
+    }
+    for (size_t j = 0; j < subspaces; ++j)  // nothing written past the columns
+      for (size_t b = cols * 4; b < ld * 4; ++b) EXPECT(p1[j * ld * 4 + b] == 99, "scalar word decode wrote past cols");
+  }
+  std::printf("%s: %d d=4 word-decode cases bit-identical to scalar\n", simd.name, cases);
+}
+
+// The int8 tier's vector route end to end: pq 4-bit (format 2) and 8-bit (format 3) with d = 4
+// on the tile path, against the scalar kernels driving the same tier (bit for bit), against the
+// double oracle within the route's bound, prepared codebooks against per-call ones (bit for
+// bit), and codebooks with an outlier codeword refused (float panels).
+void test_vector_route(const KernelTable& simd, std::mt19937& rng) {
+  using namespace onnxvq::kernels;
+  if (!int8_panels_enabled(simd)) return;
+  KernelTable scalar_int8 = scalar_kernel_table();
+  scalar_int8.name = simd.name;
+  scalar_int8.dense_gemm_cols = simd.dense_gemm_cols;
+  scalar_int8.int8_panels = true;
+  auto pick = [&](std::initializer_list<size_t> values) { return *(values.begin() + rng() % values.size()); };
+  int cases = 0, refused = 0;
+  for (int i = 0; i < scaled(120) + 20; ++i) {
+    Case c;
+    VQProblem& p = c.p;
+    const bool bytes = rng() % 2;
+    p.format_version = bytes ? 3 : 2;
+    p.bits = bytes ? 8 : 4;
+    p.d = 4, p.T = 1, p.axis = 0;
+    p.K = pick({4, 8, 64, 100, 388, 772});  // one depth chunk, two, three
+    p.N = pick({1, 17, 31, 32, 33, 64, 65, 100, 130, 200});
+    p.S = p.K / 4;
+    p.group_size = p.N;
+    p.per_subspace = rng() % 2;
+    p.M = 16 + rng() % 30;
+    fill_case(c, rng);
+    EXPECT(std::strcmp(int8_route_name(p), "vector_bytes") == 0, "%s: normal d=4 codebooks took %s (fmt=%d K=%zu N=%zu per_s=%d)",
+           simd.name, int8_route_name(p), p.format_version, p.K, p.N, p.per_subspace);
+    if (choose_path(p, simd) != VQPath::kTileGemm) continue;
+    vq_matmul(p, {}, simd);
+    const std::vector<float> got = c.y;
+    vq_matmul(p, {}, scalar_int8);
+    EXPECT(same_floats(got, c.y), "%s vector route vs scalar kernels: fmt=%d K=%zu N=%zu per_s=%d M=%zu", simd.name,
+           p.format_version, p.K, p.N, p.per_subspace, p.M);
+    const std::shared_ptr<const PreparedCodebooks> prepared = prepare_codebooks(p, simd);
+    VQProblem q = p;
+    q.prepared = prepared.get();
+    std::fill(c.y.begin(), c.y.end(), std::nanf(""));
+    vq_matmul(q, {}, simd);
+    EXPECT(same_floats(got, c.y), "%s vector route: prepared codebooks change the bits", simd.name);
+    const std::vector<double> expected = naive_matmul(c), bound = vector_int8_bounds(c, naive_weight(c));
+    for (size_t e = 0; e < got.size(); ++e)
+      if (!(std::abs(got[e] - expected[e]) <= bound[e] + 1e-5 * std::max(1.0, std::abs(expected[e])))) {
+        EXPECT(false, "%s vector route: fmt=%d K=%zu N=%zu y[%zu]=%g expected %g (bound %g)", simd.name,
+               p.format_version, p.K, p.N, e, got[e], expected[e], bound[e]);
+        break;
+      }
+    // One codeword far from the rest sets its codebook's step: refused, as the chooser knows.
+    c.codebooks[rng() % c.codebooks.size()] = 400.0f;
+    EXPECT(std::strcmp(int8_route_name(p), "float_panels") == 0, "%s: an outlier codeword took %s", simd.name,
+           int8_route_name(p));
+    const std::shared_ptr<const PreparedCodebooks> outlier = prepare_codebooks(p, simd);
+    q.prepared = outlier.get();
+    refused += std::strcmp(int8_route_name(q), "float_panels") == 0;
+    ++cases;
+  }
+  EXPECT(cases >= 20, "%s: %d vector-route cases on the tile path", simd.name, cases);
+  std::printf("%s: %d vector-route cases (scalar kernels' bits, prepared codebooks' bits, oracle bound), %d "
+              "outlier codebooks refused\n", simd.name, cases, refused);
+}
+
 // Rows of the chooser's table measured on the int8 byte route apply only to codebooks that
 // take it: a 5-bit codebook of evenly spread codewords goes to the tile path from one row,
 // the same with one codeword far from the rest (MiniLM's FFN output) keeps the small path.
@@ -1184,6 +1336,8 @@ int main() {
     test_guard_simd_matches_scalar(*tables[i], rng);
     test_int8_micro_kernels(*tables[i], rng);
     test_int8_tier(*tables[i], rng);
+    test_vector_word_kernels(*tables[i], rng);
+    test_vector_route(*tables[i], rng);
     test_byte_route_rows(*tables[i]);
   }
   g_failures += run_gather_tests(tables, count);
