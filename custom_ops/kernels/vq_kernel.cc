@@ -808,6 +808,7 @@ constexpr size_t kPanelMaxDepth = 384;
 // ms with 1024-deep panels, 68 with 256-deep ones).
 constexpr size_t kDeepPanelDepth = 1024, kDeepPanelMaxRows = 128;
 constexpr size_t kAxis1PanelCols = 64;  // axis 1 decodes a panel row (cols / d codewords) per call
+constexpr size_t kVectorPanelCols = 128;  // the int8 vector route (PanelPlan): 0.83-0.86x the time of 64 at 8 rows, 256 no better
 constexpr size_t kPanelXBytes = size_t{1} << 20;  // a row block's X over one chunk (L2)
 
 // Per-thread scratch kept across calls: a panel task's buffers are megabytes, and fresh
@@ -927,7 +928,10 @@ struct PanelPlan {
   bool whole_rows;
   std::vector<float> books_t;
 
-  PanelPlan(const Context& c, size_t max_depth) {
+  // float_decode: false when no float panel is decoded (the int8 vector route): no transposed books.
+  // The int8 vector route (no float decode) takes wider panels: its decoders load each
+  // subspace's codebook once per panel (kVectorPanelCols).
+  PanelPlan(const Context& c, size_t max_depth, bool float_decode = true) {
     const VQProblem& p = c.p;
     // Panels start at subspace boundaries along the axis the subvectors run on, and at
     // fast-scan block boundaries.
@@ -936,10 +940,10 @@ struct PanelPlan {
     depth = std::min(p.K, ceil_div(ceil_div(p.K, ceil_div(p.K, max_depth)), depth_unit) * depth_unit);
     chunks = ceil_div(p.K, depth);
     whole_rows = decodes_whole_rows(p);
-    const size_t wanted_cols = std::max(c.k.dense_gemm_cols, p.axis == 1 ? kAxis1PanelCols : 0);
+    const size_t wanted_cols = !float_decode ? kVectorPanelCols : std::max(c.k.dense_gemm_cols, p.axis == 1 ? kAxis1PanelCols : 0);
     cols = std::min(p.N, std::max<size_t>(1, wanted_cols / col_unit) * col_unit);
     columns = ceil_div(p.N, cols);
-    if (fastscan_panels(p) && !fastscan_d1_panels(p)) books_t = transposed_books(c);
+    if (float_decode && fastscan_panels(p) && !fastscan_d1_panels(p)) books_t = transposed_books(c);
   }
   /// Floats of per-task scratch decode() needs.
   size_t scratch_floats() const { return (whole_rows ? cols * depth : 0) + depth * cols; }
@@ -1187,9 +1191,30 @@ bool int8_vector_book_ok(const float* book, size_t count) {  // count <= 1024 (8
   const double sigma = magnitude[count / 2] / 0.6745, step = largest / 127.0f;  // quantize_rows_u8's scale
   return step <= std::sqrt(12.0) * kInt8VectorBookMaxRelError * sigma;  // all zero: 0 <= 0
 }
+// Two 4-bit stages (rq 2x4, format 2) take it too, as one 8-bit codebook per subspace group:
+// codeword c0 + 16 c1 = stage 0's c0 + stage 1's c1 (decode_row's float add), looked up by the
+// byte nibble(stage 0) | nibble(stage 1) << 4 (decode_fastscan2_words_s8).
 bool vector_bytes_cover(const VQProblem& p) {
-  return (fastscan_panels(p) || bytescan_panels(p)) && p.d == 4 && p.T == 1 && p.row_groups() == 1 &&
-         p.K % 4 == 0;
+  const bool stages = p.T == 1 || (p.T == 2 && p.format_version == 2);
+  return (fastscan_panels(p) || bytescan_panels(p)) && p.d == 4 && stages && p.row_groups() == 1 && p.K % 4 == 0;
+}
+// The codebooks the vector route quantizes, (Gs, codewords, 4): p's own for one stage, the
+// combined ones for two (256 codewords).
+std::vector<float> vector_codebooks(const VQProblem& p, size_t* codewords) {
+  const size_t ncw = p.codewords(), Gs = p.subspace_groups(), book = ncw * 4;
+  if (p.T == 1) {
+    *codewords = ncw;
+    return std::vector<float>(p.codebooks, p.codebooks + Gs * book);
+  }
+  *codewords = ncw * ncw;
+  std::vector<float> out(Gs * ncw * book);
+  for (size_t g = 0; g < Gs; ++g)
+    for (size_t c1 = 0; c1 < ncw; ++c1)
+      for (size_t c0 = 0; c0 < ncw; ++c0)
+        for (size_t j = 0; j < 4; ++j)
+          out[((g * ncw + c1) * ncw + c0) * 4 + j] =
+              p.codebooks[(g * ncw + c0) * 4 + j] + p.codebooks[((Gs + g) * ncw + c1) * 4 + j];
+  return out;
 }
 
 enum class Int8Route { kFloatPanels, kFastScanBytes, kStreamBytes, kVectorBytes };
@@ -1197,9 +1222,11 @@ enum class Int8Route { kFloatPanels, kFastScanBytes, kStreamBytes, kVectorBytes 
 // shape-only problem (no codebooks: onnxvq_path_name) is taken to have typical ones.
 Int8Route int8_route(const VQProblem& p) {
   if (vector_bytes_cover(p)) {
-    const size_t values = p.codewords() * p.d;  // layout (Gs, 2^bits, d): one stage, one row group
-    for (size_t g = 0; g < p.subspace_groups() && p.codebooks != nullptr; ++g)
-      if (!int8_vector_book_ok(p.codebooks + g * values, values)) return Int8Route::kFloatPanels;
+    if (p.codebooks == nullptr) return Int8Route::kVectorBytes;
+    size_t codewords = 0;
+    const std::vector<float> books = vector_codebooks(p, &codewords);
+    for (size_t g = 0; g < p.subspace_groups(); ++g)
+      if (!int8_vector_book_ok(books.data() + g * codewords * 4, codewords * 4)) return Int8Route::kFloatPanels;
     return Int8Route::kVectorBytes;
   }
   const bool stream = p.format_version == 1 && p.axis == 0 && p.d == 1 && p.T == 1 && !p.per_subspace;
@@ -1211,8 +1238,8 @@ Int8Route int8_route(const VQProblem& p) {
 struct Int8Books {
   Int8Route route = Int8Route::kFloatPanels;
   std::vector<int8_t> q;         // scalar routes: group g's codewords at q[g * 2^bits]
-  std::vector<int32_t> words;    // kVectorBytes: codebook g's codeword c at words[g * 2^bits + c]
-  std::vector<uint8_t> planes;   // kVectorBytes, 8 bits: byte b of that word at planes[(g * 4 + b) * 256 + c]
+  std::vector<int32_t> words;    // kVectorBytes: codebook g's codeword c at words[g * codewords + c]
+  std::vector<uint8_t> planes;   // kVectorBytes, 256 codewords: byte b of that word at planes[(g * 4 + b) * 256 + c]
   std::vector<float> scale;      // per group (kVectorBytes: per codebook, folded into X)
 };
 }  // namespace
@@ -1228,19 +1255,21 @@ Int8Books int8_books(const Context& c) {
   books.route = int8_route(c.p);
   if (books.route == Int8Route::kFloatPanels) return books;
   if (books.route == Int8Route::kVectorBytes) {  // one quantize_rows_u8 row per codebook
-    const size_t values = c.ncw * c.p.d;
+    size_t ncw = 0;
+    const std::vector<float> floats = vector_codebooks(c.p, &ncw);
+    const size_t values = ncw * 4;
     std::vector<uint8_t> levels(c.Gs * values);
     std::vector<uint32_t> energy(c.Gs);
     books.scale.resize(c.Gs);
-    c.k.quantize_rows_u8(c.p.codebooks, values, c.Gs, values, levels.data(), values, books.scale.data(), energy.data());
+    c.k.quantize_rows_u8(floats.data(), values, c.Gs, values, levels.data(), values, books.scale.data(), energy.data());
     for (uint8_t& level : levels) level = static_cast<uint8_t>(level - 128);  // the int8 value's byte
-    books.words.resize(c.Gs * c.ncw);
+    books.words.resize(c.Gs * ncw);
     std::memcpy(books.words.data(), levels.data(), levels.size());
-    if (c.ncw == kByteScanCodewords) {  // decode_bytescan_words_s8's byte planes
+    if (ncw == kByteScanCodewords) {  // the byte-plane decoders' layout
       books.planes.resize(levels.size());
       for (size_t g = 0; g < c.Gs; ++g)
-        for (size_t code = 0; code < c.ncw; ++code)
-          for (size_t b = 0; b < 4; ++b) books.planes[(g * 4 + b) * c.ncw + code] = levels[(g * c.ncw + code) * 4 + b];
+        for (size_t code = 0; code < ncw; ++code)
+          for (size_t b = 0; b < 4; ++b) books.planes[(g * 4 + b) * ncw + code] = levels[(g * ncw + code) * 4 + b];
     }
     return books;
   }
@@ -1281,15 +1310,23 @@ void decode_int8_panel(const Context& c, const Int8Books& books, size_t k0, size
     for (size_t i0 = 0; i0 < count;) {
       const size_t n = n0 + i0;
       if (p.format_version == 2) {  // n: a block boundary (whole blocks of 32)
+        const uint8_t* groups = p.codes + ((n / kFastScanBlockRows) * p.T * p.S + s0) * kFastScanGroupBytes;
+        if (p.T == 2) {  // 256 combined codewords per codebook, every block in one call
+          const size_t cols = count - i0;
+          c.k.decode_fastscan2_words_s8(groups, p.S * kFastScanGroupBytes, p.T * p.S * kFastScanGroupBytes, subspaces,
+                                        cols, books.planes.data() + 4 * s0 * stride * c.ncw, 4 * stride * c.ncw,
+                                        panel_q + 4 * i0, count, bias128 + i0);
+          i0 += cols;
+          continue;
+        }
         const size_t cols = std::min(kFastScanBlockRows, count - i0);
-        c.k.decode_fastscan_words_s8(p.codes + ((n / kFastScanBlockRows) * p.S + s0) * kFastScanGroupBytes, subspaces,
-                                     cols, words, stride, panel_q + 4 * i0, count, bias128 + i0);
+        c.k.decode_fastscan_words_s8(groups, subspaces, cols, words, stride, panel_q + 4 * i0, count, bias128 + i0);
         i0 += cols;
-      } else {  // n: a half-block boundary of 64-output blocks
-        const size_t lane = n % kByteScanBlockRows, cols = std::min(kByteScanBlockRows - lane, count - i0);
+      } else {  // n: a half-block boundary of 64-output blocks; from a block boundary, every block in one call
+        const size_t lane = n % kByteScanBlockRows, cols = lane != 0 ? std::min(kByteScanBlockRows - lane, count - i0) : count - i0;
         c.k.decode_bytescan_words_s8(p.codes + ((n / kByteScanBlockRows) * p.S + s0) * kByteScanBlockRows + lane,
-                                     subspaces, cols, books.planes.data() + 4 * s0 * stride, 4 * stride,
-                                     panel_q + 4 * i0, count, bias128 + i0);
+                                     p.S * kByteScanBlockRows, subspaces, cols, books.planes.data() + 4 * s0 * stride,
+                                     4 * stride, panel_q + 4 * i0, count, bias128 + i0);
         i0 += cols;
       }
     }
@@ -1391,9 +1428,9 @@ void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRow
 void run_panel_gemm_path(const Context& c) {
   if (int8_tier(c)) {
     const VQProblem& p = c.p;
-    const PanelPlan plan(c, kPanelMaxDepth);
     Int8Books local;
     const Int8Books& books = books_for(c, local);
+    const PanelPlan plan(c, kPanelMaxDepth, books.route != Int8Route::kVectorBytes);
     QuantizedRows x;
     if (books.route == Int8Route::kVectorBytes) {  // X with its subspaces' codebook scales folded in
       std::vector<float> scaled(p.M * p.K);
@@ -1767,18 +1804,23 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     {VQPath::kFastScan, 4, 4, 2, 4, "avx512vbmi-vnni", 16, 512, 2},  // 1536x384: 0.60 at 16
     {VQPath::kFastScan, 4, 4, 2, 4, "avx512vbmi-vnni", 32, 2048, 2},
     {VQPath::kFastScan, 4, 4, 2, 4, "avx512vbmi-vnni", 128, static_cast<size_t>(-1), 2},
-    // d = 4 vector codebooks as int8 words (kVectorBytes; AMD EPYC, 2026-12-04), tile / small
-    // at M = 1, 2, 4, 8, 16, 32, 64 on 4096x4096, 384x1536, 1536x384, 1280x1000:
-    //   pq4-d4 fastscan 4.03/2.62/1.84/1.44/1.22/1.14/1.07, 1.91/1.47/1.07/0.80/0.69, 1.98/1.26/0.83/0.57,
-    //                   2.43/1.55/1.13/0.81/0.65: 4 up to N = 512, 8 up to 2048 (then the rows above)
-    //   pq8-d4 bytescan 6.22/3.46/1.78/1.03/0.64/0.46, 3.79/1.93/1.16/0.68, 1.45/0.79/0.44,
-    //                   2.94/1.59/0.92/0.53: 2 / 4 / 8 / 16 by N
-    {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni", 4, 512, 1, true},
+    // d = 4 vector codebooks as int8 words (kVectorBytes, 128-column panels; AMD EPYC,
+    // 2026-12-04), tile / small at M = 1, 2, 4, 8, 16, 32 on 4096x4096, 384x1536, 1536x384,
+    // 1280x1000:
+    //   pq4-d4 fastscan 6.05/3.50/2.11/1.66/1.29/1.17, 2.39/1.71/1.05/0.86/0.65, 1.55/0.84/0.57,
+    //                   2.59/1.61/1.03/0.84/0.63: 2 up to N = 512, 8 up to 2048 (then the rows above)
+    //   pq8-d4 bytescan (byte planes) 4.02/2.09/1.00/0.71/0.44, 2.63/1.35/0.73/0.46, 1.04/0.51/0.28,
+    //                   1.97/1.03/0.64/0.39: 2 up to N = 512, 4 up to 2048, then 8
+    //   rq 2x4 fastscan (one combined 8-bit codebook) 7.90/4.68/2.60/1.46/0.97/0.75, 3.74/2.36/1.36/
+    //                   0.91/0.58, 2.04/1.03/0.64/0.38, 4.16/2.14/1.22/0.75: 4 / 8 / 16 by N
+    {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni", 2, 512, 1, true},
     {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni", 8, 2048, 1, true},
+    {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni", 4, 512, 2, true},
+    {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni", 8, 2048, 2, true},
+    {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni", 16, static_cast<size_t>(-1), 2, true},
     {VQPath::kByteScan, 8, 8, 4, 4, "avx512vbmi-vnni", 2, 512, 1, true},
-    {VQPath::kByteScan, 8, 8, 4, 4, "avx512vbmi-vnni", 4, 1024, 1, true},
-    {VQPath::kByteScan, 8, 8, 4, 4, "avx512vbmi-vnni", 8, 2048, 1, true},
-    {VQPath::kByteScan, 8, 8, 4, 4, "avx512vbmi-vnni", 16, static_cast<size_t>(-1), 1, true},
+    {VQPath::kByteScan, 8, 8, 4, 4, "avx512vbmi-vnni", 4, 2048, 1, true},
+    {VQPath::kByteScan, 8, 8, 4, 4, "avx512vbmi-vnni", 8, static_cast<size_t>(-1), 1, true},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 8, 512},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 16, 2048},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi", 64},

@@ -316,13 +316,22 @@ struct KernelTable {
   void (*decode_fastscan_words_s8)(const uint8_t* groups, size_t subspaces, size_t cols, const int32_t* words,
                                    size_t book_stride, int8_t* out, size_t ld, int32_t* sums);
 
-  /// The same for byte-scan codes (format 3, one stage): subspace j's codes at codes + j*64
-  /// (kByteScanBlockRows apart), code_i = codes[j*64 + i] for i < cols (<= 64). Its codebook's
+  /// The same for byte-scan codes (format 3, one stage), any number of columns: code_i =
+  /// codes[(i/64)*block_stride + j*64 + i%64] (block i/64's entry for subspace j). Its codebook's
   /// 256 words come as 4 byte planes, book = planes + j*book_stride (book_stride 1024 or 0):
   /// byte b of codeword c at book[b*256 + c] (planes fit byte permutes: 256 words do not fit
   /// registers). Reads only those code bytes and the codebooks.
-  void (*decode_bytescan_words_s8)(const uint8_t* codes, size_t subspaces, size_t cols, const uint8_t* planes,
-                                   size_t book_stride, int8_t* out, size_t ld, int32_t* sums);
+  void (*decode_bytescan_words_s8)(const uint8_t* codes, size_t block_stride, size_t subspaces, size_t cols,
+                                   const uint8_t* planes, size_t book_stride, int8_t* out, size_t ld, int32_t* sums);
+
+  /// Two 4-bit stages (format 2, T = 2) as one 256-codeword codebook: the byte code of output i
+  /// in subspace j is n0 | n1 << 4, n0 its nibble in stage 0's group (G + j*16) and n1 in stage
+  /// 1's (G + stage_stride + j*16), G = groups + (i/32)*block_stride (output i's block); then
+  /// decode_bytescan_words_s8's planes, sums and output, for i < cols (any number; a block's
+  /// groups are read only when it has columns).
+  void (*decode_fastscan2_words_s8)(const uint8_t* groups, size_t stage_stride, size_t block_stride, size_t subspaces,
+                                    size_t cols, const uint8_t* planes, size_t book_stride, int8_t* out, size_t ld,
+                                    int32_t* sums);
 
   /// Y (+)= X W on quantized operands: for m < M, n < N, with K4 a multiple of 4,
   ///   acc = sum_{k < K4} xq[m*ldq + k] * wq[(k/4)*4*N + 4*n + k%4]     (exact int32)

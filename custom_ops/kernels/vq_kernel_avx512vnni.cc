@@ -285,39 +285,80 @@ void decode_fastscan_words_s8_vnni(const uint8_t* groups, size_t subspaces, size
 // permuted so that the unpacks, which work within 128-bit lanes, leave the words in column
 // order (position 16L + 4v + j holds column 16v + 4L + j). (vpgatherdd, 16 words a step, took
 // 3x as long on Zen 4.) Masked code loads and stores: nothing past the columns is touched.
-void decode_bytescan_words_s8_vnni(const uint8_t* codes, size_t subspaces, size_t cols, const uint8_t* planes,
-                                   size_t book_stride, int8_t* out, size_t ld, int32_t* sums) {
+// Codes in column order from codes_of(j, q): subspace j's codes of columns 64q .. 64q + 63 (any
+// value past cols). Each subspace's planes are loaded once for up to kPlaneGroups groups of 64
+// columns (the planes come from L2: loading them per 64 columns bounded the decode).
+constexpr size_t kPlaneGroups = 4;
+template <typename CodesOf>
+void decode_plane_words(CodesOf codes_of, size_t subspaces, size_t cols, const uint8_t* planes, size_t book_stride,
+                        int8_t* out, size_t ld, int32_t* sums) {
   alignas(64) uint8_t order[64];
   for (int lane = 0; lane < 4; ++lane)
     for (int v = 0; v < 4; ++v)
       for (int j = 0; j < 4; ++j) order[16 * lane + 4 * v + j] = static_cast<uint8_t>(16 * v + 4 * lane + j);
   const __m512i to_lanes = _mm512_load_si512(order), ones = _mm512_set1_epi8(1);
-  const __mmask64 kept = first_bytes(cols);
-  __mmask16 mask[4];
-  for (size_t v = 0; v < 4; ++v) mask[v] = lanes(cols > 16 * v ? cols - 16 * v : 0);
-  __m512i sum[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
-  __m512i t[16];
-  for (size_t j = 0; j < subspaces; ++j) {
-    const uint8_t* book = planes + j * book_stride;
-    if (j == 0 || book_stride != 0)
-      for (size_t r = 0; r < 16; ++r) t[r] = _mm512_loadu_si512(book + 64 * r);
-    const __m512i code = _mm512_permutexvar_epi8(to_lanes, _mm512_maskz_loadu_epi8(kept, codes + j * kByteScanBlockRows));
-    const __mmask64 top = _mm512_movepi8_mask(code);
-    __m512i plane[4];
-    for (size_t b = 0; b < 4; ++b)
-      plane[b] = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(t[4 * b], code, t[4 * b + 1]),
-                                        _mm512_permutex2var_epi8(t[4 * b + 2], code, t[4 * b + 3]));
-    const __m512i lo01 = _mm512_unpacklo_epi8(plane[0], plane[1]), hi01 = _mm512_unpackhi_epi8(plane[0], plane[1]);
-    const __m512i lo23 = _mm512_unpacklo_epi8(plane[2], plane[3]), hi23 = _mm512_unpackhi_epi8(plane[2], plane[3]);
-    const __m512i word[4] = {_mm512_unpacklo_epi16(lo01, lo23), _mm512_unpackhi_epi16(lo01, lo23),
-                             _mm512_unpacklo_epi16(hi01, hi23), _mm512_unpackhi_epi16(hi01, hi23)};
-    int32_t* row = reinterpret_cast<int32_t*>(out) + j * ld;
-    for (size_t v = 0; v < 4; ++v) {
-      dpbusd(sum[v], ones, word[v]);
-      _mm512_mask_storeu_epi32(row + 16 * v, mask[v], word[v]);
+  for (size_t c0 = 0; c0 < cols; c0 += 64 * kPlaneGroups) {
+    const size_t piece = std::min(cols - c0, 64 * kPlaneGroups), groups = (piece + 63) / 64;
+    const size_t vectors = (piece + 15) / 16;
+    __mmask16 mask[4 * kPlaneGroups];
+    __m512i sum[4 * kPlaneGroups];
+    for (size_t v = 0; v < vectors; ++v) {
+      mask[v] = lanes(piece - 16 * v);
+      sum[v] = _mm512_setzero_si512();
     }
+    __m512i t[16];
+    for (size_t j = 0; j < subspaces; ++j) {
+      const uint8_t* book = planes + j * book_stride;
+      if (j == 0 || book_stride != 0)
+        for (size_t r = 0; r < 16; ++r) t[r] = _mm512_loadu_si512(book + 64 * r);
+      int32_t* row = reinterpret_cast<int32_t*>(out) + j * ld + c0;
+      for (size_t q = 0; q < groups; ++q) {
+        const __m512i code = _mm512_permutexvar_epi8(to_lanes, codes_of(j, c0 / 64 + q));
+        const __mmask64 top = _mm512_movepi8_mask(code);
+        __m512i plane[4];
+        for (size_t b = 0; b < 4; ++b)
+          plane[b] = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(t[4 * b], code, t[4 * b + 1]),
+                                            _mm512_permutex2var_epi8(t[4 * b + 2], code, t[4 * b + 3]));
+        const __m512i lo01 = _mm512_unpacklo_epi8(plane[0], plane[1]), hi01 = _mm512_unpackhi_epi8(plane[0], plane[1]);
+        const __m512i lo23 = _mm512_unpacklo_epi8(plane[2], plane[3]), hi23 = _mm512_unpackhi_epi8(plane[2], plane[3]);
+        const __m512i word[4] = {_mm512_unpacklo_epi16(lo01, lo23), _mm512_unpackhi_epi16(lo01, lo23),
+                                 _mm512_unpacklo_epi16(hi01, hi23), _mm512_unpackhi_epi16(hi01, hi23)};
+        for (size_t v = 4 * q; v < std::min(vectors, 4 * q + 4); ++v) {
+          dpbusd(sum[v], ones, word[v - 4 * q]);
+          _mm512_mask_storeu_epi32(row + 16 * v, mask[v], word[v - 4 * q]);
+        }
+      }
+    }
+    for (size_t v = 0; v < vectors; ++v) _mm512_mask_storeu_epi32(sums + c0 + 16 * v, mask[v], sum[v]);
   }
-  for (size_t v = 0; v < 4; ++v) _mm512_mask_storeu_epi32(sums + 16 * v, mask[v], sum[v]);
+}
+
+void decode_bytescan_words_s8_vnni(const uint8_t* codes, size_t block_stride, size_t subspaces, size_t cols,
+                                   const uint8_t* planes, size_t book_stride, int8_t* out, size_t ld, int32_t* sums) {
+  auto codes_of = [&](size_t j, size_t q) {
+    return _mm512_maskz_loadu_epi8(first_bytes(cols - 64 * q), codes + q * block_stride + j * kByteScanBlockRows);
+  };
+  decode_plane_words(codes_of, subspaces, cols, planes, book_stride, out, ld, sums);
+}
+
+// rq 2x4: the byte codes of a block's 32 outputs from the two stages' 16-byte groups (low
+// nibbles: outputs 0-15, high ones 16-31), then the planes of the combined codebook.
+void decode_fastscan2_words_s8_vnni(const uint8_t* groups, size_t stage_stride, size_t block_stride, size_t subspaces,
+                                    size_t cols, const uint8_t* planes, size_t book_stride, int8_t* out, size_t ld,
+                                    int32_t* sums) {
+  const __m128i low = _mm_set1_epi8(0x0f), high = _mm_set1_epi8(static_cast<char>(0xf0));
+  auto block_codes = [&](const uint8_t* block, size_t j) {  // 32 outputs' byte codes
+    const __m128i g0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + j * kFastScanGroupBytes));
+    const __m128i g1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + stage_stride + j * kFastScanGroupBytes));
+    const __m128i first = _mm_or_si128(_mm_and_si128(g0, low), _mm_slli_epi16(_mm_and_si128(g1, low), 4));
+    const __m128i second = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(g0, 4), low), _mm_and_si128(g1, high));
+    return _mm256_set_m128i(second, first);
+  };
+  auto codes_of = [&](size_t j, size_t q) {  // blocks 2q and 2q + 1 (read only when it has columns)
+    const __m512i first = _mm512_zextsi256_si512(block_codes(groups + 2 * q * block_stride, j));
+    return cols > 64 * q + 32 ? _mm512_inserti64x4(first, block_codes(groups + (2 * q + 1) * block_stride, j), 1) : first;
+  };
+  decode_plane_words(codes_of, subspaces, cols, planes, book_stride, out, ld, sums);
 }
 
 // MR rows x V vectors of 16 columns; `last` masks the last vector's columns.
@@ -401,6 +442,7 @@ const KernelTable& avx512vnni_kernel_table() {
     t.decode_dot_s8 = decode_dot_s8_vnni;
     t.decode_fastscan_words_s8 = decode_fastscan_words_s8_vnni;
     t.decode_bytescan_words_s8 = decode_bytescan_words_s8_vnni;
+    t.decode_fastscan2_words_s8 = decode_fastscan2_words_s8_vnni;
     t.int8_gemm = int8_gemm_vnni;
     t.int8_panels = true;
     return t;

@@ -437,15 +437,36 @@ void decode_fastscan_words_s8_scalar(const uint8_t* groups, size_t subspaces, si
   }
 }
 
-void decode_bytescan_words_s8_scalar(const uint8_t* codes, size_t subspaces, size_t cols, const uint8_t* planes,
-                                     size_t book_stride, int8_t* out, size_t ld, int32_t* sums) {
+void decode_bytescan_words_s8_scalar(const uint8_t* codes, size_t block_stride, size_t subspaces, size_t cols,
+                                     const uint8_t* planes, size_t book_stride, int8_t* out, size_t ld,
+                                     int32_t* sums) {
   for (size_t i = 0; i < cols; ++i) {
     int32_t sum = 0;
     for (size_t j = 0; j < subspaces; ++j) {
       const uint8_t* book = planes + j * book_stride;
-      const size_t code = codes[j * kByteScanBlockRows + i];
+      const size_t code = codes[(i / kByteScanBlockRows) * block_stride + j * kByteScanBlockRows + i % kByteScanBlockRows];
       for (size_t b = 0; b < 4; ++b) {
         const int8_t value = static_cast<int8_t>(book[b * kByteScanCodewords + code]);
+        out[(j * ld + i) * 4 + b] = value;
+        sum += value;
+      }
+    }
+    sums[i] = sum;
+  }
+}
+
+void decode_fastscan2_words_s8_scalar(const uint8_t* groups, size_t stage_stride, size_t block_stride,
+                                      size_t subspaces, size_t cols, const uint8_t* planes, size_t book_stride,
+                                      int8_t* out, size_t ld, int32_t* sums) {
+  for (size_t i = 0; i < cols; ++i) {
+    int32_t sum = 0;
+    const uint8_t* block = groups + (i / 32) * block_stride;
+    for (size_t j = 0; j < subspaces; ++j) {
+      const uint8_t b0 = block[j * kFastScanGroupBytes + i % 16];
+      const uint8_t b1 = block[stage_stride + j * kFastScanGroupBytes + i % 16];
+      const size_t code = i % 32 < 16 ? (b0 & 0x0f) | (b1 & 0x0f) << 4 : (b0 >> 4) | (b1 & 0xf0);
+      for (size_t b = 0; b < 4; ++b) {
+        const int8_t value = static_cast<int8_t>(planes[j * book_stride + b * kByteScanCodewords + code]);
         out[(j * ld + i) * 4 + b] = value;
         sum += value;
       }
@@ -478,7 +499,8 @@ const KernelTable& scalar_kernel_table() {
       decode_codes_scalar, decode_fastscan_d1_scalar, dot_rows_scalar, decode_fastscan_group_scalar,
       transpose_scalar, dense_gemm_scalar, /*dense_gemm_cols=*/32, decode_row_scalar,
       quantize_rows_u8_scalar, quantize_panel_s8_scalar, decode_fastscan_d1_s8_scalar, decode_codes_s8_scalar,
-      decode_dot_s8_scalar, decode_fastscan_words_s8_scalar, decode_bytescan_words_s8_scalar, int8_gemm_scalar,
+      decode_dot_s8_scalar, decode_fastscan_words_s8_scalar, decode_bytescan_words_s8_scalar,
+      decode_fastscan2_words_s8_scalar, int8_gemm_scalar,
       /*int8_panels=*/false,
   };
   return table;

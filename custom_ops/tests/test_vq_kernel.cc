@@ -229,8 +229,8 @@ bool int8_path(const VQProblem& p, const KernelTable& kernels) {
 // Layouts whose d = 4 codebooks may take the int8 tier's vector route (int8 words, each
 // codebook's scale folded into X): its own error bound applies there.
 bool vector_route_layout(const VQProblem& p) {
-  return p.axis == 0 && (p.format_version == 2 || p.format_version == 3) && p.d == 4 && p.T == 1 &&
-         p.row_groups() == 1 && p.K % 4 == 0;
+  return p.axis == 0 && (p.format_version == 2 || p.format_version == 3) && p.d == 4 &&
+         (p.T == 1 || (p.T == 2 && p.format_version == 2)) && p.row_groups() == 1 && p.K % 4 == 0;
 }
 
 // |x_k q_k - x_k w_k| with x'_k = x_k sigma_k rounded by half a step sx' of X' and q_k = w_k /
@@ -238,10 +238,15 @@ bool vector_route_layout(const VQProblem& p) {
 std::vector<double> vector_int8_bounds(const Case& c, const std::vector<double>& w) {
   const VQProblem& p = c.p;
   const size_t values = p.codewords() * p.d;
-  std::vector<double> sigma(p.K, 0.0);
+  std::vector<double> sigma(p.K, 0.0);  // two stages: the largest sum of a codeword of each
+  const size_t Gs = p.subspace_groups();
   for (size_t k = 0; k < p.K; ++k) {
     const float* book = c.codebooks.data() + (p.per_subspace ? k / 4 : 0) * values;
-    for (size_t i = 0; i < values; ++i) sigma[k] = std::max(sigma[k], std::abs(double(book[i])) / 127.0);
+    for (size_t i = 0; i < values; ++i) {
+      if (p.T == 1) sigma[k] = std::max(sigma[k], std::abs(double(book[i])) / 127.0);
+      for (size_t i1 = i % 4; p.T == 2 && i1 < values; i1 += 4)  // the same position j = i % 4 in stage 1
+        sigma[k] = std::max(sigma[k], std::abs(double(book[i]) + double(book[Gs * values + i1])) / 127.0);
+    }
   }
   std::vector<double> bound(p.M * p.N, 0.0);
   for (size_t m = 0; m < p.M; ++m) {
@@ -1185,12 +1190,24 @@ void test_vector_word_kernels(const KernelTable& simd, std::mt19937& rng) {
   using onnxvq::kernels::kFastScanGroupBytes;
   const int cases = scaled(300);
   for (int i = 0; i < cases; ++i) {
-    const bool bytes = rng() % 2;
-    const size_t ncw = bytes ? 256 : 16, block = bytes ? kByteScanBlockRows : 32;
-    const size_t subspaces = 1 + rng() % 40, cols = 1 + rng() % block, ld = cols + rng() % 40;
+    const int kind = static_cast<int>(rng() % 3);  // 0: fast-scan words, 1: byte-scan planes, 2: two stages
+    const bool bytes = kind == 1, two = kind == 2;
+    // Up to a block of 32 for fast-scan words; several blocks (and the planes' groups of 256
+    // columns) for the byte-plane decoders.
+    const size_t ncw = kind == 0 ? 16 : 256, max_cols = kind == 0 ? 32 : 300;
+    const size_t subspaces = 1 + rng() % 40, cols = 1 + rng() % max_cols, ld = cols + rng() % 40;
     const bool per_subspace = rng() % 2;
     // Byte-scan codes: subspace j's at j * 64, the last one's exactly cols bytes long.
-    std::vector<uint8_t> codes(bytes ? (subspaces - 1) * kByteScanBlockRows + cols : subspaces * kFastScanGroupBytes);
+    // Two stages: stage 1's groups stage_stride on, the next block's (outputs 32-63) block_stride
+    // on, read only when cols > 32 (the buffer ends with the first block otherwise).
+    // Byte-scan: block b's entries block_stride apart, the last block's last entry cut at cols.
+    const size_t stage_stride = two ? (subspaces + rng() % 3) * kFastScanGroupBytes : 0;
+    const size_t block_stride = two ? 2 * stage_stride + (rng() % 3) * kFastScanGroupBytes
+                                    : (subspaces + rng() % 3) * kByteScanBlockRows;
+    const size_t last = (cols - 1) / (two ? 32 : 64);  // the last block with columns
+    const size_t fastscan_bytes = (two ? last * block_stride : 0) + stage_stride + subspaces * kFastScanGroupBytes;
+    const size_t bytescan_bytes = last * block_stride + (subspaces - 1) * kByteScanBlockRows + (cols - 64 * last);
+    std::vector<uint8_t> codes(bytes ? bytescan_bytes : fastscan_bytes);
     for (auto& v : codes) v = static_cast<uint8_t>(rng());
     std::vector<int32_t> words((per_subspace ? subspaces : 1) * ncw);
     for (auto& v : words) v = static_cast<int32_t>(rng());
@@ -1203,19 +1220,28 @@ void test_vector_word_kernels(const KernelTable& simd, std::mt19937& rng) {
     std::vector<int32_t> s1(cols + 1, -7), s2 = s1;
     auto run = [&](const KernelTable& k, std::vector<int8_t>& out, std::vector<int32_t>& sums) {
       if (bytes)
-        k.decode_bytescan_words_s8(codes.data(), subspaces, cols, planes.data(), 4 * stride, out.data(), ld, sums.data());
+        k.decode_bytescan_words_s8(codes.data(), block_stride, subspaces, cols, planes.data(), 4 * stride, out.data(), ld,
+                                   sums.data());
+      else if (two)
+        k.decode_fastscan2_words_s8(codes.data(), stage_stride, block_stride, subspaces, cols, planes.data(), 4 * stride,
+                                    out.data(), ld, sums.data());
       else
         k.decode_fastscan_words_s8(codes.data(), subspaces, cols, words.data(), stride, out.data(), ld, sums.data());
     };
     run(scalar, p1, s1);
     run(simd, p2, s2);
     EXPECT(p1 == p2 && s1 == s2 && s1[cols] == -7, "%s decode_%s_words_s8 differs: subspaces=%zu cols=%zu ld=%zu",
-           simd.name, bytes ? "bytescan" : "fastscan", subspaces, cols, ld);
+           simd.name, bytes ? "bytescan" : two ? "fastscan2" : "fastscan", subspaces, cols, ld);
     for (size_t c = 0; c < cols; ++c) {
       int32_t sum = 0;
       for (size_t j = 0; j < subspaces; ++j) {
-        const uint8_t byte = bytes ? codes[j * kByteScanBlockRows + c] : codes[j * kFastScanGroupBytes + c % 16];
-        const unsigned code = bytes ? byte : c < 16 ? byte & 15u : byte >> 4;
+        const size_t at = (c / 32) * block_stride + j * kFastScanGroupBytes + c % 16;  // fast-scan group byte
+        const uint8_t byte = bytes ? codes[(c / 64) * block_stride + j * kByteScanBlockRows + c % 64] : codes[at];
+        unsigned code = bytes ? byte : c % 32 < 16 ? byte & 15u : byte >> 4;
+        if (two) {
+          const uint8_t second = codes[stage_stride + at];
+          code |= (c % 32 < 16 ? second & 15u : second >> 4) << 4;
+        }
         int8_t want[4];
         std::memcpy(want, &words[j * stride + code], 4);
         EXPECT(std::memcmp(&p1[(j * ld + c) * 4], want, 4) == 0, "scalar word decode: subspace %zu column %zu", j, c);
@@ -1245,12 +1271,13 @@ void test_vector_route(const KernelTable& simd, std::mt19937& rng) {
   for (int i = 0; i < scaled(120) + 20; ++i) {
     Case c;
     VQProblem& p = c.p;
-    const bool bytes = rng() % 2;
+    const int kind = static_cast<int>(rng() % 3);  // pq 4-bit, pq 8-bit, rq 2x4
+    const bool bytes = kind == 1;
     p.format_version = bytes ? 3 : 2;
     p.bits = bytes ? 8 : 4;
-    p.d = 4, p.T = 1, p.axis = 0;
+    p.d = 4, p.T = kind == 2 ? 2 : 1, p.axis = 0;
     p.K = pick({4, 8, 64, 100, 388, 772});  // one depth chunk, two, three
-    p.N = pick({1, 17, 31, 32, 33, 64, 65, 100, 130, 200});
+    p.N = pick({1, 17, 31, 32, 33, 64, 65, 100, 130, 200, 300, 520});  // panels of 256 columns: one to three
     p.S = p.K / 4;
     p.group_size = p.N;
     p.per_subspace = rng() % 2;
@@ -1262,8 +1289,8 @@ void test_vector_route(const KernelTable& simd, std::mt19937& rng) {
     vq_matmul(p, {}, simd);
     const std::vector<float> got = c.y;
     vq_matmul(p, {}, scalar_int8);
-    EXPECT(same_floats(got, c.y), "%s vector route vs scalar kernels: fmt=%d K=%zu N=%zu per_s=%d M=%zu", simd.name,
-           p.format_version, p.K, p.N, p.per_subspace, p.M);
+    EXPECT(same_floats(got, c.y), "%s vector route vs scalar kernels: fmt=%d T=%zu K=%zu N=%zu per_s=%d M=%zu",
+           simd.name, p.format_version, p.T, p.K, p.N, p.per_subspace, p.M);
     const std::shared_ptr<const PreparedCodebooks> prepared = prepare_codebooks(p, simd);
     VQProblem q = p;
     q.prepared = prepared.get();
@@ -1273,8 +1300,8 @@ void test_vector_route(const KernelTable& simd, std::mt19937& rng) {
     const std::vector<double> expected = naive_matmul(c), bound = vector_int8_bounds(c, naive_weight(c));
     for (size_t e = 0; e < got.size(); ++e)
       if (!(std::abs(got[e] - expected[e]) <= bound[e] + 1e-5 * std::max(1.0, std::abs(expected[e])))) {
-        EXPECT(false, "%s vector route: fmt=%d K=%zu N=%zu y[%zu]=%g expected %g (bound %g)", simd.name,
-               p.format_version, p.K, p.N, e, got[e], expected[e], bound[e]);
+        EXPECT(false, "%s vector route: fmt=%d T=%zu K=%zu N=%zu y[%zu]=%g expected %g (bound %g)", simd.name,
+               p.format_version, p.T, p.K, p.N, e, got[e], expected[e], bound[e]);
         break;
       }
     // One codeword far from the rest sets its codebook's step: refused, as the chooser knows.
