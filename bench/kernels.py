@@ -50,8 +50,10 @@ import onnxvq  # noqa: E402
 from onnxvq.ops.packing import pack_for_op  # noqa: E402
 from onnxvq.ops.schema import DOMAIN, DOMAIN_VERSION, OP_TYPE, VQLayout  # noqa: E402
 
-SHAPES = [(4096, 4096), (9216, 4096), (1280, 1000), (1024, 8192), (25088, 4096)]
-BATCHES = [1, 8, 64]
+# Issue 13's matrix: a big square layer and transformer- and classifier-shaped ones; the VGG
+# and AlexNet FC layers (9216x4096, 25088x4096, 1024x8192) through --shapes.
+SHAPES = [(4096, 4096), (384, 1536), (1536, 384), (1280, 1000)]
+BATCHES = [1, 8, 64, 512]
 THREADS = [1, 2]
 COLD_BYTES = 192 << 20  # weight bytes a cold run cycles through (L3 here is 32 MiB)
 MAX_COPIES = 64

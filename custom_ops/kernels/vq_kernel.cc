@@ -1786,13 +1786,16 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     //   km3 per 16 rows 0.52/0.48/0.71/0.74, 0.45/0.34/0.53/0.46, 0.57/0.46/0.61/0.56, 0.62/0.42/0.62/0.53
     //   binary bit_lut  0.90/0.49/0.35/0.26, 1.69/1.13/0.67/0.46, 0.65/0.34/0.23/0.16, 1.03/0.45/0.32/0.23:
     //                   4, 2 up to N = 1024, 1 up to N = 512
+    // Then 3 instructions per 64 codes (vpermb, vpmultishiftqb, and) and binary codes as a mask
+    // selecting one of two broadcasts (2026-12-04): km5 and km3 per 16 rows 0.70-0.91x the
+    // time before at M = 1, 8 (bench/ab.py); binary tile / bit_lut at M = 1, 2, 4: 1.14/0.63/
+    // 0.38, 0.84/0.53/0.32, 0.44/0.27/0.19, 0.69/0.42/0.29: 2, 1 up to N = 2048
     // These rows hold on the byte route only; codebooks it turns away (an outlier codeword)
     // decode float panels and quantize them, as the first int8 measurement above (km5: 32 up
     // to N = 2048, then the avx512 row; binary: the avx512 rows).
     {VQPath::kDecodeDot, 2, 8, 1, 1, "avx512vbmi-vnni", 1, static_cast<size_t>(-1), 1, true},
-    {VQPath::kBitLut, 1, 1, 1, 1, "avx512vbmi-vnni", 4, static_cast<size_t>(-1), 1, true},
-    {VQPath::kBitLut, 1, 1, 1, 1, "avx512vbmi-vnni", 2, 1024, 1, true},
-    {VQPath::kBitLut, 1, 1, 1, 1, "avx512vbmi-vnni", 1, 512, 1, true},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx512vbmi-vnni", 2, static_cast<size_t>(-1), 1, true},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx512vbmi-vnni", 1, 2048, 1, true},
     {VQPath::kDecodeDot, 2, 8, 1, 1, "avx512vbmi-vnni", 32, 2048},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi-vnni", 8, 512},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx512vbmi-vnni", 16, 1024},

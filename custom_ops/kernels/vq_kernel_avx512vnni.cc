@@ -160,17 +160,25 @@ void decode_fastscan_d1_s8_vnni(const uint8_t* groups, size_t depth, size_t cols
 // look up a 256-entry byte table (two two-source byte permutes, the code's top bit picks one).
 // A codebook's 2^bits bytes in up to four registers, and the lookup of 64 codes in them: one
 // register up to 6 bits, two for 7, four for 8 (the code's top bit picks the half).
+// Two codewords (1 bit: binary) are a select between two broadcasts, on the codes as a mask.
 struct ByteBook {
   __m512i t[4];
   size_t ncw;
   explicit ByteBook(unsigned bits) : ncw(size_t{1} << bits) {}
   void load(const int8_t* book) {  // masked loads: exactly its bytes
+    if (ncw == 2) {
+      t[0] = _mm512_set1_epi8(book[0]), t[1] = _mm512_set1_epi8(book[1]);
+      return;
+    }
     for (size_t i = 0; i < 4; ++i)
       t[i] = 64 * i >= ncw ? _mm512_setzero_si512()
                            : _mm512_maskz_loadu_epi8(ncw - 64 * i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (ncw - 64 * i)) - 1,
                                                      book + 64 * i);
   }
-  __m512i lookup(__m512i codes) const {
+  // The next 64 codes of `steps`, decoded.
+  __m512i next(vbmi::CodeBytes& steps, const uint8_t* stream) const {
+    if (ncw == 2) return _mm512_mask_blend_epi8(steps.next_mask(stream), t[0], t[1]);
+    const __m512i codes = steps.next(stream);
     if (ncw <= 64) return _mm512_permutexvar_epi8(codes, t[0]);
     if (ncw == 128) return _mm512_permutex2var_epi8(t[0], codes, t[1]);
     return _mm512_mask_blend_epi8(_mm512_movepi8_mask(codes), _mm512_permutex2var_epi8(t[0], codes, t[1]),
@@ -197,7 +205,7 @@ void decode_codes_s8_vnni(const uint8_t* stream, uint64_t first_code, uint64_t r
     __m512i sum = _mm512_setzero_si512();
     for (size_t i = 0; i < count; i += 64) {
       const __mmask64 kept_lanes = first_bytes(count - i);
-      const __m512i kept = _mm512_maskz_mov_epi8(kept_lanes, book.lookup(steps.next(stream)));
+      const __m512i kept = _mm512_maskz_mov_epi8(kept_lanes, book.next(steps, stream));
       sum = _mm512_dpbusd_epi32(sum, ones, kept);
       _mm512_mask_storeu_epi8(out + i, kept_lanes, kept);
     }
@@ -224,13 +232,15 @@ void decode_dot_rows(const uint8_t* stream, uint64_t first_code, uint64_t row_st
     steps.start(first_code + r * row_stride, count);
     __m512i sum = _mm512_setzero_si512(), acc[MR];
     for (int m = 0; m < MR; ++m) acc[m] = _mm512_setzero_si512();
-    for (size_t i = 0; i < count; i += 64) {
-      const __mmask64 kept_lanes = first_bytes(count - i);
-      const __m512i w = _mm512_maskz_mov_epi8(kept_lanes, book.lookup(steps.next(stream)));
+    auto step = [&](size_t i, __mmask64 kept_lanes) {  // kept_lanes: all but in the last step
+      const __m512i w = _mm512_maskz_mov_epi8(kept_lanes, book.next(steps, stream));
       if (sums != nullptr) sum = _mm512_dpbusd_epi32(sum, ones, w);
       for (int m = 0; m < MR; ++m)
         acc[m] = _mm512_dpbusd_epi32(acc[m], _mm512_maskz_loadu_epi8(kept_lanes, xq + m * ldq + i), w);
-    }
+    };
+    size_t i = 0;
+    for (; i + 64 <= count; i += 64) step(i, ~__mmask64(0));
+    if (i < count) step(i, first_bytes(count - i));
     if (sums != nullptr) sums[r] = _mm512_reduce_add_epi32(sum);
     for (int m = 0; m < MR; ++m) dots[m * rows + r] = _mm512_reduce_add_epi32(acc[m]);
   }
