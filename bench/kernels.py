@@ -55,8 +55,29 @@ from onnxvq.ops.schema import DOMAIN, DOMAIN_VERSION, OP_TYPE, VQLayout  # noqa:
 SHAPES = [(4096, 4096), (384, 1536), (1536, 384), (1280, 1000)]
 BATCHES = [1, 8, 64, 512]
 THREADS = [1, 2]
-COLD_BYTES = 192 << 20  # weight bytes a cold run cycles through (L3 here is 32 MiB)
-MAX_COPIES = 64
+MAX_COPIES = 1024
+# Cold cells: the variants of the cold target (and the baselines), at the row counts where a
+# MatMul streams its weight; each cycles through 2x the last-level cache (hosts here have had
+# 32 MiB and 480 MiB), so building more copies of every variant would not fit in RAM.
+COLD_VARIANTS = ["fp32", "int8-dyn", "nbits-b32", "vq-pq4-d4", "vq-km4"]
+COLD_MAX_BATCH = 8
+
+
+def last_level_cache_bytes() -> int:
+    """The largest cache this CPU reports (sysfs), 32 MiB when it reports none."""
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = path.read_text().strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        try:
+            sizes.append(int(text.rstrip("KMG")) * scale)
+        except ValueError:
+            pass
+    return max(sizes, default=32 << 20)
+
+
+# Weight bytes a cold run cycles through, and the bandwidth probe's buffer.
+COLD_BYTES = max(192 << 20, 2 * last_level_cache_bytes())
 
 # Our op's settings: name -> VQLayout.for_weight keyword arguments.
 VQ_VARIANTS = {
@@ -170,8 +191,8 @@ def make_runner(model: onnx.ModelProto, copies: int, threads: int, x: np.ndarray
 
 
 def bandwidth_runner() -> Runner:
-    """A 'variant' that reads 256 MiB (ORT ReduceMax, one thread): timed in the same rounds as
-    the MatMuls, so each cell gets the bandwidth measured side by side with it."""
+    """A 'variant' that reads COLD_BYTES (at least 256 MiB; ORT ReduceMax, one thread): timed in
+    the same rounds as the MatMuls, so each cell gets the bandwidth measured side by side with it."""
     node = helper.make_node("ReduceMax", ["X"], ["Y"], keepdims=0)
     graph = helper.make_graph([node], "bw", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [])])
@@ -180,7 +201,7 @@ def bandwidth_runner() -> Runner:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    data = np.ones(64 << 20, np.float32)
+    data = np.ones(max(256 << 20, COLD_BYTES) // 4, np.float32)
     binding = session.io_binding()
     binding.bind_ortvalue_input("X", ort.OrtValue.ortvalue_from_numpy(data))
     binding.bind_output("Y")
@@ -190,7 +211,7 @@ def bandwidth_runner() -> Runner:
 
 
 def read_bandwidth(repeats: int = 7) -> float:
-    """Bytes per second one thread reads from DRAM (ORT ReduceMax over 256 MiB)."""
+    """Bytes per second one thread reads from DRAM (ORT ReduceMax over bandwidth_runner's buffer)."""
     runner = bandwidth_runner()
     runner.run(1)  # warm-up
     seconds = float(np.median([runner.run(1) for _ in range(repeats)]))
@@ -268,7 +289,8 @@ def main(argv=None) -> int:
     bandwidth = read_bandwidth()
     print(f"# VQMatMul kernel bench — kernel table: {kernel}, onnxruntime {ort.__version__}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"# measured read bandwidth (1 thread, ORT ReduceMax over 256 MiB): {bandwidth / 1e9:.1f} GB/s\n")
+    print(f"# measured read bandwidth (1 thread, ORT ReduceMax over {max(256 << 20, COLD_BYTES) >> 20} MiB): "
+          f"{bandwidth / 1e9:.1f} GB/s; cold cells cycle through {COLD_BYTES >> 20} MiB of weights\n")
 
     bw_runner = bandwidth_runner()
     rng = np.random.default_rng(0)
@@ -295,9 +317,14 @@ def main(argv=None) -> int:
             for state in states:
                 for thr in threads:
                     for batch in batches:
+                        cell_names = names
+                        if state == "cold" and not args.variants:
+                            if batch > COLD_MAX_BATCH:
+                                continue
+                            cell_names = [nm for nm in names if nm in COLD_VARIANTS]
                         x = rng.standard_normal((batch, k)).astype(np.float32)
                         runners = {}
-                        for name in names:
+                        for name in cell_names:
                             if state == "hot":
                                 model, c = models["hot"][0][name], 1
                             else:
@@ -316,7 +343,7 @@ def main(argv=None) -> int:
                                                 for name, r in runners.items()}}
                         results.append(row)
                         vq = times["vq-pq4-d4"]
-                        cells = " | ".join(f"{times[nm] * 1e3:.3f}" for nm in names)
+                        cells = " | ".join(f"{times[nm] * 1e3:.3f}" if nm in times else "–" for nm in names)
                         print(f"| {k}x{n} | {batch} | {thr} | {state} | {cells} | "
                               f"{times['fp32'] / vq:.1f}x | {times['nbits-b32'] / vq:.1f}x | "
                               f"{row['stream_ratio']['vq-pq4-d4']:.2f} | {cell_bandwidth / 1e9:.1f} |",
@@ -405,6 +432,32 @@ def vq_model_from(layout, packed, books):
                   layout.in_features, 1, layout.out_features, [helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
 
 
+def replicate(model: onnx.ModelProto, copies: int) -> onnx.ModelProto:
+    """`copies` independent copies of a one-output model's nodes on the same input X, copy i
+    writing Y{i}, each with its own initializers (its own memory, so a run cycles through all)."""
+    graph = model.graph
+    def renamed(name, i):
+        return name if name in ("X", "") else ("Y%d" % i if name == "Y0" else f"{name}__{i}")
+    nodes, inits = [], []
+    for i in range(copies):
+        for node in graph.node:
+            clone = onnx.NodeProto()
+            clone.CopyFrom(node)
+            clone.name = renamed(node.name or node.op_type, i)
+            clone.input[:] = [renamed(v, i) for v in node.input]
+            clone.output[:] = [renamed(v, i) for v in node.output]
+            nodes.append(clone)
+        for tensor in graph.initializer:
+            clone = onnx.TensorProto()
+            clone.CopyFrom(tensor)
+            clone.name = renamed(tensor.name, i)
+            inits.append(clone)
+    n = graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    out = _model(nodes, inits, graph.input[0].type.tensor_type.shape.dim[1].dim_value, copies, n,
+                 [op for op in model.opset_import if op.domain != ""])
+    return out
+
+
 def _cold_model(name, k, n, copies, rng, tmp):
     """A graph with `copies` independent nodes of variant `name` (built once per shape)."""
     key = (name, k, n, copies)
@@ -413,11 +466,12 @@ def _cold_model(name, k, n, copies, rng, tmp):
             _COLD_CACHE.clear()  # a new shape: drop the previous shape's models
         if name in VQ_VARIANTS:
             model = vq_model(k, n, copies, rng, VQ_VARIANTS[name])
-        else:
-            fp32 = fp32_model(k, n, copies, rng)
-            model = {"fp32": lambda: fp32, "int8-dyn": lambda: int8_model(fp32, tmp),
-                     "nbits-b32": lambda: nbits_model(fp32, 32),
-                     "nbits-b128": lambda: nbits_model(fp32, 128)}[name]()
+        elif name == "fp32":
+            model = fp32_model(k, n, copies, rng)
+        else:  # quantize one copy, then repeat its nodes (quantizing copies x K x N floats takes GBs)
+            fp32 = fp32_model(k, n, 1, rng)
+            model = replicate({"int8-dyn": lambda: int8_model(fp32, tmp), "nbits-b32": lambda: nbits_model(fp32, 32),
+                               "nbits-b128": lambda: nbits_model(fp32, 128)}[name](), copies)
         _COLD_CACHE[key] = model
     return _COLD_CACHE[key]
 

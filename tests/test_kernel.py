@@ -333,7 +333,7 @@ def test_force_scalar_environment_variable():
     env = {**os.environ, "ONNXVQ_FORCE_SCALAR": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "scalar"
-    assert _library().onnxvq_kernel_name().decode() in {"scalar", "avx2", "avx512", "avx512vbmi", "avx512vbmi-vnni", "neon"}
+    assert _library().onnxvq_kernel_name().decode() in {"scalar", "avx2", "avx512", "avx512vbmi", "avx512vbmi-vnni", "avx512vbmi-vnni-amx", "neon"}
 
 
 # --- validation: errors, not crashes ----------------------------------------------------------

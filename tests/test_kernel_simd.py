@@ -210,7 +210,7 @@ def _assert_within(got, want, tol, message):
 def test_kernel_tables_ran(runs):
     _, _, outputs = runs
     assert str(outputs["scalar"]["kernel"]) == "scalar"
-    assert str(outputs["default"]["kernel"]) in {"scalar", "avx2", "avx512", "avx512vbmi", "avx512vbmi-vnni", "neon"}
+    assert str(outputs["default"]["kernel"]) in {"scalar", "avx2", "avx512", "avx512vbmi", "avx512vbmi-vnni", "avx512vbmi-vnni-amx", "neon"}
 
 
 def test_every_table_ran_when_forced(runs):

@@ -12,6 +12,7 @@
 #include <exception>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <mutex>
 #include <string>
 #include <tuple>
@@ -30,6 +31,8 @@ const KernelTable& avx2_kernel_table();
 const KernelTable& avx512_kernel_table();
 const KernelTable& avx512vbmi_kernel_table();
 const KernelTable& avx512vnni_kernel_table();
+const KernelTable& amx_kernel_table();
+bool amx_int8_usable();
 #endif
 #if defined(ONNXVQ_HAVE_NEON)
 const KernelTable& neon_kernel_table();
@@ -803,6 +806,10 @@ void run_tile_gemm_path(const Context& c, const DenseGemm& host) {
 // Depth chunks as even as the subspaces allow, at most 384 deep (K = 384 layers in one chunk;
 // 4096x4096 at M = 512 ran 1.6x faster than with the 1024-deep 64-wide panels before).
 constexpr size_t kPanelMaxDepth = 384;
+// The int8 tier's chunks are whole multiples of 64 inputs where the subvector length allows
+// (AMX tiles take 64 depths: a chunk of 376 left every tile row a padded copy, 15% of the
+// time); the last chunk's panel and X rows are zero-padded up to it (zero weights add 0).
+constexpr size_t kInt8DepthStep = 64;
 // Up to kDeepPanelMaxRows rows decoding costs as much as the GEMM, and decoders run best on
 // long runs of codes: panels up to kDeepPanelDepth deep there (4096x4096 at M = 64: km5 48
 // ms with 1024-deep panels, 68 with 256-deep ones).
@@ -931,11 +938,12 @@ struct PanelPlan {
   // float_decode: false when no float panel is decoded (the int8 vector route): no transposed books.
   // The int8 vector route (no float decode) takes wider panels: its decoders load each
   // subspace's codebook once per panel (kVectorPanelCols).
-  PanelPlan(const Context& c, size_t max_depth, bool float_decode = true) {
+  PanelPlan(const Context& c, size_t max_depth, bool float_decode = true, size_t depth_step = 1) {
     const VQProblem& p = c.p;
     // Panels start at subspace boundaries along the axis the subvectors run on, and at
-    // fast-scan block boundaries.
-    const size_t depth_unit = p.axis == 0 ? p.d : 1;
+    // fast-scan block boundaries; depth_step, when a multiple of it fits max_depth, too.
+    size_t depth_unit = p.axis == 0 ? p.d : 1;
+    if (std::lcm(depth_unit, depth_step) <= max_depth) depth_unit = std::lcm(depth_unit, depth_step);
     const size_t col_unit = p.axis == 1 ? p.d : p.format_version == 2 ? kFastScanBlockRows : p.format_version == 3 ? kByteScanBlockRows / 2 : 1;
     depth = std::min(p.K, ceil_div(ceil_div(p.K, ceil_div(p.K, max_depth)), depth_unit) * depth_unit);
     chunks = ceil_div(p.K, depth);
@@ -1383,6 +1391,7 @@ void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRow
   const Blocks blocks = Blocks::split(plan.columns, task_count(double(p.M + 16) * p.K * p.N / 32 / plan.chunks));
   for (size_t q = 0; q < plan.chunks; ++q) {
     const size_t k0 = q * plan.depth, len = std::min(plan.depth, p.K - k0), len4 = ceil_div(len, 4) * 4;
+    const size_t gemm_k = std::min(x.ldq, ceil_div(len, kInt8DepthStep) * kInt8DepthStep);  // >= len4
     const size_t seconds = x.seconds(q), first = x.first_second[q];
     const uint8_t* const first_q = &x.q_rows[q * p.M * x.ldq];
     const uint8_t* const second_q = seconds > 0 ? &x.second_q[first * x.ldq] : nullptr;
@@ -1409,10 +1418,11 @@ void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRow
             const float* panel = plan.decode(c, k0, len, n0, count, scratch);
             c.k.quantize_panel_s8(panel, len, count, panel_q, column_scale, bias128);
           }
-          c.k.int8_gemm(first_q, x.ldq, p.M, len4, panel_q, count, &x.scale[q * p.M], column_scale, bias128,
+          std::memset(panel_q + len4 * count, 0, (gemm_k - len4) * count);  // X's bytes there are zeros (128)
+          c.k.int8_gemm(first_q, x.ldq, p.M, gemm_k, panel_q, count, &x.scale[q * p.M], column_scale, bias128,
                         p.y + n0, p.N, q > 0);
           if (seconds > 0)
-            c.k.int8_gemm(second_q, x.ldq, seconds, len4, panel_q, count, &x.second_scale[first], column_scale,
+            c.k.int8_gemm(second_q, x.ldq, seconds, gemm_k, panel_q, count, &x.second_scale[first], column_scale,
                           bias128, second_y, count, false);
         }
         for (size_t i = 0; i < seconds; ++i) {  // the second rows' products, added after the first's
@@ -1430,7 +1440,7 @@ void run_panel_gemm_path(const Context& c) {
     const VQProblem& p = c.p;
     Int8Books local;
     const Int8Books& books = books_for(c, local);
-    const PanelPlan plan(c, kPanelMaxDepth, books.route != Int8Route::kVectorBytes);
+    const PanelPlan plan(c, kPanelMaxDepth, books.route != Int8Route::kVectorBytes, kInt8DepthStep);
     QuantizedRows x;
     if (books.route == Int8Route::kVectorBytes) {  // X with its subspaces' codebook scales folded in
       std::vector<float> scaled(p.M * p.K);
@@ -1460,7 +1470,7 @@ bool env_flag(const char* name) {
 // The tables this build has and this CPU runs, best last. __builtin_cpu_supports also
 // checks that the OS saves the wide registers (XGETBV), so AVX state is usable.
 struct TableList {
-  const KernelTable* tables[6];
+  const KernelTable* tables[7];
   size_t count = 0;
   std::string names;
   TableList() {
@@ -1474,8 +1484,12 @@ struct TableList {
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma")) {
       tables[count++] = &avx512_kernel_table();
       if (__builtin_cpu_supports("avx512vbmi")) tables[count++] = &avx512vbmi_kernel_table();
-      if (__builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni"))
+      if (__builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni")) {
         tables[count++] = &avx512vnni_kernel_table();
+#if defined(ONNXVQ_HAVE_AMX)
+        if (amx_int8_usable()) tables[count++] = &amx_kernel_table();
+#endif
+      }
     }
 #endif
 #if defined(ONNXVQ_HAVE_NEON)
@@ -1821,6 +1835,19 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni", 4, 512, 2, true},
     {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni", 8, 2048, 2, true},
     {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni", 16, static_cast<size_t>(-1), 2, true},
+    // AMX-INT8 tiles for the int8 GEMM from 16 rows (Xeon with AMX, 2026-12-04; bench/ab.py:
+    // 0.41-0.97x the VNNI time at 16, 64 and 512 rows on the four layers), tile / small at M =
+    // 8, 16, 32, 64, 128 (bench/thresholds.py):
+    //   pq4-d4 fastscan 1.13/0.57/0.45/0.40/0.37, 0.70/0.38/0.26/0.20, 0.33/0.20/0.15, 0.53/0.32/
+    //                   0.23/0.19: 16 on wider layers (VNNI: never); rq 2x4 1.04/0.59/0.33/0.26:
+    //                   as VNNI; pq8-d4 and km4 win from 8 (as VNNI). An ISA's rows replace the
+    //                   shorter names' (most specific first), so the VNNI vector rows repeat.
+    {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni-amx", 2, 512, 1, true},
+    {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni-amx", 8, 2048, 1, true},
+    {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni-amx", 16, static_cast<size_t>(-1), 1, true},
+    {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni-amx", 4, 512, 2, true},
+    {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni-amx", 8, 2048, 2, true},
+    {VQPath::kFastScan, 4, 4, 4, 4, "avx512vbmi-vnni-amx", 16, static_cast<size_t>(-1), 2, true},
     {VQPath::kByteScan, 8, 8, 4, 4, "avx512vbmi-vnni", 2, 512, 1, true},
     {VQPath::kByteScan, 8, 8, 4, 4, "avx512vbmi-vnni", 4, 2048, 1, true},
     {VQPath::kByteScan, 8, 8, 4, 4, "avx512vbmi-vnni", 8, static_cast<size_t>(-1), 1, true},

@@ -1323,7 +1323,7 @@ void test_vector_route(const KernelTable& simd, std::mt19937& rng) {
 // the same with one codeword far from the rest (MiniLM's FFN output) keeps the small path.
 void test_byte_route_rows(const KernelTable& simd) {
   using namespace onnxvq::kernels;
-  if (!int8_panels_enabled(simd) || std::strcmp(simd.name, "avx512vbmi-vnni") != 0) return;
+  if (!int8_panels_enabled(simd) || std::strncmp(simd.name, "avx512vbmi-vnni", 15) != 0) return;
   VQProblem p;
   p.K = 384, p.N = 64, p.bits = 5, p.d = 1, p.T = 1, p.axis = 0, p.group_size = 64, p.format_version = 1;
   p.S = p.K, p.M = 1;
