@@ -26,7 +26,8 @@ class VQGatherKernel {
  public:
   VQGatherKernel(const OrtApi& api, const OrtKernelInfo* info)
       : node_(api, info, schema::kGatherOpType),
-        layout_(op_common::read_layout(api, info, node_, schema::kGatherSupportedFormatVersions)) {}
+        layout_(op_common::read_layout(api, info, node_, schema::kGatherSupportedFormatVersions)),
+        codebook_floats_(op_common::constant_input(info, schema::kGatherInput_codebooks)) {}
 
   void Compute(OrtKernelContext* raw_context) const;
 
@@ -39,6 +40,7 @@ class VQGatherKernel {
 
   Node node_;
   Layout layout_;
+  op_common::CodebookFloats codebook_floats_;
 };
 
 void VQGatherKernel::Compute(OrtKernelContext* raw_context) const {
@@ -88,7 +90,7 @@ void VQGatherKernel::Compute(OrtKernelContext* raw_context) const {
 
   std::vector<float> widened;
   problem.layout.codes = codes.GetTensorData<uint8_t>();
-  problem.layout.codebooks = op_common::codebook_floats(codebooks, codebook_type, &widened);
+  problem.layout.codebooks = codebook_floats_.get(codebooks, codebook_type, &widened);
   problem.y = y.GetTensorMutableData<float>();
   kernels::vq_gather(problem, op_common::ort_task_runner(raw_context));
 }

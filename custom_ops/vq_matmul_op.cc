@@ -42,7 +42,8 @@ class VQMatMulKernel {
       : node_(api, info, schema::kOpType),
         layout_(op_common::read_layout(api, info, node_, schema::kSupportedFormatVersions)),
         gemm_(info),
-        constant_codebooks_(codebooks_are_constant(info)) {}
+        constant_codebooks_(op_common::constant_input(info, schema::kInput_codebooks)),
+        codebook_floats_(constant_codebooks_) {}
 
   void Compute(OrtKernelContext* raw_context) const;
 
@@ -54,11 +55,6 @@ class VQMatMulKernel {
   size_t check_x(const Ort::ConstValue& x, std::vector<int64_t>* x_shape) const;
   void check_bias(const Ort::ConstValue& bias) const;
 
-  static bool codebooks_are_constant(const OrtKernelInfo* info) {
-    int is_constant = 0;
-    Ort::ConstKernelInfo(info).GetTensorConstantInput(schema::kInput_codebooks, &is_constant);
-    return is_constant != 0;
-  }
   const kernels::PreparedCodebooks* prepared(const kernels::VQProblem& problem) const;
 
   Node node_;
@@ -69,6 +65,7 @@ class VQMatMulKernel {
   const bool constant_codebooks_;
   mutable std::once_flag prepare_once_;
   mutable std::shared_ptr<const kernels::PreparedCodebooks> prepared_;
+  op_common::CodebookFloats codebook_floats_;
 };
 
 const kernels::PreparedCodebooks* VQMatMulKernel::prepared(const kernels::VQProblem& problem) const {
@@ -129,13 +126,12 @@ void VQMatMulKernel::Compute(OrtKernelContext* raw_context) const {
   Ort::UnownedValue y = context.GetOutput(0, y_shape);
   if (rows == 0) return;  // an empty batch gives an empty Y
 
-  // float16 codebooks are widened exactly, per call: they are small next to the codes.
-  std::vector<float> widened;
+  std::vector<float> widened;  // float16 codebooks that are not constant, widened for this call
   kernels::VQProblem problem = op_common::problem_layout(layout_);
   problem.M = rows;
   problem.x = x.GetTensorData<float>();
   problem.codes = codes.GetTensorData<uint8_t>();
-  problem.codebooks = op_common::codebook_floats(codebooks, codebook_type, &widened);
+  problem.codebooks = codebook_floats_.get(codebooks, codebook_type, &widened);
   problem.bias = bias ? bias.GetTensorData<float>() : nullptr;
   problem.y = y.GetTensorMutableData<float>();
   problem.prepared = prepared(problem);

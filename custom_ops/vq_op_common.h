@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -289,6 +290,32 @@ inline const float* codebook_floats(const Ort::ConstValue& codebooks, ONNXTensor
   kernels::half_to_float(static_cast<const uint16_t*>(codebooks.GetTensorRawData()), count,
                          storage->data());
   return storage->data();
+}
+
+// codebook_floats, widened once when the codebooks are a constant initializer (the first
+// call's values are every call's): a table with a codebook per row has as many codewords as
+// rows (MiniLM's 30522 x 16 float16 embedding codebooks took 0.84 ms per call, 40x the
+// gather, widened every time).
+class CodebookFloats {
+ public:
+  explicit CodebookFloats(bool constant) : constant_(constant) {}
+  const float* get(const Ort::ConstValue& codebooks, ONNXTensorElementDataType type, std::vector<float>* per_call) const {
+    if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 || !constant_) return codebook_floats(codebooks, type, per_call);
+    std::call_once(once_, [&] { codebook_floats(codebooks, type, &widened_); });
+    return widened_.data();
+  }
+
+ private:
+  const bool constant_;
+  mutable std::once_flag once_;
+  mutable std::vector<float> widened_;
+};
+
+// Whether input `index` of the node is a constant initializer.
+inline bool constant_input(const OrtKernelInfo* info, size_t index) {
+  int is_constant = 0;
+  Ort::ConstKernelInfo(info).GetTensorConstantInput(index, &is_constant);
+  return is_constant != 0;
 }
 
 // Every layout field of the kernel problem (no data pointers, no M).
