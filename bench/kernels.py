@@ -56,6 +56,7 @@ SHAPES = [(4096, 4096), (384, 1536), (1536, 384), (1280, 1000)]
 BATCHES = [1, 8, 64, 512]
 THREADS = [1, 2]
 MAX_COPIES = 1024
+SETTLE_SECONDS = 0.01  # between two sessions' timed runs (time_side_by_side)
 # Cold cells: the variants of the cold target (and the baselines), at the row counts where a
 # MatMul streams its weight; each cycles through 2x the last-level cache (hosts here have had
 # 32 MiB and 480 MiB), so building more copies of every variant would not fit in RAM.
@@ -232,6 +233,11 @@ def time_side_by_side(runners: dict[str, Runner], budget_s: float, rounds: int) 
     for round_index in range(rounds):
         for name, r in runners.items():
             if name not in slow or round_index < 3:
+                # A pause first: the previous session's pool threads spin for a while after its
+                # runs, and on a 2-core host they took a core from the next multi-thread session
+                # (4096x4096 at 8 rows, 2 threads: km4 1.24x its 1-thread speed side by side,
+                # 1.90x in a process of its own).
+                time.sleep(SETTLE_SECONDS)
                 samples[name].append(r.run(iters[name]))
     return {name: float(np.median(v)) for name, v in samples.items()}
 
