@@ -271,6 +271,27 @@ def test_float16_codebooks_convert_exactly():
     np.testing.assert_array_equal(y, w.astype(np.float32))
 
 
+def test_float16_codebooks_read_every_call_unless_constant():
+    """Constant float16 codebooks are widened once per node; codebooks fed as a graph input are
+    read again on every call (two calls, two sets of values, each matches the reference)."""
+    layout = VQLayout.for_weight(64, 48, bits=4, subvector_len=2, axis=0)
+    packed, books, _ = random_case(layout, codebook_dtype=np.float16, with_bias=False, seed=3)
+    x = np.random.default_rng(4).standard_normal((5, 64)).astype(np.float32)
+    fed = make_session(vq_model(layout.attributes(), x_dims=["m", 64], constants={"codes": packed},
+                                inputs={"codebooks": (TensorProto.FLOAT16, list(books.shape))}))
+    const = make_session(vq_model(layout.attributes(), x_dims=["m", 64],
+                                  constants={"codes": packed, "codebooks": books}))
+    for scale in (1.0, -2.0):
+        values = (books.astype(np.float32) * scale).astype(np.float16)
+        expected = vq_matmul_ref(x, packed, values, None, layout)
+        atol = RTOL_SCALE * max(1.0, float(np.abs(expected).max()))
+        np.testing.assert_allclose(fed.run(None, {"X": x, "codebooks": values})[0], expected, rtol=0, atol=atol)
+    expected = vq_matmul_ref(x, packed, books, None, layout)
+    for _ in range(2):
+        np.testing.assert_allclose(const.run(None, {"X": x})[0], expected, rtol=0,
+                                   atol=RTOL_SCALE * max(1.0, float(np.abs(expected).max())))
+
+
 # --- properties: threads, batch, dispatch ---------------------------------------------------
 
 BIG_LAYOUTS = {
