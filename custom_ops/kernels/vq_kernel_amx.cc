@@ -28,6 +28,7 @@ namespace {
 constexpr size_t kTileRows = 16, kTileBytes = 64;  // every tile here: 16 rows x 64 bytes
 // Below this many rows the tiles are mostly padding and vpdpbusd's register blocks win.
 constexpr size_t kAmxMinRows = 16;
+constexpr size_t kL1Bytes = 40 << 10;  // of the 48 KB L1D of Sapphire Rapids and later, for X and the panel
 
 struct alignas(64) TileConfig {
   uint8_t palette = 1, start_row = 0;
@@ -88,7 +89,24 @@ void amx_block(const uint8_t* xq, size_t ldq, size_t M, size_t K4, const int8_t*
     _tile_zero(2);
     _tile_zero(3);
   }
-  for (size_t k0 = 0; k0 < K4; k0 += kTileBytes) {
+  const bool inside = m0 + (kTwoRowTiles ? 32 : 16) <= M && n0 + 32 <= N && K4 % kTileBytes == 0;
+  if (inside) {  // every tile in place: no edge checks in the loop
+    const uint8_t* a = xq + m0 * ldq;
+    const int8_t* b = wq + 4 * n0;
+    for (size_t k0 = 0; k0 < K4; k0 += kTileBytes, a += kTileBytes, b += kTileRows * panel_bytes) {
+      _tile_loadd(4, a, ldq);
+      _tile_loadd(6, b, panel_bytes);
+      _tile_loadd(7, b + 64, panel_bytes);
+      _tile_dpbusd(0, 4, 6);
+      _tile_dpbusd(1, 4, 7);
+      if (kTwoRowTiles) {
+        _tile_loadd(5, a + 16 * ldq, ldq);
+        _tile_dpbusd(2, 5, 6);
+        _tile_dpbusd(3, 5, 7);
+      }
+    }
+  }
+  for (size_t k0 = 0; k0 < K4 && !inside; k0 += kTileBytes) {
     const TileSource a0 = tile_source(xq, ldq, M, K4, m0, k0, pad[0]);
     const TileSource b0 = tile_source(wq, panel_bytes, panel_rows, panel_bytes, k0 / 4, 4 * n0, pad[2]);
     const TileSource b1 = tile_source(wq, panel_bytes, panel_rows, panel_bytes, k0 / 4, 4 * (n0 + 16), pad[3]);
@@ -121,17 +139,23 @@ void int8_gemm_amx(const uint8_t* xq, size_t ldq, size_t M, size_t K4, const int
   load_tile_config();
   alignas(64) uint8_t pad[4][kTileRows * kTileBytes];  // A0, A1, B0, B1 when a tile passes an edge
   alignas(64) int32_t sums[32 * 32];
-  // Rows outside: a row block's X tiles stay in L1 across the panel's columns.
-  for (size_t m0 = 0; m0 < M; m0 += 32) {
+  auto block = [&](size_t m0, size_t n0) {
     const size_t rows = std::min<size_t>(32, M - m0);
-    for (size_t n0 = 0; n0 < N; n0 += 32) {
-      if (rows > 16)
-        amx_block<true>(xq, ldq, M, K4, wq, N, m0, n0, pad, sums);
-      else
-        amx_block<false>(xq, ldq, M, K4, wq, N, m0, n0, pad, sums);
-      epilogue(sums, rows, std::min<size_t>(32, N - n0), xs + m0, ws + n0, bias128 + n0, y + m0 * ldy + n0, ldy,
-               accumulate);
-    }
+    if (rows > 16)
+      amx_block<true>(xq, ldq, M, K4, wq, N, m0, n0, pad, sums);
+    else
+      amx_block<false>(xq, ldq, M, K4, wq, N, m0, n0, pad, sums);
+    epilogue(sums, rows, std::min<size_t>(32, N - n0), xs + m0, ws + n0, bias128 + n0, y + m0 * ldy + n0, ldy,
+             accumulate);
+  };
+  // Whichever operand fits L1 stays there: all of X's rows with one 32-column strip of the
+  // panel when X is small, else one 32-row block of X across the panel.
+  if (M * K4 + 32 * K4 <= kL1Bytes) {
+    for (size_t n0 = 0; n0 < N; n0 += 32)
+      for (size_t m0 = 0; m0 < M; m0 += 32) block(m0, n0);
+  } else {
+    for (size_t m0 = 0; m0 < M; m0 += 32)
+      for (size_t n0 = 0; n0 < N; n0 += 32) block(m0, n0);
   }
   _tile_release();  // back to the init state: a context switch does not save 8 KB of tiles
 }

@@ -957,7 +957,11 @@ void test_int8_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
   };
   int cases = 0;
   for (int i = 0; i < scaled(300); ++i, ++cases) {
-    const size_t M = 1 + rng() % 20, K = 1 + rng() % 140, N = 1 + rng() % 140;
+    // Every 4th case is AMX-sized (M from 30, K a multiple of 64, N from 32): whole 32 x 32
+    // blocks of tiles in place next to edge blocks from padded copies.
+    const bool tiles = rng() % 4 == 0;
+    const size_t M = tiles ? 30 + rng() % 50 : 1 + rng() % 20;
+    const size_t K = tiles ? 64 * (1 + rng() % 3) : 1 + rng() % 140, N = tiles ? 32 + rng() % 100 : 1 + rng() % 140;
     const size_t ldx = K + rng() % 3, K4 = (K + 3) / 4 * 4, ldq = K4 + 4 * (rng() % 2), ldy = N + rng() % 3;
     std::vector<float> x(M * ldx), w(K * N);
     for (auto& v : x) v = normal(rng) * (rng() % 16 == 0 ? 40.0f : 1.0f);
