@@ -1443,12 +1443,19 @@ void run_panel_gemm_path(const Context& c) {
     const PanelPlan plan(c, kPanelMaxDepth, books.route != Int8Route::kVectorBytes, kInt8DepthStep);
     QuantizedRows x;
     if (books.route == Int8Route::kVectorBytes) {  // X with its subspaces' codebook scales folded in
-      std::vector<float> scaled(p.M * p.K);
-      for (size_t m = 0; m < p.M; ++m)
-        for (size_t k = 0; k < p.K; ++k)
-          scaled[m * p.K + k] = p.x[m * p.K + k] * books.scale[p.per_subspace ? k / 4 : 0];
+      // (Uninitialized, and one scale per run of 4 inputs: this loop was 7% of rq 2x4 on
+      // 1536x384 at 8 rows with a zeroed vector and the subspace index per element.)
+      const std::unique_ptr<float[]> scaled(new float[p.M * p.K]);
+      for (size_t m = 0; m < p.M; ++m) {
+        const float* row = p.x + m * p.K;
+        float* out = scaled.get() + m * p.K;
+        for (size_t k = 0; k < p.K; k += 4) {  // K % 4 == 0 on this route
+          const float scale = books.scale[p.per_subspace ? k / 4 : 0];
+          for (size_t j = 0; j < 4; ++j) out[k + j] = row[k + j] * scale;
+        }
+      }
       VQProblem folded = p;
-      folded.x = scaled.data();
+      folded.x = scaled.get();
       x = quantize_rows(Context(folded, c.k, c.runner), plan);
     } else {
       x = quantize_rows(c, plan);
