@@ -79,6 +79,7 @@ def last_level_cache_bytes() -> int:
 
 # Weight bytes a cold run cycles through, and the bandwidth probe's buffer.
 COLD_BYTES = max(192 << 20, 2 * last_level_cache_bytes())
+BANDWIDTH_BYTES = max(256 << 20, COLD_BYTES)
 
 # Our op's settings: name -> VQLayout.for_weight keyword arguments.
 VQ_VARIANTS = {
@@ -192,7 +193,7 @@ def make_runner(model: onnx.ModelProto, copies: int, threads: int, x: np.ndarray
 
 
 def bandwidth_runner() -> Runner:
-    """A 'variant' that reads COLD_BYTES (at least 256 MiB; ORT ReduceMax, one thread): timed in
+    """A 'variant' that reads BANDWIDTH_BYTES (ORT ReduceMax, one thread): timed in
     the same rounds as the MatMuls, so each cell gets the bandwidth measured side by side with it."""
     node = helper.make_node("ReduceMax", ["X"], ["Y"], keepdims=0)
     graph = helper.make_graph([node], "bw", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None])],
@@ -202,7 +203,7 @@ def bandwidth_runner() -> Runner:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    data = np.ones(max(256 << 20, COLD_BYTES) // 4, np.float32)
+    data = np.ones(BANDWIDTH_BYTES // 4, np.float32)
     binding = session.io_binding()
     binding.bind_ortvalue_input("X", ort.OrtValue.ortvalue_from_numpy(data))
     binding.bind_output("Y")
@@ -295,7 +296,7 @@ def main(argv=None) -> int:
     bandwidth = read_bandwidth()
     print(f"# VQMatMul kernel bench — kernel table: {kernel}, onnxruntime {ort.__version__}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"# measured read bandwidth (1 thread, ORT ReduceMax over {max(256 << 20, COLD_BYTES) >> 20} MiB): "
+    print(f"# measured read bandwidth (1 thread, ORT ReduceMax over {BANDWIDTH_BYTES >> 20} MiB): "
           f"{bandwidth / 1e9:.1f} GB/s; cold cells cycle through {COLD_BYTES >> 20} MiB of weights\n")
 
     bw_runner = bandwidth_runner()
@@ -442,8 +443,10 @@ def replicate(model: onnx.ModelProto, copies: int) -> onnx.ModelProto:
     """`copies` independent copies of a one-output model's nodes on the same input X, copy i
     writing Y{i}, each with its own initializers (its own memory, so a run cycles through all)."""
     graph = model.graph
+
     def renamed(name, i):
-        return name if name in ("X", "") else ("Y%d" % i if name == "Y0" else f"{name}__{i}")
+        return name if name in ("X", "") else (f"Y{i}" if name == "Y0" else f"{name}__{i}")
+
     nodes, inits = [], []
     for i in range(copies):
         for node in graph.node:
@@ -458,10 +461,8 @@ def replicate(model: onnx.ModelProto, copies: int) -> onnx.ModelProto:
             clone.CopyFrom(tensor)
             clone.name = renamed(tensor.name, i)
             inits.append(clone)
-    n = graph.output[0].type.tensor_type.shape.dim[1].dim_value
-    out = _model(nodes, inits, graph.input[0].type.tensor_type.shape.dim[1].dim_value, copies, n,
-                 [op for op in model.opset_import if op.domain != ""])
-    return out
+    k, n = (v.type.tensor_type.shape.dim[1].dim_value for v in (graph.input[0], graph.output[0]))
+    return _model(nodes, inits, k, copies, n, [op for op in model.opset_import if op.domain != ""])
 
 
 def _cold_model(name, k, n, copies, rng, tmp):

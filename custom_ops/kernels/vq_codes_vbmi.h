@@ -62,12 +62,6 @@ class CodeSteps {
 /// bytes, so its 8 codes 8i .. 8i + 7 start s bits into the bytes i * bits ..: one vpermb puts
 /// those 8 bytes in 64-bit lane i, one vpmultishiftqb takes each code's 8 bits at s + q * bits
 /// (at most 7 + 7 * 7 + 8 = 64 bits: no lane wraps), one and keeps its low bits.
-inline uint64_t load_u64(const uint8_t* at) {
-  uint64_t v;
-  std::memcpy(&v, at, sizeof v);
-  return v;
-}
-
 class CodeBytes {
  public:
   explicit CodeBytes(unsigned bits) : bits_(bits), mask_(_mm512_set1_epi8(static_cast<char>((1u << bits) - 1))) {
@@ -105,8 +99,11 @@ class CodeBytes {
   __mmask64 next_mask(const uint8_t* stream) {
     const uint64_t avail = end_byte_ - byte_;
     const uint8_t* at = stream + byte_;
-    uint64_t word = avail >= 8 ? load_u64(at) : static_cast<uint64_t>(_mm_cvtsi128_si64(
-                                                    _mm_maskz_loadu_epi8(__mmask16((1u << avail) - 1), at)));
+    uint64_t word;
+    if (avail >= 8)
+      std::memcpy(&word, at, sizeof word);
+    else
+      word = static_cast<uint64_t>(_mm_cvtsi128_si64(_mm_maskz_loadu_epi8(__mmask16((1u << avail) - 1), at)));
     if (placed_for_ != 0) {
       word >>= placed_for_;
       if (avail > 8) word |= static_cast<uint64_t>(at[8]) << (64 - placed_for_);

@@ -12,8 +12,8 @@
 #include <exception>
 #include <limits>
 #include <memory>
-#include <numeric>
 #include <mutex>
+#include <numeric>
 #include <string>
 #include <tuple>
 #include <vector>

@@ -89,34 +89,25 @@ void amx_block(const uint8_t* xq, size_t ldq, size_t M, size_t K4, const int8_t*
     _tile_zero(2);
     _tile_zero(3);
   }
+  // A block wholly inside the operands (the usual case) loads every tile in place, without
+  // the edge checks.
   const bool inside = m0 + (kTwoRowTiles ? 32 : 16) <= M && n0 + 32 <= N && K4 % kTileBytes == 0;
-  if (inside) {  // every tile in place: no edge checks in the loop
-    const uint8_t* a = xq + m0 * ldq;
-    const int8_t* b = wq + 4 * n0;
-    for (size_t k0 = 0; k0 < K4; k0 += kTileBytes, a += kTileBytes, b += kTileRows * panel_bytes) {
-      _tile_loadd(4, a, ldq);
-      _tile_loadd(6, b, panel_bytes);
-      _tile_loadd(7, b + 64, panel_bytes);
-      _tile_dpbusd(0, 4, 6);
-      _tile_dpbusd(1, 4, 7);
-      if (kTwoRowTiles) {
-        _tile_loadd(5, a + 16 * ldq, ldq);
-        _tile_dpbusd(2, 5, 6);
-        _tile_dpbusd(3, 5, 7);
-      }
-    }
-  }
-  for (size_t k0 = 0; k0 < K4 && !inside; k0 += kTileBytes) {
-    const TileSource a0 = tile_source(xq, ldq, M, K4, m0, k0, pad[0]);
-    const TileSource b0 = tile_source(wq, panel_bytes, panel_rows, panel_bytes, k0 / 4, 4 * n0, pad[2]);
-    const TileSource b1 = tile_source(wq, panel_bytes, panel_rows, panel_bytes, k0 / 4, 4 * (n0 + 16), pad[3]);
+  auto source = [&](size_t tile, size_t k0) -> TileSource {  // tile: A0, A1, B0, B1
+    const size_t row0 = m0 + 16 * (tile & 1), col0 = n0 + 16 * (tile & 1);
+    if (tile < 2)
+      return inside ? TileSource{xq + row0 * ldq + k0, ldq} : tile_source(xq, ldq, M, K4, row0, k0, pad[tile]);
+    return inside ? TileSource{wq + (k0 / 4) * panel_bytes + 4 * col0, panel_bytes}
+                  : tile_source(wq, panel_bytes, panel_rows, panel_bytes, k0 / 4, 4 * col0, pad[tile]);
+  };
+  for (size_t k0 = 0; k0 < K4; k0 += kTileBytes) {
+    const TileSource a0 = source(0, k0), b0 = source(2, k0), b1 = source(3, k0);
     _tile_loadd(4, a0.data, a0.stride);
     _tile_loadd(6, b0.data, b0.stride);
     _tile_loadd(7, b1.data, b1.stride);
     _tile_dpbusd(0, 4, 6);
     _tile_dpbusd(1, 4, 7);
     if (kTwoRowTiles) {
-      const TileSource a1 = tile_source(xq, ldq, M, K4, m0 + 16, k0, pad[1]);
+      const TileSource a1 = source(1, k0);
       _tile_loadd(5, a1.data, a1.stride);
       _tile_dpbusd(2, 5, 6);
       _tile_dpbusd(3, 5, 7);
