@@ -44,6 +44,11 @@ inline constexpr size_t kFastScanCodewords = 16;
 /// Quantized tables are padded to a multiple of this many bytes with zeros, so a SIMD
 /// kernel may read entries in pairs (or fours) without a tail case for the tables.
 inline constexpr size_t kFastScanTablePad = 64;
+/// How far ahead the AVX-512 scans ask for their codes: into L2 16 KB ahead and into L1 2 KB
+/// ahead. The fast-scan kernel alone over 300 cold copies of 4096x4096 (2 MB of codes each)
+/// took 1.15x a plain read of them so, 1.3x with one prefetch 4 KB ahead, 2x with none.
+inline constexpr size_t kCodePrefetchBytes = 2048;
+inline constexpr size_t kCodePrefetchL2Bytes = 16384;
 
 /// format_version 3 ("byte-scan", axis 0, 8-bit codes, d >= 2): blocks of 64 rows of M,
 ///   byte[(b*E + e)*64 + j] = code(t, 64b + j, s)
@@ -163,6 +168,12 @@ struct KernelTable {
   /// so lut[e][c] ~ lo[e] + scale * q[e][c]. Rounding is to nearest even. Returns false
   /// (outputs unspecified) when a table value is not finite. Bit-identical across tables.
   bool (*quantize_luts)(const float* lut, size_t entries, uint8_t* q, float* scale, float* offset);
+
+  /// Order statistics of `entries` tables of 16 floats (lut + e*16), for the uint8 guard
+  /// (fastscan_uint8_error): range[e] = largest - smallest value (a float subtraction),
+  /// high3[e] / low3[e] = the 3rd largest / 3rd smallest value. Returns false when a value is
+  /// not finite (outputs unspecified). Exact selections: bit-identical across tables.
+  bool (*lut_order_stats)(const float* lut, size_t entries, float* range, float* high3, float* low3);
 
   /// One block of 32 rows of M: `codes` is the block's E groups of 16 bytes (format v2),
   /// table m of `rows` at qluts + m*qlut_stride holds E entries of 16 uint8 followed by zero
@@ -396,11 +407,11 @@ bool exact_lut_requested();
 /// uint8 tables.
 inline constexpr double kFastScanMaxRelError = 0.04;
 
-/// The estimate above for `entries` tables of 16 floats (lut + e*16), in double from exact
-/// min / max selections: one scalar function shared by every kernel table, so the choice
-/// is the same on every ISA for the same tables. Returns +inf when a value is not finite
-/// (those rows take the float tables) and 0 when every table is constant.
-double fastscan_uint8_error(const float* lut, size_t entries);
+/// The estimate above for `entries` tables of 16 floats (lut + e*16), in double from the exact
+/// selections of k.lut_order_stats, summed in entry order: the choice is the same on every
+/// ISA for the same tables. Returns +inf when a value is not finite (those rows take the
+/// float tables) and 0 when every table is constant.
+double fastscan_uint8_error(const KernelTable& k, const float* lut, size_t entries);
 
 /// The guard's estimate for byte-scan tables, from the quantized tables themselves (`entries`
 /// tables of 256 uint8 levels, q + e*256): the same model as fastscan_uint8_error, in

@@ -23,7 +23,6 @@ const KernelTable& avx2_kernel_table();
 namespace {
 
 constexpr size_t kFlushQuads = 256;  // steps of <= 255 per 16-bit even sum (< 2^16)
-constexpr size_t kCodePrefetchBytes = 4096;
 
 inline void widen_add(__m512i words, __m512i* total) {
   const __m512i low = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(words));
@@ -51,6 +50,7 @@ void fastscan_rows_avx512(const uint8_t* codes, size_t entries, const uint8_t* t
       // Cold codes: the next ones are asked for well ahead (the hardware prefetcher alone
       // left the scan waiting on DRAM: cold time = hot time + stream time).
       _mm_prefetch(reinterpret_cast<const char*>(codes + e * 16 + kCodePrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(codes + e * 16 + kCodePrefetchL2Bytes), _MM_HINT_T1);
       const size_t valid = std::min<size_t>(4, end - e);
       const __m512i group = valid == 4 ? _mm512_loadu_si512(codes + e * 16)
                                        : _mm512_maskz_loadu_epi8((__mmask64{1} << (16 * valid)) - 1, codes + e * 16);
@@ -96,6 +96,33 @@ void fastscan_u8_avx512(const uint8_t* codes, size_t entries, const uint8_t* qlu
   for (; m + 2 <= rows; m += 2)
     fastscan_rows_avx512<2>(codes, entries, qluts + m * qlut_stride, qlut_stride, out + m * kFastScanBlockRows);
   if (m < rows) fastscan_rows_avx512<1>(codes, entries, qluts + m * qlut_stride, qlut_stride, out + m * kFastScanBlockRows);
+}
+
+// lut_order_stats for 16 tables at once (lane l: table e + l; value c of every table in one
+// gather), by the scalar table's insertions: minps(a, b) is its vmin(a, b) and maxps(b, a)
+// its vmax(a, b), signed zeros included, so the selections are its bits.
+bool lut_order_stats_avx512(const float* lut, size_t entries, float* range, float* high3, float* low3) {
+  const __m512i table_starts = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                  _mm512_set1_epi32(static_cast<int>(kFastScanCodewords)));
+  const __m512 inf = _mm512_set1_ps(INFINITY), minus_inf = _mm512_set1_ps(-INFINITY), zero = _mm512_setzero_ps();
+  for (size_t e = 0; e < entries; e += 16) {
+    const __mmask16 live = entries - e >= 16 ? __mmask16(0xffff) : __mmask16((1u << (entries - e)) - 1);
+    const float* tables = lut + e * kFastScanCodewords;
+    __m512 a1 = minus_inf, a2 = minus_inf, a3 = minus_inf, b1 = inf, b2 = inf, b3 = inf, bad = zero;
+    for (size_t c = 0; c < kFastScanCodewords; ++c) {
+      const __m512 v = _mm512_mask_i32gather_ps(zero, live, table_starts, tables + c, 4);
+      bad = _mm512_add_ps(bad, _mm512_sub_ps(v, v));  // 0 for finite values, NaN otherwise
+      const __m512 ta = _mm512_min_ps(a1, v), ua = _mm512_min_ps(a2, ta);
+      a1 = _mm512_max_ps(v, a1), a2 = _mm512_max_ps(ta, a2), a3 = _mm512_max_ps(ua, a3);
+      const __m512 tb = _mm512_max_ps(v, b1), ub = _mm512_max_ps(tb, b2);
+      b1 = _mm512_min_ps(b1, v), b2 = _mm512_min_ps(b2, tb), b3 = _mm512_min_ps(b3, ub);
+    }
+    if (_mm512_mask_cmp_ps_mask(live, bad, zero, _CMP_NEQ_UQ)) return false;
+    _mm512_mask_storeu_ps(range + e, live, _mm512_sub_ps(a1, b1));
+    _mm512_mask_storeu_ps(high3 + e, live, a3);
+    _mm512_mask_storeu_ps(low3 + e, live, b3);
+  }
+  return true;
 }
 
 // Scalar-codebook decode, 16 codes per step: the step's bytes in one masked 16-byte load
@@ -446,6 +473,7 @@ const KernelTable& avx512_kernel_table() {
     KernelTable t = avx2_kernel_table();
     t.name = "avx512";
     t.fastscan_u8 = fastscan_u8_avx512;
+    t.lut_order_stats = lut_order_stats_avx512;
     t.dense_gemm = dense_gemm_avx512;
     t.dense_gemm_cols = 64;
     t.decode_codes = decode_codes_avx512;

@@ -125,6 +125,97 @@ void quantize_panel_s8_vnni(const float* w, size_t K, size_t N, int8_t* wq, floa
 }
 
 
+// fastscan_u8 on byte permutes. A step's 64 code bytes (4 entries x 16, byte 16j + i:
+// entry j, outputs i and 16 + i) are regrouped by one vpermb to byte 4i + j, so each 32-bit
+// lane holds one output's codes for the 4 entries. A nibble with its entry number in bits 4-5
+// indexes the step's four 16-byte tables as one 64-byte table (vpermb), and vpdpbusd against
+// bytes of 1 adds each output's 4 lookups into its 32-bit sum: per 128 codes 1 + 3 shared
+// instructions and 4 per row, against 3 + 9 for the 16-bit shuffle scheme (which also
+// flushes its sums every 1024 entries). Exact integer sums: the scalar table's bits.
+template <int R>
+void fastscan_rows_vnni(const uint8_t* codes, size_t entries, const uint8_t* tables, size_t qlut_stride,
+                        uint32_t* out) {
+  static_assert(R == 1 || R == 2 || R == 4, "rows per code load");
+  alignas(64) uint8_t regroup_bytes[64], entry_of_byte[64];
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 4; ++j) {
+      regroup_bytes[4 * i + j] = static_cast<uint8_t>(16 * j + i);
+      entry_of_byte[4 * i + j] = static_cast<uint8_t>(16 * j);
+    }
+  const __m512i regroup = _mm512_load_si512(regroup_bytes), entry_bits = _mm512_load_si512(entry_of_byte);
+  const __m512i nibble = _mm512_set1_epi8(0x0f), ones = _mm512_set1_epi8(1);
+  constexpr int kNibbleOrEntry = 0xEA;  // ternary logic: (a & b) | c
+  // Per 4 entries: the code bytes regrouped by output, and each nibble's index into the
+  // 64-byte table of the step's 4 entries.
+  auto indices = [&](size_t e, __m512i& lo_idx, __m512i& hi_idx) {
+    // Cold codes are asked for ahead, as in the AVX-512 kernel. A tail of 1-3 entries loads
+    // only its own bytes; the missing entries' zero codes index the tables' zero padding.
+    _mm_prefetch(reinterpret_cast<const char*>(codes + e * 16 + kCodePrefetchBytes), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(codes + e * 16 + kCodePrefetchL2Bytes), _MM_HINT_T1);
+    const size_t valid = std::min<size_t>(4, entries - e);
+    const __m512i group = valid == 4 ? _mm512_loadu_si512(codes + e * 16)
+                                     : _mm512_maskz_loadu_epi8((__mmask64{1} << (16 * valid)) - 1, codes + e * 16);
+    const __m512i by_output = _mm512_permutexvar_epi8(regroup, group);
+    lo_idx = _mm512_ternarylogic_epi32(by_output, nibble, entry_bits, kNibbleOrEntry);
+    hi_idx = _mm512_ternarylogic_epi32(_mm512_srli_epi16(by_output, 4), nibble, entry_bits, kNibbleOrEntry);
+  };
+  auto lookup = [&](__m512i lo_idx, __m512i hi_idx, size_t e, int r, __m512i& lo, __m512i& hi) {
+    const __m512i lut = _mm512_loadu_si512(tables + r * qlut_stride + e * 16);
+    dpbusd(lo, _mm512_permutexvar_epi8(lo_idx, lut), ones);
+    dpbusd(hi, _mm512_permutexvar_epi8(hi_idx, lut), ones);
+  };
+  // Named sums, not an array: GCC 12 kept an array of 8 on the stack (a store per update).
+  const __m512i zero = _mm512_setzero_si512();
+  __m512i lo0 = zero, hi0 = zero, lo1 = zero, hi1 = zero, lo2 = zero, hi2 = zero, lo3 = zero, hi3 = zero;
+  __m512i lo_idx, hi_idx;
+  size_t e = 0;
+  if constexpr (R == 1) {
+    // One row's two sums would wait on vpdpbusd's latency (~6 cycles) every step: even and
+    // odd steps go to two sets of sums.
+    for (; e + 8 <= entries; e += 8) {
+      indices(e, lo_idx, hi_idx);
+      lookup(lo_idx, hi_idx, e, 0, lo0, hi0);
+      indices(e + 4, lo_idx, hi_idx);
+      lookup(lo_idx, hi_idx, e + 4, 0, lo1, hi1);
+    }
+  }
+  for (; e < entries; e += 4) {
+    indices(e, lo_idx, hi_idx);
+    lookup(lo_idx, hi_idx, e, 0, lo0, hi0);
+    if constexpr (R >= 2) lookup(lo_idx, hi_idx, e, 1, lo1, hi1);
+    if constexpr (R == 4) {
+      lookup(lo_idx, hi_idx, e, 2, lo2, hi2);
+      lookup(lo_idx, hi_idx, e, 3, lo3, hi3);
+    }
+  }
+  auto store = [&](int r, __m512i lo, __m512i hi) {
+    _mm512_storeu_si512(out + r * kFastScanBlockRows, lo);
+    _mm512_storeu_si512(out + r * kFastScanBlockRows + 16, hi);
+  };
+  if constexpr (R == 1) {
+    store(0, _mm512_add_epi32(lo0, lo1), _mm512_add_epi32(hi0, hi1));
+  } else {
+    store(0, lo0, hi0);
+    store(1, lo1, hi1);
+    if constexpr (R == 4) {
+      store(2, lo2, hi2);
+      store(3, lo3, hi3);
+    }
+  }
+}
+
+void fastscan_u8_vnni(const uint8_t* codes, size_t entries, const uint8_t* qluts, size_t qlut_stride,
+                      size_t rows, uint32_t* out) {
+  size_t m = 0;
+  for (; m + 4 <= rows; m += 4)
+    fastscan_rows_vnni<4>(codes, entries, qluts + m * qlut_stride, qlut_stride, out + m * kFastScanBlockRows);
+  if (m + 2 <= rows) {
+    fastscan_rows_vnni<2>(codes, entries, qluts + m * qlut_stride, qlut_stride, out + m * kFastScanBlockRows);
+    m += 2;
+  }
+  if (m < rows) fastscan_rows_vnni<1>(codes, entries, qluts + m * qlut_stride, qlut_stride, out + m * kFastScanBlockRows);
+}
+
 // Four depths at a time: their 4 groups are 64 consecutive bytes (byte 16j + i: depth j,
 // outputs i and 16 + i in its nibbles); one byte shuffle per half looks the nibbles up in the
 // int8 codebook, one VBMI byte permute moves byte 16j + i to 4i + j (output i's 4 depths in
@@ -454,6 +545,7 @@ const KernelTable& avx512vnni_kernel_table() {
     t.decode_bytescan_words_s8 = decode_bytescan_words_s8_vnni;
     t.decode_fastscan2_words_s8 = decode_fastscan2_words_s8_vnni;
     t.int8_gemm = int8_gemm_vnni;
+    t.fastscan_u8 = fastscan_u8_vnni;
     t.int8_panels = true;
     return t;
   }();

@@ -186,6 +186,40 @@ inline unsigned block_code(const uint8_t* group, size_t i) {
   return i < 16 ? group[i] & 0x0fu : group[i - 16] >> 4;
 }
 
+// Four lanes of one generic type (SSE2 / NEON / scalar code from the same source) and only
+// exact operations (min, max, v - v), so every build gives the same values.
+typedef float Vec4 __attribute__((vector_size(16)));
+inline Vec4 vmin(Vec4 a, Vec4 b) { return a < b ? a : b; }
+inline Vec4 vmax(Vec4 a, Vec4 b) { return a < b ? b : a; }
+
+// Top-3 / bottom-3 of the 16 values of four tables at once (lane l: table e + l; the last
+// tables repeated past `entries`), by insertion into three sorted registers per side.
+bool lut_order_stats_scalar(const float* lut, size_t entries, float* range, float* high3, float* low3) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  for (size_t e = 0; e < entries; e += 4) {
+    const size_t count = std::min<size_t>(4, entries - e);
+    const float* tables[4];
+    for (size_t l = 0; l < 4; ++l) tables[l] = lut + (e + std::min(l, count - 1)) * kFastScanCodewords;
+    Vec4 a1 = {-kInf, -kInf, -kInf, -kInf}, a2 = a1, a3 = a1;
+    Vec4 b1 = {kInf, kInf, kInf, kInf}, b2 = b1, b3 = b1, bad = {0, 0, 0, 0};
+    for (size_t c = 0; c < kFastScanCodewords; ++c) {
+      const Vec4 v = {tables[0][c], tables[1][c], tables[2][c], tables[3][c]};
+      bad += v - v;  // 0 for finite values, NaN otherwise
+      const Vec4 ta = vmin(a1, v), ua = vmin(a2, ta);
+      a1 = vmax(a1, v), a2 = vmax(a2, ta), a3 = vmax(a3, ua);
+      const Vec4 tb = vmax(b1, v), ub = vmax(b2, tb);
+      b1 = vmin(b1, v), b2 = vmin(b2, tb), b3 = vmin(b3, ub);
+    }
+    for (size_t l = 0; l < count; ++l) {
+      if (!(bad[l] == 0.0f)) return false;
+      range[e + l] = a1[l] - b1[l];
+      high3[e + l] = a3[l];
+      low3[e + l] = b3[l];
+    }
+  }
+  return true;
+}
+
 void fastscan_u8_scalar(const uint8_t* codes, size_t entries, const uint8_t* qluts,
                         size_t qlut_stride, size_t rows, uint32_t* out) {
   for (size_t m = 0; m < rows; ++m) {
@@ -494,7 +528,7 @@ const KernelTable& scalar_kernel_table() {
       "scalar",           unpack_codes_scalar, build_lut_scalar,     build_lut_d1_scalar, lut_gather_rows_scalar,
       lut_gather8_scalar, scatter_add_scalar,  bucket_dot_scalar,    dot_scalar,
       axpy_scalar,
-      quantize_luts_scalar, fastscan_u8_scalar, fastscan_f32_scalar,
+      quantize_luts_scalar, lut_order_stats_scalar, fastscan_u8_scalar, fastscan_f32_scalar,
       quantize_byte_luts_scalar, byte_table_moments_scalar, bytescan_u8_scalar, bytescan_f32_scalar,
       decode_codes_scalar, decode_fastscan_d1_scalar, dot_rows_scalar, decode_fastscan_group_scalar,
       transpose_scalar, dense_gemm_scalar, /*dense_gemm_cols=*/32, decode_row_scalar,

@@ -383,6 +383,21 @@ void test_fastscan_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
       const bool rb = simd.quantize_luts(luts.data(), entries, qb.data(), &sb, &ob);
       EXPECT(ra && rb && qa == qb && same_bits(sa, sb) && oa == ob,
              "%s quantize_luts entries=%zu", simd.name, entries);
+      // The guard's order statistics, on tables with repeated values and signed zeros (the
+      // insertions' ties) and the same bits expected.
+      std::vector<float> ties(luts.begin(), luts.begin() + entries * 16);
+      for (auto& v : ties)
+        if (rng() % 3 == 0) v = (rng() % 2 ? 1.0f : -1.0f) * float(rng() % 3);
+      std::vector<float> range_a(entries), high_a(entries), low_a(entries), range_b(entries), high_b(entries),
+          low_b(entries);
+      EXPECT(scalar.lut_order_stats(ties.data(), entries, range_a.data(), high_a.data(), low_a.data()) &&
+                 simd.lut_order_stats(ties.data(), entries, range_b.data(), high_b.data(), low_b.data()) &&
+                 same_floats(range_a, range_b) && same_floats(high_a, high_b) && same_floats(low_a, low_b),
+             "%s lut_order_stats entries=%zu", simd.name, entries);
+      ties[rng() % ties.size()] = rng() % 2 ? std::nanf("") : -INFINITY;
+      EXPECT(!scalar.lut_order_stats(ties.data(), entries, range_a.data(), high_a.data(), low_a.data()) &&
+                 !simd.lut_order_stats(ties.data(), entries, range_b.data(), high_b.data(), low_b.data()),
+             "%s lut_order_stats must refuse values that are not finite", simd.name);
       luts[rng() % luts.size() % (entries * 16)] = std::nanf("");
       EXPECT(!scalar.quantize_luts(luts.data(), entries, qa.data(), &sa, &oa) &&
                  !simd.quantize_luts(luts.data(), entries, qb.data(), &sb, &ob),
@@ -891,9 +906,9 @@ void test_fastscan_guard(std::mt19937& rng) {
     }
   // The estimate: 0 for constant tables, +inf for non-finite ones.
   std::vector<float> flat(3 * 16, 2.5f);
-  EXPECT(fastscan_uint8_error(flat.data(), 3) == 0.0, "constant tables");
+  EXPECT(fastscan_uint8_error(scalar, flat.data(), 3) == 0.0, "constant tables");
   flat[17] = std::nanf("");
-  EXPECT(std::isinf(fastscan_uint8_error(flat.data(), 3)), "NaN tables");
+  EXPECT(std::isinf(fastscan_uint8_error(scalar, flat.data(), 3)), "NaN tables");
   std::printf("fast-scan guard: %d outlier cases (all beyond the tier unguarded) exact, ordinary rows uint8\n", cases);
 }
 
