@@ -1265,7 +1265,7 @@ struct PreparedCodebooks {
 namespace {
 Int8Books int8_books(const Context& c) {
   Int8Books books;
-  books.route = int8_route(c.p);
+  books.route = c.k.int8_byte_decoders ? int8_route(c.p) : Int8Route::kFloatPanels;
   if (books.route == Int8Route::kFloatPanels) return books;
   if (books.route == Int8Route::kVectorBytes) {  // one quantize_rows_u8 row per codebook
     size_t ncw = 0;
@@ -1739,6 +1739,27 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     {VQPath::kColumnBuckets, 1, 8, 1, kAnyD, "avx512", 4, 2048},
     {VQPath::kColumnBuckets, 1, 8, 1, kAnyD, "avx512", 8},
     {VQPath::kDecodeDot, 2, 8, 1, 1, "avx512", 64},
+    // AVX2 rows, with its int8 tier (bench/thresholds.py, AMD EPYC Zen 3 without AVX-512,
+    // 2026-12-07), tile / small at M = 2, 4, 8, 16, 32, 64 on 4096x4096, 384x1536, 1536x384,
+    // 1280x1000:
+    //   km4 fastscan    11.3/4.09/3.06/1.66/1.27/0.91, 7.81/3.36/2.70/1.42/1.06/0.74, 5.48/2.58/
+    //                   1.73/0.94/0.71/0.51, 8.07/3.85/2.52/1.40/1.00/0.71: 16 up to N = 512, 64
+    //   binary bit_lut  5.26/2.50/1.43/0.72, 6.03/3.00/1.76/0.91, 2.77/1.34/0.78/0.41, 4.37/2.09/
+    //                   1.22/0.64: 8 up to N = 512, then 16
+    //   pq8-d4 bytescan 1.76/0.80/0.48, 1.10/0.53/0.32, 0.44/0.21/0.12, 0.89/0.40/0.24: 2 up to
+    //                   N = 1024, then 4
+    //   pq8-d4 axis out column_buckets 2.63/1.35/0.76, 0.81/0.40/0.22, 1.53/0.71/0.39, 1.48/0.73/
+    //                   0.46: 4 up to N = 2048, then 8
+    //   km5 / km3 per 16 rows decode_dot 1.14 / 1.03 at 16, 0.77 at 32 on 4096x4096: the shared
+    //                   32 holds; pq4-d4, pq4-d8, rq 2x4 (float panels of vector codewords):
+    //                   never (1.12-3.93 at 64)
+    {VQPath::kFastScan, 4, 4, 1, 1, "avx2", 16, 512},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx2", 8, 512},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx2", 16},
+    {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx2", 2, 1024},
+    {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx2", 4},
+    {VQPath::kColumnBuckets, 1, 8, 1, kAnyD, "avx2", 4, 2048},
+    {VQPath::kColumnBuckets, 1, 8, 1, kAnyD, "avx2", 8},
     {VQPath::kFastScan, 4, 4, 2, kAnyD, nullptr, kNever},
     {VQPath::kFastScanExact, 4, 4, 1, 1, nullptr, 8},       // km4: 0.75 at 8, 1.39 at 4
     {VQPath::kFastScanExact, 4, 4, 2, kAnyD, nullptr, 32},  // pq4-d4: 0.97 at 32, 1.47 at 16
@@ -1856,7 +1877,7 @@ size_t measured_min_rows(const VQProblem& p, VQPath small, const KernelTable& ke
   int byte_route = -1;  // int8_route(p) != kFloatPanels, once it is asked (it reads every codebook)
   auto takes_byte_route = [&] {
     if (byte_route < 0)
-      byte_route = int8_panels_enabled(kernels) &&
+      byte_route = int8_panels_enabled(kernels) && kernels.int8_byte_decoders &&
                    (p.prepared != nullptr ? p.prepared->books.route : int8_route(p)) != Int8Route::kFloatPanels;
     return byte_route == 1;
   };

@@ -3,7 +3,8 @@
 // a CPU without AVX2.
 //
 // Agreement with the scalar table (vq_kernel_scalar.cc):
-//   fastscan_u8, fastscan_f32, quantize_luts, lut_gather_rows, lut_gather8  bit-identical
+//   fastscan_u8, fastscan_f32, quantize_luts, lut_order_stats, lut_gather_rows, lut_gather8
+//                bit-identical
 //   build_lut (d = 4 and d = 8)  float sums in a different order (pairwise instead of j
 //                                ascending): within a few ulp of scalar, tested at 1e-5
 //                                relative to the output scale
@@ -12,6 +13,7 @@
 //   dense_gemm  bit-identical: one fused multiply-add chain per output, k ascending
 //   decode_row (VQGather)  bit-identical: the same adds per element; d = 1 gathers 8
 //                          subspaces per instruction, d >= 4 adds whole codeword chunks
+//   int8 tier (vq_kernel_avx2_int8.cc)  bit-identical: exact integer sums
 //   everything else: the scalar functions.
 #include <immintrin.h>
 
@@ -148,6 +150,64 @@ inline void table_min_max(__m256 v0, __m256 v1, __m256* lo, __m256* hi) {
   mx = _mm256_max_ps(mx, _mm256_shuffle_ps(mx, mx, _MM_SHUFFLE(1, 0, 3, 2)));
   *lo = _mm256_min_ps(mn, _mm256_shuffle_ps(mn, mn, _MM_SHUFFLE(2, 3, 0, 1)));
   *hi = _mm256_max_ps(mx, _mm256_shuffle_ps(mx, mx, _MM_SHUFFLE(2, 3, 0, 1)));
+}
+
+// out[c] = value c of rows r[0..8) (an 8 x 8 transpose: unpacks, shuffles, lane swaps).
+inline void transpose8(const __m256* r, __m256* out) {
+  __m256 t[8], u[8];
+#pragma GCC unroll 4
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    out[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    out[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
+// lut_order_stats for 8 tables at once (lane l: table e + l, the last table repeated past
+// `entries`; values in c order from two 8 x 8 transposes), by the scalar table's insertions:
+// minps(a, b) is its vmin(a, b) and maxps(b, a) its vmax(a, b), signed zeros included, so the
+// selections are its bits. (Scalar, it was a quarter of pq4-d4 and rq 2x4 on 1536x384 at 8-64
+// rows; 17% with one gather per value, 11% so.)
+bool lut_order_stats_avx2(const float* lut, size_t entries, float* range, float* high3, float* low3) {
+  const __m256 inf = _mm256_set1_ps(INFINITY), minus_inf = _mm256_set1_ps(-INFINITY), zero = _mm256_setzero_ps();
+  for (size_t e = 0; e < entries; e += 8) {
+    const size_t count = std::min<size_t>(8, entries - e);
+    // Every loop unrolled, so rows[] and values[] live in registers (GCC 12 kept them on the stack).
+    __m256 rows[8], values[16];
+#pragma GCC unroll 8
+    for (size_t l = 0; l < 8; ++l) rows[l] = _mm256_loadu_ps(lut + (e + std::min(l, count - 1)) * kFastScanCodewords);
+    transpose8(rows, values);
+#pragma GCC unroll 8
+    for (size_t l = 0; l < 8; ++l) rows[l] = _mm256_loadu_ps(lut + (e + std::min(l, count - 1)) * kFastScanCodewords + 8);
+    transpose8(rows, values + 8);
+    __m256 a1 = minus_inf, a2 = minus_inf, a3 = minus_inf, b1 = inf, b2 = inf, b3 = inf, bad = zero;
+#pragma GCC unroll 16
+    for (size_t c = 0; c < kFastScanCodewords; ++c) {
+      const __m256 v = values[c];
+      bad = _mm256_add_ps(bad, _mm256_sub_ps(v, v));  // 0 for finite values, NaN otherwise
+      const __m256 ta = _mm256_min_ps(a1, v), ua = _mm256_min_ps(a2, ta);
+      a1 = _mm256_max_ps(v, a1), a2 = _mm256_max_ps(ta, a2), a3 = _mm256_max_ps(ua, a3);
+      const __m256 tb = _mm256_max_ps(v, b1), ub = _mm256_max_ps(tb, b2);
+      b1 = _mm256_min_ps(b1, v), b2 = _mm256_min_ps(b2, tb), b3 = _mm256_min_ps(b3, ub);
+    }
+    if (_mm256_movemask_ps(_mm256_cmp_ps(bad, zero, _CMP_NEQ_UQ))) return false;  // repeats: no new lanes
+    const __m256i store = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_maskstore_ps(range + e, store, _mm256_sub_ps(a1, b1));
+    _mm256_maskstore_ps(high3 + e, store, a3);
+    _mm256_maskstore_ps(low3 + e, store, b3);
+  }
+  return true;
 }
 
 bool quantize_luts_avx2(const float* lut, size_t entries, uint8_t* q, float* scale,
@@ -471,19 +531,24 @@ void transpose_avx2(const float* src, size_t rows, size_t cols, size_t ld_src, f
 template <int MR>
 inline void dense_block16(const float* x, size_t ldx, size_t K, const float* w, size_t N,
                           float* y, size_t ldy, bool accumulate) {
+  // Every loop over the rows unrolled: GCC 12 otherwise keeps a[][] on the stack, one load
+  // and store per FMA (4096x4096 at 64 rows ran at a third of ORT's fp32 MatMul).
   __m256 a[MR][2];
+#pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) {
     a[i][0] = accumulate ? _mm256_loadu_ps(y + i * ldy) : _mm256_setzero_ps();
     a[i][1] = accumulate ? _mm256_loadu_ps(y + i * ldy + 8) : _mm256_setzero_ps();
   }
   for (size_t k = 0; k < K; ++k) {
     const __m256 w0 = _mm256_loadu_ps(w + k * N), w1 = _mm256_loadu_ps(w + k * N + 8);
+#pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
       const __m256 xv = _mm256_broadcast_ss(x + i * ldx + k);
       a[i][0] = _mm256_fmadd_ps(xv, w0, a[i][0]);
       a[i][1] = _mm256_fmadd_ps(xv, w1, a[i][1]);
     }
   }
+#pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) {
     _mm256_storeu_ps(y + i * ldy, a[i][0]);
     _mm256_storeu_ps(y + i * ldy + 8, a[i][1]);
@@ -563,6 +628,8 @@ void decode_row_avx2(const uint8_t* codes, size_t T, size_t S, size_t d, size_t 
 
 }  // namespace
 
+void avx2_int8_tier(KernelTable& t);  // vq_kernel_avx2_int8.cc
+
 const KernelTable& avx2_kernel_table() {
   static const KernelTable table = [] {
     KernelTable t = scalar_kernel_table();
@@ -572,6 +639,7 @@ const KernelTable& avx2_kernel_table() {
     t.lut_gather_rows = lut_gather_rows_avx2;
     t.lut_gather8 = lut_gather8_avx2;
     t.quantize_luts = quantize_luts_avx2;
+    t.lut_order_stats = lut_order_stats_avx2;
     t.fastscan_u8 = fastscan_u8_avx2;
     t.fastscan_f32 = fastscan_f32_avx2;
     t.decode_codes = decode_codes_avx2;
@@ -581,6 +649,8 @@ const KernelTable& avx2_kernel_table() {
     t.dot_rows = dot_rows_avx2;
     t.decode_fastscan_group = decode_fastscan_group_avx2;
     t.decode_row = decode_row_avx2;
+    avx2_int8_tier(t);
+    t.int8_panels = true;
     return t;
   }();
   return table;

@@ -472,6 +472,9 @@ const KernelTable& avx512_kernel_table() {
   static const KernelTable table = [] {
     KernelTable t = avx2_kernel_table();
     t.name = "avx512";
+    // AVX2's int8 tier stays off here: its 16-bit multiply-adds match, not beat, 16-lane FMAs
+    // (the VNNI table turns on its own).
+    t.int8_panels = false;
     t.fastscan_u8 = fastscan_u8_avx512;
     t.lut_order_stats = lut_order_stats_avx512;
     t.dense_gemm = dense_gemm_avx512;

@@ -99,19 +99,22 @@ void dot_rows_neon(const float* x, size_t ldx, size_t rows, const float* w, size
 template <int MR>
 inline void dense_block8(const float* x, size_t ldx, size_t K, const float* w, size_t N, float* y,
                          size_t ldy, bool accumulate) {
-  float32x4_t a[MR][2];
+  float32x4_t a[MR][2];  // rows unrolled: GCC 12 otherwise keeps a[][] on the stack (AVX2's twin)
+#pragma GCC unroll 4
   for (int i = 0; i < MR; ++i) {
     a[i][0] = accumulate ? vld1q_f32(y + i * ldy) : vdupq_n_f32(0.0f);
     a[i][1] = accumulate ? vld1q_f32(y + i * ldy + 4) : vdupq_n_f32(0.0f);
   }
   for (size_t k = 0; k < K; ++k) {
     const float32x4_t w0 = vld1q_f32(w + k * N), w1 = vld1q_f32(w + k * N + 4);
+#pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) {
       const float32x4_t xv = vdupq_n_f32(x[i * ldx + k]);
       a[i][0] = vfmaq_f32(a[i][0], xv, w0);
       a[i][1] = vfmaq_f32(a[i][1], xv, w1);
     }
   }
+#pragma GCC unroll 4
   for (int i = 0; i < MR; ++i) {
     vst1q_f32(y + i * ldy, a[i][0]);
     vst1q_f32(y + i * ldy + 4, a[i][1]);
