@@ -1248,6 +1248,13 @@ Int8Route int8_route(const VQProblem& p) {
     if (!int8_book_ok(p.codebooks + g * p.codewords(), p.codewords())) return Int8Route::kFloatPanels;
   return stream ? Int8Route::kStreamBytes : Int8Route::kFastScanBytes;
 }
+// The route on a table: a byte route only where the table's decoders for it are SIMD.
+Int8Route route_on(const KernelTable& k, Int8Route route) {
+  const bool simd = route == Int8Route::kFastScanBytes ? k.int8_fastscan_d1_decoder
+                    : route == Int8Route::kStreamBytes ? k.int8_stream_decoders
+                    : route == Int8Route::kVectorBytes ? k.int8_word_decoders : true;
+  return simd ? route : Int8Route::kFloatPanels;
+}
 struct Int8Books {
   Int8Route route = Int8Route::kFloatPanels;
   std::vector<int8_t> q;         // scalar routes: group g's codewords at q[g * 2^bits]
@@ -1265,7 +1272,7 @@ struct PreparedCodebooks {
 namespace {
 Int8Books int8_books(const Context& c) {
   Int8Books books;
-  books.route = c.k.int8_byte_decoders ? int8_route(c.p) : Int8Route::kFloatPanels;
+  books.route = route_on(c.k, int8_route(c.p));
   if (books.route == Int8Route::kFloatPanels) return books;
   if (books.route == Int8Route::kVectorBytes) {  // one quantize_rows_u8 row per codebook
     size_t ncw = 0;
@@ -1754,6 +1761,24 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     //                   32 holds; pq4-d4, pq4-d8, rq 2x4 (float panels of vector codewords):
     //                   never (1.12-3.93 at 64)
     {VQPath::kFastScan, 4, 4, 1, 1, "avx2", 16, 512},
+    //   km4 on the byte route (decode_fastscan_d1_s8 on AVX2), M = 4, 8, 16, 32, 64: 1.54/1.58/
+    //                   0.92/0.92/0.77, 1.40/1.29/0.78/0.75/0.62, 0.84/0.84/0.52/0.49/0.40, 1.20/
+    //                   1.20/0.61/0.65/0.52: 4 up to N = 512, then 16
+    {VQPath::kFastScan, 4, 4, 1, 1, "avx2", 4, 512, 1, true},
+    {VQPath::kFastScan, 4, 4, 1, 1, "avx2", 16, static_cast<size_t>(-1), 1, true},
+    //   format-1 codes straight to int8 (decode_codes_s8 / decode_dot_s8 on AVX2), M = 4, 8,
+    //   16, 32, 64:
+    //   km5 decode_dot  1.15/1.03/0.82/0.66/0.59, 0.83/0.67/0.37/0.39/0.30, 0.75/0.74/0.45/0.52/
+    //                   0.41, 0.85/0.72/0.52/0.61/0.43
+    //   km3 per 16 rows 1.17/1.04/0.69/0.71/0.47, 0.70/0.64/0.40/0.38/0.36, 0.91/0.83/0.44/0.45/
+    //                   0.35, 1.17/0.84/0.56/0.60/0.43: 8 up to N = 2048, then 16
+    //   binary bit_lut  2.29/1.47/1.03/0.48/0.25, 2.69/1.43/0.75/0.54/0.35, 1.17/0.63/0.37/0.23/
+    //                   0.18, 1.93/0.99/0.56/0.43/0.26: 8 up to N = 512, 16 up to 2048, then 32
+    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx2", 8, 2048, 1, true},
+    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx2", 16, static_cast<size_t>(-1), 1, true},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx2", 8, 512, 1, true},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx2", 16, 2048, 1, true},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx2", 32, static_cast<size_t>(-1), 1, true},
     {VQPath::kBitLut, 1, 1, 1, 1, "avx2", 8, 512},
     {VQPath::kBitLut, 1, 1, 1, 1, "avx2", 16},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx2", 2, 1024},
@@ -1877,8 +1902,8 @@ size_t measured_min_rows(const VQProblem& p, VQPath small, const KernelTable& ke
   int byte_route = -1;  // int8_route(p) != kFloatPanels, once it is asked (it reads every codebook)
   auto takes_byte_route = [&] {
     if (byte_route < 0)
-      byte_route = int8_panels_enabled(kernels) && kernels.int8_byte_decoders &&
-                   (p.prepared != nullptr ? p.prepared->books.route : int8_route(p)) != Int8Route::kFloatPanels;
+      byte_route = int8_panels_enabled(kernels) &&
+                   (p.prepared != nullptr ? p.prepared->books.route : route_on(kernels, int8_route(p))) != Int8Route::kFloatPanels;
     return byte_route == 1;
   };
   for (const TileGemmThreshold& row : kTileGemmThresholds) {

@@ -353,11 +353,12 @@ struct KernelTable {
   /// Whether the panel GEMM runs int8 by default on this table (a dot-product instruction that
   /// makes it faster than float; the scalar table has the functions as the oracle only).
   bool int8_panels;
-  /// Whether the int8 tier decodes codes straight to int8 (the decode_*_s8 functions) where the
-  /// codebooks allow it, rather than quantizing decoded float panels (quantize_panel_s8): only
-  /// where those decoders are SIMD. (AVX2 with the scalar ones, 4096x4096 at 64 rows: 40-55%
-  /// of the time in them, km4 46 ms.)
-  bool int8_byte_decoders;
+  /// Which codes the int8 tier decodes straight to int8 where the codebooks allow it, rather
+  /// than quantizing decoded float panels (quantize_panel_s8): only where those decoders are
+  /// SIMD. (AVX2 with the scalar ones, 4096x4096 at 64 rows: 40-55% of the time in them.)
+  bool int8_fastscan_d1_decoder;  ///< decode_fastscan_d1_s8: scalar codebooks, format 2
+  bool int8_stream_decoders;      ///< decode_codes_s8, decode_dot_s8: scalar codebooks, format 1
+  bool int8_word_decoders;        ///< decode_*_words_s8: d = 4 vector codebooks
 };
 
 /// dot_rows' fixed reduction of its 16 lanes, and its scalar steps k0 <= k < K into them

@@ -147,6 +147,54 @@ void quantize_panel_s8_avx2(const float* w, size_t K, size_t N, int8_t* wq, floa
   }
 }
 
+// decode_fastscan_d1_s8: per depth one 16-byte group (32 codes: low nibbles outputs 0-15, high
+// ones 16-31) looked up in the 16 int8 codewords by pshufb; 4 depths' values interleaved by
+// byte then 16-bit unpacks into 4 columns x 4 depths per 16 bytes (int8_gemm's layout), and
+// summed per column by one maddubs / madd pair. Writes only the block's columns.
+void decode_fastscan_d1_s8_avx2(const uint8_t* groups, size_t depth, size_t cols, const int8_t* book_q, int8_t* out,
+                                size_t ld, int32_t* sums) {
+  const __m128i book = _mm_loadu_si128(reinterpret_cast<const __m128i*>(book_q));
+  const __m128i nibble = _mm_set1_epi8(0x0f), ones8 = _mm_set1_epi8(1), ones16 = _mm_set1_epi16(1);
+  __m128i total[8];  // columns 4j .. 4j + 3
+  for (auto& t : total) t = _mm_setzero_si128();
+  const size_t quads = (cols + 3) / 4;
+  for (size_t k = 0; k < depth; k += 4) {
+    __m128i low[4], high[4];  // depth k + j: outputs 0-15, 16-31
+    for (size_t j = 0; j < 4; ++j) {
+      if (k + j < depth) {  // no group read past the depth
+        const __m128i g = _mm_loadu_si128(reinterpret_cast<const __m128i*>(groups + (k + j) * kFastScanGroupBytes));
+        low[j] = _mm_shuffle_epi8(book, _mm_and_si128(g, nibble));
+        high[j] = _mm_shuffle_epi8(book, _mm_and_si128(_mm_srli_epi16(g, 4), nibble));
+      } else {
+        low[j] = high[j] = _mm_setzero_si128();
+      }
+    }
+    __m128i words[8];  // 4 columns x 4 depths each, columns 0-3, 4-7, ..., 28-31
+    for (int half = 0; half < 2; ++half) {
+      const __m128i* v = half ? high : low;
+      const __m128i a = _mm_unpacklo_epi8(v[0], v[1]), b = _mm_unpacklo_epi8(v[2], v[3]);
+      const __m128i c = _mm_unpackhi_epi8(v[0], v[1]), d = _mm_unpackhi_epi8(v[2], v[3]);
+      words[4 * half + 0] = _mm_unpacklo_epi16(a, b);
+      words[4 * half + 1] = _mm_unpackhi_epi16(a, b);
+      words[4 * half + 2] = _mm_unpacklo_epi16(c, d);
+      words[4 * half + 3] = _mm_unpackhi_epi16(c, d);
+    }
+    int8_t* row = out + (k / 4) * 4 * ld;
+    for (size_t q = 0; q < quads; ++q) {
+      total[q] = _mm_add_epi32(total[q], _mm_madd_epi16(_mm_maddubs_epi16(ones8, words[q]), ones16));
+      if (4 * q + 4 <= cols)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(row + 16 * q), words[q]);
+      else
+        std::memcpy(row + 16 * q, &words[q], 4 * (cols - 4 * q));
+    }
+  }
+  for (size_t q = 0; q < quads; ++q) {
+    alignas(16) int32_t column[4];
+    _mm_store_si128(reinterpret_cast<__m128i*>(column), total[q]);
+    std::memcpy(sums + 4 * q, column, sizeof(int32_t) * std::min<size_t>(4, cols - 4 * q));
+  }
+}
+
 // acc0 += madd(x, w0), acc1 += madd(x, w1), x = the 4 16-bit values at `four` broadcast: one
 // row's step, in two scratch registers. (With intrinsics GCC 12 hoisted all 6 rows' broadcasts
 // and spilled half the 12 accumulators: 247 ms on 4096x4096 at 512 rows, fp32's 196.)
@@ -247,6 +295,7 @@ void int8_gemm_avx2(const uint8_t* xq, size_t ldq, size_t M, size_t K4, const in
 void avx2_int8_tier(KernelTable& t) {
   t.quantize_rows_u8 = quantize_rows_u8_avx2;
   t.quantize_panel_s8 = quantize_panel_s8_avx2;
+  t.decode_fastscan_d1_s8 = decode_fastscan_d1_s8_avx2;
   t.int8_gemm = int8_gemm_avx2;
 }
 

@@ -547,7 +547,7 @@ const KernelTable& avx512vnni_kernel_table() {
     t.int8_gemm = int8_gemm_vnni;
     t.fastscan_u8 = fastscan_u8_vnni;
     t.int8_panels = true;
-    t.int8_byte_decoders = true;
+    t.int8_fastscan_d1_decoder = t.int8_stream_decoders = t.int8_word_decoders = true;
     return t;
   }();
   return table;

@@ -535,7 +535,8 @@ const KernelTable& scalar_kernel_table() {
       quantize_rows_u8_scalar, quantize_panel_s8_scalar, decode_fastscan_d1_s8_scalar, decode_codes_s8_scalar,
       decode_dot_s8_scalar, decode_fastscan_words_s8_scalar, decode_bytescan_words_s8_scalar,
       decode_fastscan2_words_s8_scalar, int8_gemm_scalar,
-      /*int8_panels=*/false, /*int8_byte_decoders=*/false,
+      /*int8_panels=*/false, /*int8_fastscan_d1_decoder=*/false, /*int8_stream_decoders=*/false,
+      /*int8_word_decoders=*/false,
   };
   return table;
 }

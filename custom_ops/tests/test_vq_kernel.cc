@@ -1077,7 +1077,7 @@ void test_int8_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
 }
 
 // A table's int8 tier against the scalar kernels driving the same tier (a copy of the scalar
-// table with the SIMD table's name, panel width and int8 flag: the same paths and panels),
+// table with the SIMD table's name, panel width and int8 flags: the same paths, routes and panels),
 // bit for bit; a row with an outlier activation (rejected by the guard) gets a second int8
 // row and stays within the tier at a fraction of the plain rows' error; a row that is not
 // finite gets the float tier's bits; a row's result does not depend on M.
@@ -1097,6 +1097,9 @@ void test_int8_tier(const KernelTable& simd, std::mt19937& rng) {
   scalar_int8.name = simd.name;
   scalar_int8.dense_gemm_cols = simd.dense_gemm_cols;
   scalar_int8.int8_panels = true;
+  scalar_int8.int8_fastscan_d1_decoder = simd.int8_fastscan_d1_decoder;  // the same routes
+  scalar_int8.int8_stream_decoders = simd.int8_stream_decoders;
+  scalar_int8.int8_word_decoders = simd.int8_word_decoders;
   KernelTable float_tier = simd;
   float_tier.int8_panels = false;
   int cases = 0;
@@ -1285,6 +1288,9 @@ void test_vector_route(const KernelTable& simd, std::mt19937& rng) {
   scalar_int8.name = simd.name;
   scalar_int8.dense_gemm_cols = simd.dense_gemm_cols;
   scalar_int8.int8_panels = true;
+  scalar_int8.int8_fastscan_d1_decoder = simd.int8_fastscan_d1_decoder;  // the same routes
+  scalar_int8.int8_stream_decoders = simd.int8_stream_decoders;
+  scalar_int8.int8_word_decoders = simd.int8_word_decoders;
   auto pick = [&](std::initializer_list<size_t> values) { return *(values.begin() + rng() % values.size()); };
   int cases = 0, refused = 0;
   for (int i = 0; i < scaled(120) + 20; ++i) {
