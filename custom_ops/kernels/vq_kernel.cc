@@ -981,8 +981,13 @@ struct PanelPlan {
 
 void add_bias_columns(const Context& c, size_t rows, size_t n0, size_t count, float* y) {
   if (!c.p.bias) return;
-  for (size_t m = 0; m < rows; ++m)
-    for (size_t i = 0; i < count; ++i) y[m * c.p.N + n0 + i] += c.p.bias[n0 + i];
+  // Distinct restrict pointers per row, so the compiler vectorizes the adds (with y and bias
+  // possibly aliased it did not: 8% of MiniLM km4 at batch 32 on AVX2).
+  const float* __restrict bias = c.p.bias + n0;
+  for (size_t m = 0; m < rows; ++m) {
+    float* __restrict out = y + m * c.p.N + n0;
+    for (size_t i = 0; i < count; ++i) out[i] += bias[i];
+  }
 }
 
 void run_float_panels(const Context& c) {
