@@ -1283,7 +1283,9 @@ void test_vector_word_kernels(const KernelTable& simd, std::mt19937& rng) {
 // bit), and codebooks with an outlier codeword refused (float panels).
 void test_vector_route(const KernelTable& simd, std::mt19937& rng) {
   using namespace onnxvq::kernels;
-  if (!int8_panels_enabled(simd)) return;
+  // Tables without SIMD word decoders (AVX2) send these codebooks to the float panels, which
+  // test_int8_tier covers.
+  if (!int8_panels_enabled(simd) || !simd.int8_word_decoders) return;
   KernelTable scalar_int8 = scalar_kernel_table();
   scalar_int8.name = simd.name;
   scalar_int8.dense_gemm_cols = simd.dense_gemm_cols;
