@@ -1386,70 +1386,109 @@ void int8_epilogue(size_t M, const int32_t* dots, size_t count, const float* xs,
     }
 }
 
-// Columns [n0, n0 + count) over the chunk [k0, k0 + len) for `rows` rows of quantized X by
-// decode_dot_s8: y (+)= the int8 products; dots: rows x count scratch, sums: count scratch.
-void decode_dot_int8(const Context& c, const Int8Books& books, size_t k0, size_t len, size_t n0, size_t count,
-                     const uint8_t* xq, size_t ldq, size_t rows, const float* xs, const float* column_scale,
-                     int32_t* dots, int32_t* bias128, float* y, size_t ldy, bool accumulate) {
+// Few rows on the stream route (decode_dot_s8): no panel is written, and each output's codes
+// are read in order over the whole depth, chunk after chunk. X's chunks hold the M first rows
+// and then room for the most second rows any chunk has (rows past a chunk's own are
+// zeros, and their dots unused), so one call meets them all. The products and the order they
+// are added in are run_int8_panels': the same bits.
+void run_int8_dot_rows(const Context& c, const PanelPlan& plan, const QuantizedRows& x, const Int8Books& books) {
   const VQProblem& p = c.p;
-  const size_t g = c.group_of_row(n0);
-  c.k.decode_dot_s8(p.codes, static_cast<uint64_t>(n0) * p.S + k0, p.S, count, len, p.bits, &books.q[g * c.ncw],
-                    p.group_size, n0 - c.group_begin(g), xq, ldq, rows, dots, bias128);
-  for (size_t i = 0; i < count; ++i) bias128[i] *= 128;
-  int8_epilogue(rows, dots, count, xs, column_scale, bias128, y, ldy, accumulate);
+  const size_t rows_x = p.M + x.max_seconds();  // per chunk
+  std::vector<uint8_t> rows_q(plan.chunks * rows_x * x.ldq, 128);  // 128: the byte of a zero
+  for (size_t q = 0; q < plan.chunks; ++q) {
+    const auto first = x.q_rows.begin() + q * p.M * x.ldq;
+    std::copy(first, first + p.M * x.ldq, rows_q.begin() + q * rows_x * x.ldq);
+    const auto second = x.second_q.begin() + x.first_second[q] * x.ldq;
+    std::copy(second, second + x.seconds(q) * x.ldq, rows_q.begin() + (q * rows_x + p.M) * x.ldq);
+  }
+  const Blocks blocks = Blocks::split(plan.columns, task_count(double(p.M + 16) * p.K * p.N / 32));
+  run_tasks(c.runner, blocks.count, [&](size_t task) {
+    float* const column_scale = thread_scratch(plan.cols);
+    int32_t* const sums = thread_scratch<int32_t>(plan.chunks * plan.cols * (1 + rows_x));
+    int32_t* const dots = sums + plan.chunks * plan.cols;  // (chunk, row of X, output)
+    for (size_t b = blocks.begin(task); b < blocks.end(task); ++b) {
+      const size_t n0 = b * plan.cols, count = std::min(plan.cols, p.N - n0), g = c.group_of_row(n0);
+      int8_column_scales(c, books, n0, count, column_scale);
+      c.k.decode_dot_s8(p.codes, static_cast<uint64_t>(n0) * p.S, p.S, count, p.K, plan.depth, p.bits,
+                        &books.q[g * c.ncw], p.group_size, n0 - c.group_begin(g), rows_q.data(), x.ldq, rows_x, dots,
+                        sums);
+      for (size_t q = 0; q < plan.chunks; ++q) {
+        int32_t* const bias128 = sums + q * count;
+        const int32_t* const chunk_dots = dots + q * rows_x * count;
+        for (size_t i = 0; i < count; ++i) bias128[i] *= 128;
+        int8_epilogue(p.M, chunk_dots, count, &x.scale[q * p.M], column_scale, bias128, p.y + n0, p.N, q > 0);
+        for (size_t i = 0, first = x.first_second[q]; i < x.seconds(q); ++i)  // added after the first rows'
+          int8_epilogue(1, chunk_dots + (p.M + i) * count, count, &x.second_scale[first + i], column_scale, bias128,
+                        p.y + x.second_row[first + i] * p.N + n0, p.N, true);
+      }
+      add_bias_columns(c, p.M, n0, count, p.y);
+    }
+  });
 }
+
+// Float bytes of p's codebooks, and the most of them run_int8_panels lets every column block read.
+size_t codebook_bytes(const VQProblem& p) {
+  return p.T * p.subspace_groups() * p.row_groups() * p.codewords() * p.d * sizeof(float);
+}
+constexpr size_t kBlockMajorMaxBookBytes = size_t{2} << 20;
 
 void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRows& x, const Int8Books& books) {
   const VQProblem& p = c.p;
+  if (books.route == Int8Route::kStreamBytes && p.M <= kInt8DecodeDotMaxRows) return run_int8_dot_rows(c, plan, x, books);
   const size_t panel_floats = x.ldq * plan.cols / 4;  // int8 panel, in float storage (see above)
   const size_t second_floats = x.max_seconds() * plan.cols;
   const bool direct = books.route != Int8Route::kFloatPanels;
-  const bool dot_rows = books.route == Int8Route::kStreamBytes && p.M <= kInt8DecodeDotMaxRows;
-  const Blocks blocks = Blocks::split(plan.columns, task_count(double(p.M + 16) * p.K * p.N / 32 / plan.chunks));
-  for (size_t q = 0; q < plan.chunks; ++q) {
+  // Panel (q, b): depth chunk q of column block b, decoded and multiplied; the chunks of a block
+  // run in order (q > 0 accumulates).
+  auto panel = [&](size_t q, size_t b) {
     const size_t k0 = q * plan.depth, len = std::min(plan.depth, p.K - k0), len4 = ceil_div(len, 4) * 4;
     const size_t gemm_k = std::min(x.ldq, ceil_div(len, kInt8DepthStep) * kInt8DepthStep);  // >= len4
     const size_t seconds = x.seconds(q), first = x.first_second[q];
     const uint8_t* const first_q = &x.q_rows[q * p.M * x.ldq];
     const uint8_t* const second_q = seconds > 0 ? &x.second_q[first * x.ldq] : nullptr;
+    float* const scratch = thread_scratch(plan.scratch_floats() + plan.cols + panel_floats + second_floats);
+    float* const column_scale = scratch + plan.scratch_floats();
+    int8_t* const panel_q = reinterpret_cast<int8_t*>(column_scale + plan.cols);
+    float* const second_y = column_scale + plan.cols + panel_floats;  // seconds x count
+    int32_t* const bias128 = thread_scratch<int32_t>(plan.cols);
+    const size_t n0 = b * plan.cols, count = std::min(plan.cols, p.N - n0);
+    if (direct) {
+      decode_int8_panel(c, books, k0, len, n0, count, scratch, panel_q, column_scale, bias128);
+    } else {
+      const float* panel = plan.decode(c, k0, len, n0, count, scratch);
+      c.k.quantize_panel_s8(panel, len, count, panel_q, column_scale, bias128);
+    }
+    std::memset(panel_q + len4 * count, 0, (gemm_k - len4) * count);  // X's bytes there are zeros (128)
+    c.k.int8_gemm(first_q, x.ldq, p.M, gemm_k, panel_q, count, &x.scale[q * p.M], column_scale, bias128, p.y + n0,
+                  p.N, q > 0);
+    if (seconds > 0)
+      c.k.int8_gemm(second_q, x.ldq, seconds, gemm_k, panel_q, count, &x.second_scale[first], column_scale, bias128,
+                    second_y, count, false);
+    for (size_t i = 0; i < seconds; ++i) {  // the second rows' products, added after the first's
+      float* y = p.y + x.second_row[first + i] * p.N + n0;
+      for (size_t j = 0; j < count; ++j) y[j] += second_y[i * count + j];
+    }
+    if (q + 1 == plan.chunks) add_bias_columns(c, p.M, n0, count, p.y);
+  };
+  // Tasks own column blocks and run each block's chunks in turn: a stream's codes are read
+  // nearly in order and the block's outputs stay in cache. Chunk by chunk over every block was
+  // 1.2-1.5x slower on 4096x4096 from 8 to 512 rows (km5, binary, rq 2x4, pq8-d4 along the
+  // outputs on AVX2), as fast on layers whose codes fit in L2. Not where every block reads
+  // megabytes of codebooks (one per subspace along the depth): pq8-d4 on 4096x4096 (4 MB of
+  // them) took 1.56x as long at 64 rows block by block, 1280x1000 (1.3 MB) 0.87-0.92x.
+  if (!(p.axis == 0 && p.per_subspace && codebook_bytes(p) > kBlockMajorMaxBookBytes)) {
+    const Blocks blocks = Blocks::split(plan.columns, task_count(double(p.M + 16) * p.K * p.N / 32));
     run_tasks(c.runner, blocks.count, [&](size_t task) {
-      float* const scratch = thread_scratch(plan.scratch_floats() + plan.cols + panel_floats + second_floats);
-      float* const column_scale = scratch + plan.scratch_floats();
-      int8_t* const panel_q = reinterpret_cast<int8_t*>(column_scale + plan.cols);
-      float* const second_y = column_scale + plan.cols + panel_floats;  // seconds x count
-      int32_t* const bias128 = thread_scratch<int32_t>(plan.cols * (2 + (dot_rows ? p.M : 0)));
-      int32_t* const dots = bias128 + 2 * plan.cols;  // dot_rows: M x count
-      for (size_t b = blocks.begin(task); b < blocks.end(task); ++b) {
-        const size_t n0 = b * plan.cols, count = std::min(plan.cols, p.N - n0);
-        if (dot_rows) {
-          int8_column_scales(c, books, n0, count, column_scale);
-          decode_dot_int8(c, books, k0, len, n0, count, first_q, x.ldq, p.M, &x.scale[q * p.M], column_scale, dots,
-                          bias128, p.y + n0, p.N, q > 0);
-          if (seconds > 0)  // bias128 + cols: the same sums again
-            decode_dot_int8(c, books, k0, len, n0, count, second_q, x.ldq, seconds, &x.second_scale[first],
-                            column_scale, dots, bias128 + plan.cols, second_y, count, false);
-        } else {
-          if (direct) {
-            decode_int8_panel(c, books, k0, len, n0, count, scratch, panel_q, column_scale, bias128);
-          } else {
-            const float* panel = plan.decode(c, k0, len, n0, count, scratch);
-            c.k.quantize_panel_s8(panel, len, count, panel_q, column_scale, bias128);
-          }
-          std::memset(panel_q + len4 * count, 0, (gemm_k - len4) * count);  // X's bytes there are zeros (128)
-          c.k.int8_gemm(first_q, x.ldq, p.M, gemm_k, panel_q, count, &x.scale[q * p.M], column_scale, bias128,
-                        p.y + n0, p.N, q > 0);
-          if (seconds > 0)
-            c.k.int8_gemm(second_q, x.ldq, seconds, gemm_k, panel_q, count, &x.second_scale[first], column_scale,
-                          bias128, second_y, count, false);
-        }
-        for (size_t i = 0; i < seconds; ++i) {  // the second rows' products, added after the first's
-          float* y = p.y + x.second_row[first + i] * p.N + n0;
-          for (size_t j = 0; j < count; ++j) y[j] += second_y[i * count + j];
-        }
-        if (q + 1 == plan.chunks) add_bias_columns(c, p.M, n0, count, p.y);
-      }
+      for (size_t b = blocks.begin(task); b < blocks.end(task); ++b)
+        for (size_t q = 0; q < plan.chunks; ++q) panel(q, b);
     });
+    return;
   }
+  const Blocks blocks = Blocks::split(plan.columns, task_count(double(p.M + 16) * p.K * p.N / 32 / plan.chunks));
+  for (size_t q = 0; q < plan.chunks; ++q)
+    run_tasks(c.runner, blocks.count, [&](size_t task) {
+      for (size_t b = blocks.begin(task); b < blocks.end(task); ++b) panel(q, b);
+    });
 }
 
 void run_panel_gemm_path(const Context& c) {
@@ -1779,11 +1818,19 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     //                   0.35, 1.17/0.84/0.56/0.60/0.43: 8 up to N = 2048, then 16
     //   binary bit_lut  2.29/1.47/1.03/0.48/0.25, 2.69/1.43/0.75/0.54/0.35, 1.17/0.63/0.37/0.23/
     //                   0.18, 1.93/0.99/0.56/0.43/0.26: 8 up to N = 512, 16 up to 2048, then 32
-    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx2", 8, 2048, 1, true},
-    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx2", 16, static_cast<size_t>(-1), 1, true},
-    {VQPath::kBitLut, 1, 1, 1, 1, "avx2", 8, 512, 1, true},
-    {VQPath::kBitLut, 1, 1, 1, 1, "avx2", 16, 2048, 1, true},
-    {VQPath::kBitLut, 1, 1, 1, 1, "avx2", 32, static_cast<size_t>(-1), 1, true},
+    //   Then (2026-12-07) the 32-code unpack's constants built once, no scalar tails (a padded
+    //   copy for the last row of a call only), decode_dot_s8 reading each row's chunks in order
+    //   and the int8 panels column block by column block, M = 1, 2, 4, 8, 16:
+    //   km5 decode_dot  0.37/0.42/0.49/0.67/0.46, 0.37/0.40/0.54/0.49/0.36, 0.43/0.44/0.50/0.50/
+    //                   0.59, 0.39/0.43/0.51/0.52/0.45
+    //   km3 per 16 rows 0.72/0.76/0.77/1.04/0.62, 0.76/0.78/0.82/0.65/0.47, 0.80/0.84/0.93/0.84/
+    //                   0.51, 0.81/0.80/1.09/0.65/0.55: 1 (the two cells over 1 within this
+    //                   host's noise)
+    //   binary bit_lut  0.98/0.63/0.32/0.34/0.20, 1.35/0.84/0.57/0.38/0.40, 0.72/0.70/0.31/0.19/
+    //                   0.15, 1.36/0.59/0.31/0.36/0.17: 1 up to N = 512, then 2
+    {VQPath::kDecodeDot, 2, 8, 1, 1, "avx2", 1, static_cast<size_t>(-1), 1, true},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx2", 1, 512, 1, true},
+    {VQPath::kBitLut, 1, 1, 1, 1, "avx2", 2, static_cast<size_t>(-1), 1, true},
     {VQPath::kBitLut, 1, 1, 1, 1, "avx2", 8, 512},
     {VQPath::kBitLut, 1, 1, 1, 1, "avx2", 16},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx2", 2, 1024},

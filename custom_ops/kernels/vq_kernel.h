@@ -212,8 +212,9 @@ struct KernelTable {
 
   /// Scalar-codebook decode (d = 1, one stage, one codebook for all the rows): for r < rows,
   /// i < count, out[r*count + i] = book[code number first + r*row_stride + i of the packed
-  /// format-1 stream], book holding 2^bits floats. Reads only the bytes that hold those codes
-  /// (as unpack_codes). Copies values, so every table gives the same bits.
+  /// format-1 stream], book holding 2^bits floats. Reads only bytes of the span from the first
+  /// requested code's byte to the last one's (the rows' codes and the stream between them).
+  /// Copies values, so every table gives the same bits.
   void (*decode_codes)(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows,
                        size_t count, unsigned bits, const float* book, float* out);
 
@@ -301,20 +302,24 @@ struct KernelTable {
   /// i < count, out[r*ld + i] = book_r[code number first + r*row_stride + i], out[r*ld + i] = 0
   /// for count <= i < ld, sums[r] = sum_i out[r*ld + i]. Row r's codebook book_r (2^bits values)
   /// is book_q + ((phase + r) / rows_per_book) * 2^bits: one call covers rows of several
-  /// codebook groups (binary: one per row). Reads only the bytes that hold those codes (as
-  /// unpack_codes). Copies bytes: every table's bits.
+  /// codebook groups (binary: one per row). Reads only bytes of the span from the first
+  /// requested code's byte to the last one's (as decode_codes). Copies bytes: every table's bits.
   void (*decode_codes_s8)(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows,
                           size_t count, unsigned bits, const int8_t* book_q, size_t rows_per_book,
                           size_t phase, int8_t* out, size_t ld, int32_t* sums);
 
-  /// decode_codes_s8's rows met by few rows of X at once, no panel written: for r < rows (W's
-  /// rows over one depth chunk: outputs), m < M, with w_r[i] decode_codes_s8's out[r*ld + i],
-  ///   dots[m*rows + r] = sum_{i < count} xq[m*ldq + i] * w_r[i]   (exact int32)
-  ///   sums[r] = sum_i w_r[i]
-  /// M >= 1. Reads xq[m*ldq + i] only for i < count. Exact integer sums: every table's bits.
+  /// decode_codes_s8's rows met by few rows of X at once, no panel written, the depth in chunks:
+  /// with w_r[i] decode_codes_s8's out[r*ld + i] (r < rows: W's rows, i.e. outputs, of `count`
+  /// codes each), chunk q covering i in [q*depth, min(count, (q+1)*depth)), and X's chunk q
+  /// being M rows at xq + q*M*ldq (row m at + m*ldq, read only for i - q*depth < the chunk's length):
+  ///   dots[(q*M + m)*rows + r] = sum_{i in chunk q} xq[(q*M + m)*ldq + i - q*depth] * w_r[i]  (exact int32)
+  ///   sums[q*rows + r] = sum_{i in chunk q} w_r[i]
+  /// M >= 1, depth >= 1. A row's codes are read in order, chunk after chunk (reading every row's
+  /// chunk q before any chunk q + 1 was 2-3x slower from a stream in L3: 4096x4096 km5 at one
+  /// row). Exact integer sums: every table's bits.
   void (*decode_dot_s8)(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
-                        unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase, const uint8_t* xq,
-                        size_t ldq, size_t M, int32_t* dots, int32_t* sums);
+                        size_t depth, unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase,
+                        const uint8_t* xq, size_t ldq, size_t M, int32_t* dots, int32_t* sums);
 
   /// Vector codebooks of d = 4 on the int8 tier: one codeword quantized to int8 is one int32
   /// word of int8_gemm's panel layout (its 4 values are a column's 4 depths), so a panel row

@@ -339,6 +339,12 @@ void fastscan_f32_avx2(const uint8_t* codes, size_t entries, const float* luts,
 
 // --- scalar-codebook decode (tile GEMM) -------------------------------------------------
 
+inline int32_t horizontal_sum(__m256i v) {  // of 8 int32 lanes
+  const __m128i four = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  const __m128i two = _mm_add_epi32(four, _mm_unpackhi_epi64(four, four));
+  return _mm_cvtsi128_si32(_mm_add_epi32(two, _mm_shuffle_epi32(two, 1)));
+}
+
 // Codes of 1-5 bits to bytes, 32 per step: each 128-bit lane takes 16 codes (2 * bits bytes; the
 // same bit phase in both lanes, as 32 codes are whole bytes), a byte shuffle puts every code's
 // two bytes in a 16-bit lane, one multiply by a power of 2 moves its bits to the top and a shift
@@ -346,48 +352,67 @@ void fastscan_f32_avx2(const uint8_t* codes, size_t entries, const float* luts,
 class CodeUnpack32 {
  public:
   static constexpr unsigned kMaxBits = 5;
-  explicit CodeUnpack32(unsigned bits) : bits_(bits) {}
+  explicit CodeUnpack32(unsigned bits)
+      : bits_(bits), constants_(bits <= kMaxBits ? &phase_constants()[bits - 1][0] : nullptr) {}
   unsigned bits() const { return bits_; }
   size_t read_bytes() const { return 2 * bits_ + 16; }
-  // For codes starting `phase` bits into their first byte: lane code j at bit phase + j*bits,
-  // in bytes q, q + 1 (q + 1 <= 10 at 5 bits). Each phase's constants are built once (rows of
-  // odd-width codes start at every phase: rebuilding them per row made km5 at one row 1.5x
-  // slower on 1280x1000).
-  void set_phase(unsigned phase) {
-    phase_ = phase;
-    if (ready_[phase]) return;
-    alignas(32) int8_t shuffle[2][32];
-    alignas(32) int16_t multiply[2][16];
-    for (int half = 0; half < 2; ++half)
-      for (int lane = 0; lane < 2; ++lane)
-        for (int k = 0; k < 8; ++k) {
-          const unsigned offset = phase + (8 * half + k) * bits_, q = offset / 8, o = offset % 8;
-          shuffle[half][16 * lane + 2 * k] = static_cast<int8_t>(q);
-          shuffle[half][16 * lane + 2 * k + 1] = static_cast<int8_t>(q + 1);
-          multiply[half][8 * lane + k] = static_cast<int16_t>(1u << (16 - bits_ - o));
-        }
-    for (int half = 0; half < 2; ++half) {
-      shuffle_[phase][half] = _mm256_load_si256(reinterpret_cast<const __m256i*>(shuffle[half]));
-      multiply_[phase][half] = _mm256_load_si256(reinterpret_cast<const __m256i*>(multiply[half]));
-    }
-    ready_[phase] = true;
-  }
+  // For codes starting `phase` bits into their first byte (rows of odd-width codes start at
+  // every phase).
+  void set_phase(unsigned phase) { phase_ = phase; }
   // 32 codes as bytes in order, from the byte at `at` (the phase set for it).
   __m256i unpack(const uint8_t* at) const {
     const __m256i bytes = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(at + 2 * bits_),
                                               reinterpret_cast<const __m128i*>(at));
     const int down = static_cast<int>(16 - bits_);
-    const __m256i* shuffle = shuffle_[phase_];
-    const __m256i* multiply = multiply_[phase_];
-    const __m256i a = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(bytes, shuffle[0]), multiply[0]), down);
-    const __m256i b = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(bytes, shuffle[1]), multiply[1]), down);
+    const PhaseConstants& k = constants_[phase_];
+    const __m256i shuffle0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(k.shuffle[0]));
+    const __m256i shuffle1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(k.shuffle[1]));
+    const __m256i multiply0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(k.multiply[0]));
+    const __m256i multiply1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(k.multiply[1]));
+    const __m256i a = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(bytes, shuffle0), multiply0), down);
+    const __m256i b = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(bytes, shuffle1), multiply1), down);
     return _mm256_packus_epi16(a, b);  // lanes: codes 0-7, 8-15 | 16-23, 24-31
+  }
+  // The same from a zero-padded copy of the bytes [at, end_byte): for the last steps of a run
+  // of codes, so that no load passes its last byte and no scalar tail is left (1-bit rows of
+  // a 384-deep panel lost a third of their codes to one).
+  __m256i unpack_last(const uint8_t* at, const uint8_t* end_byte) const {
+    alignas(32) uint8_t padded[64] = {};
+    std::memcpy(padded, at, std::min<size_t>(static_cast<size_t>(end_byte - at), read_bytes()));
+    return unpack(padded);
   }
 
  private:
+  // Lane code j at bit phase + j*bits, in bytes q, q + 1 (q + 1 <= 10 at 5 bits): the byte
+  // shuffle and the power of 2 that lifts its bits to the top of the 16-bit lane.
+  struct PhaseConstants {
+    alignas(32) int8_t shuffle[2][32];
+    alignas(32) int16_t multiply[2][16];
+  };
+  using Table = PhaseConstants[kMaxBits][8];
+  // Built once per process (a decoder is made per panel: building its phases there cost
+  // more than decoding one 384-code row).
+  static const Table& phase_constants() {
+    static const Table* table = [] {
+      static Table t;
+      for (unsigned bits = 1; bits <= kMaxBits; ++bits)
+        for (unsigned phase = 0; phase < 8; ++phase)
+          for (int half = 0; half < 2; ++half)
+            for (int lane = 0; lane < 2; ++lane)
+              for (int k = 0; k < 8; ++k) {
+                const unsigned offset = phase + (8 * half + k) * bits, q = offset / 8, o = offset % 8;
+                PhaseConstants& c = t[bits - 1][phase];
+                c.shuffle[half][16 * lane + 2 * k] = static_cast<int8_t>(q);
+                c.shuffle[half][16 * lane + 2 * k + 1] = static_cast<int8_t>(q + 1);
+                c.multiply[half][8 * lane + k] = static_cast<int16_t>(1u << (16 - bits - o));
+              }
+      return &t;
+    }();
+    return *table;
+  }
+
   unsigned bits_, phase_ = 0;
-  bool ready_[8] = {};
-  __m256i shuffle_[8][2] = {}, multiply_[8][2] = {};
+  const PhaseConstants* constants_;
 };
 
 // Eight codes per step from one unaligned 64-bit load, four per 32-bit half, shifted per
@@ -417,9 +442,10 @@ void decode_codes_avx2(const uint8_t* stream, uint64_t first_code, uint64_t row_
     return _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 27)));
   };
   CodeUnpack32 unpack32(bits);
+  // Loads may pass a row's last byte up to the span's: only the last row has a tail.
+  const uint64_t end_byte = rows == 0 ? 0 : ((first_code + (rows - 1) * row_stride + count) * bits + 7) / 8;
   for (size_t r = 0; r < rows; ++r) {
     const uint64_t first = first_code + r * row_stride;
-    const uint64_t end_byte = ((first + count) * bits + 7) / 8;
     float* out = out_rows + r * count;
     size_t i = 0;
     // 32 codes per step up to 16 codewords (bench/ab.py at 1 and 8 rows: km3 per 16 rows 0.73-
@@ -471,11 +497,14 @@ class Int8RowDecoder {
  public:
   Int8RowDecoder(unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase)
       : bits_(bits), ncw_(size_t{1} << bits), book_q_(book_q), rows_per_book_(rows_per_book), phase_(phase) {}
-  // Row r's `count` codes from code number `first` to out[0 .. count); returns their sum.
-  int32_t decode(const uint8_t* stream, uint64_t first, size_t r, size_t count, int8_t* out) {
+  // Row r's `count` codes from code number `first` to out[0 .. count); returns their sum. Loads
+  // stay before `readable_end` (the end of the call's span: later rows' bytes may be read).
+  int32_t decode(const uint8_t* stream, uint64_t first, size_t r, size_t count, int8_t* out,
+                 const uint8_t* readable_end) {
     const size_t group = (phase_ + r) / rows_per_book_;
     if (group != group_) load_book(group);
-    return bits_ <= kDirectBits ? decode_direct(stream, first, count, out) : decode_via_floats(stream, first, count, out);
+    return bits_ <= kDirectBits ? decode_direct(stream, first, count, out, readable_end)
+                                : decode_via_floats(stream, first, count, out);
   }
 
  private:
@@ -495,31 +524,38 @@ class Int8RowDecoder {
     high_ = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(padded + 16)));
   }
 
-  int32_t decode_direct(const uint8_t* stream, uint64_t first, size_t count, int8_t* out) {
-    const uint64_t start_bit = first * bits_, end_byte = ((first + count) * bits_ + 7) / 8;
+  int32_t decode_direct(const uint8_t* stream, uint64_t first, size_t count, int8_t* out,
+                        const uint8_t* readable_end) {
+    const uint64_t start_bit = first * bits_, end_byte = static_cast<uint64_t>(readable_end - stream);
     unpack_.set_phase(static_cast<unsigned>(start_bit % 8));
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     __m256i total = _mm256_setzero_si256();
     size_t i = 0;
     for (; i + 32 <= count; i += 32) {
       const uint64_t at = start_bit / 8 + i * bits_ / 8;   // 32 codes: whole bytes
-      if (at + unpack_.read_bytes() > end_byte) break;      // no load past the last code's byte
-      const __m256i codes = unpack_.unpack(stream + at);
-      __m256i values = _mm256_shuffle_epi8(low_, codes);
-      if (ncw_ > 16) values = _mm256_blendv_epi8(values, _mm256_shuffle_epi8(high_, codes), _mm256_slli_epi16(codes, 3));
+      if (at + unpack_.read_bytes() > end_byte) break;      // no load past the readable end
+      const __m256i values = lookup(unpack_.unpack(stream + at));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), values);
+      total = _mm256_add_epi32(total, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, values), ones16));
+    }
+    for (; i + 32 <= count; i += 32) {  // the last whole steps, through a padded copy (the span's last row)
+      const uint64_t at = start_bit / 8 + i * bits_ / 8;
+      const __m256i values = lookup(unpack_.unpack_last(stream + at, stream + end_byte));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), values);
       total = _mm256_add_epi32(total, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, values), ones16));
     }
     int32_t sum = horizontal_sum(total);
-    const int8_t* book = book_q_ + (group_ << bits_);
-    for (; i < count; ++i) {
-      const uint64_t pos = (first + i) * bits_;
-      const unsigned shift = static_cast<unsigned>(pos & 7);
-      unsigned word = stream[pos >> 3];
-      if (shift + bits_ > 8) word |= static_cast<unsigned>(stream[(pos >> 3) + 1]) << 8;
-      sum += out[i] = book[(word >> shift) & (ncw_ - 1)];
+    if (i < count) {  // fewer than 32 codes left: only those values are kept
+      alignas(32) int8_t values[32];
+      const uint64_t at = start_bit / 8 + i * bits_ / 8;
+      _mm256_store_si256(reinterpret_cast<__m256i*>(values), lookup(unpack_.unpack_last(stream + at, stream + end_byte)));
+      for (size_t j = 0; i + j < count; ++j) sum += out[i + j] = values[j];
     }
     return sum;
+  }
+  __m256i lookup(__m256i codes) const {
+    const __m256i values = _mm256_shuffle_epi8(low_, codes);
+    return ncw_ > 16 ? _mm256_blendv_epi8(values, _mm256_shuffle_epi8(high_, codes), _mm256_slli_epi16(codes, 3)) : values;
   }
 
   int32_t decode_via_floats(const uint8_t* stream, uint64_t first, size_t count, int8_t* out) {
@@ -542,14 +578,6 @@ class Int8RowDecoder {
     return sum + horizontal_sum(total);
   }
 
-  static int32_t horizontal_sum(__m256i v) {
-    alignas(32) int32_t lanes[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), v);
-    int32_t sum = 0;
-    for (int32_t lane : lanes) sum += lane;
-    return sum;
-  }
-
   unsigned bits_;
   size_t ncw_;
   const int8_t* book_q_;
@@ -560,41 +588,60 @@ class Int8RowDecoder {
   float floats_[kChunk];
 };
 
+// Rows of a panel are a row stride apart in the stream (rows of M: the panel's depth out of K
+// codes each), too far for the hardware's prefetch: each row asks for the one kPrefetchRows on.
+// Prefetches never fault, so the last rows' requests past the stream are harmless.
+constexpr size_t kPrefetchRows = 4;
+// One past the last byte holding a code of the call (rows >= 1).
+inline const uint8_t* span_end(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
+                               unsigned bits) {
+  return stream + ((first + (rows - 1) * row_stride + count) * bits + 7) / 8;
+}
+inline void prefetch_row(const uint8_t* stream, uint64_t first, size_t count, unsigned bits) {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(stream) + first * bits / 8;
+  for (uintptr_t at = begin; at < begin + (count * bits + 7) / 8 + 1; at += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(at), _MM_HINT_T0);
+}
+
 void decode_codes_s8_avx2(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
                           unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase, int8_t* out,
                           size_t ld, int32_t* sums) {
   Int8RowDecoder decoder(bits, book_q, rows_per_book, phase);
+  const uint8_t* const end = span_end(stream, first, row_stride, rows, count, bits);
   for (size_t r = 0; r < rows; ++r) {
-    sums[r] = decoder.decode(stream, first + r * row_stride, r, count, out + r * ld);
+    prefetch_row(stream, first + (r + kPrefetchRows) * row_stride, count, bits);
+    sums[r] = decoder.decode(stream, first + r * row_stride, r, count, out + r * ld, end);
     std::memset(out + r * ld + count, 0, ld - count);
   }
 }
 
 // Each decoded row of W against the M rows of X: both widened to 16 bits, 16 exact products
-// per vpmaddwd.
+// per vpmaddwd. A row's chunks decode one after the other (the stream in order).
 void decode_dot_s8_avx2(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
-                        unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase, const uint8_t* xq,
-                        size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
+                        size_t depth, unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase,
+                        const uint8_t* xq, size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
   Int8RowDecoder decoder(bits, book_q, rows_per_book, phase);
   thread_local std::vector<int8_t> row;
   row.resize(count);
+  const uint8_t* const end = span_end(stream, first, row_stride, rows, count, bits);
   for (size_t r = 0; r < rows; ++r) {
-    sums[r] = decoder.decode(stream, first + r * row_stride, r, count, row.data());
-    for (size_t m = 0; m < M; ++m) {
-      const uint8_t* x = xq + m * ldq;
-      __m256i acc = _mm256_setzero_si256();
-      size_t i = 0;
-      for (; i + 16 <= count; i += 16) {
-        const __m256i xv = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i)));
-        const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row.data() + i)));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(xv, wv));
+    for (size_t q = 0, k0 = 0; k0 < count; ++q, k0 += depth) {
+      const size_t len = std::min(depth, count - k0);
+      const int8_t* const w = row.data() + k0;
+      sums[q * rows + r] = decoder.decode(stream, first + r * row_stride + k0, r, len, row.data() + k0, end);
+      for (size_t m = 0; m < M; ++m) {
+        const uint8_t* x = xq + (q * M + m) * ldq;
+        __m256i acc = _mm256_setzero_si256();
+        size_t i = 0;
+        for (; i + 16 <= len; i += 16) {
+          const __m256i xv = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i)));
+          const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i)));
+          acc = _mm256_add_epi32(acc, _mm256_madd_epi16(xv, wv));
+        }
+        int32_t dot = horizontal_sum(acc);
+        for (; i < len; ++i) dot += int32_t{x[i]} * w[i];
+        dots[(q * M + m) * rows + r] = dot;
       }
-      alignas(32) int32_t lanes[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
-      int32_t dot = 0;
-      for (int32_t v : lanes) dot += v;
-      for (; i < count; ++i) dot += int32_t{x[i]} * row[i];
-      dots[m * rows + r] = dot;
     }
   }
 }

@@ -337,9 +337,10 @@ void decode_dot_rows(const uint8_t* stream, uint64_t first_code, uint64_t row_st
   }
 }
 
-void decode_dot_s8_vnni(const uint8_t* stream, uint64_t first_code, uint64_t row_stride, size_t rows, size_t count,
-                        unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase, const uint8_t* xq,
-                        size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
+// One depth chunk of decode_dot_s8 (its rows' codes from code first_code, count each).
+void decode_dot_chunk_vnni(const uint8_t* stream, uint64_t first_code, uint64_t row_stride, size_t rows, size_t count,
+                           unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase, const uint8_t* xq,
+                           size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
   // Blocks of up to 4 rows of X (each block decodes again; the sums come with the first).
   for (size_t m = 0; m < M; m += 4) {
     auto block = [&](auto rows_of_x) {
@@ -354,6 +355,14 @@ void decode_dot_s8_vnni(const uint8_t* stream, uint64_t first_code, uint64_t row
       default: block(std::integral_constant<int, 4>()); break;
     }
   }
+}
+
+void decode_dot_s8_vnni(const uint8_t* stream, uint64_t first_code, uint64_t row_stride, size_t rows, size_t count,
+                        size_t depth, unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase,
+                        const uint8_t* xq, size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
+  for (size_t q = 0, k0 = 0; k0 < count; ++q, k0 += depth)
+    decode_dot_chunk_vnni(stream, first_code + k0, row_stride, rows, std::min(depth, count - k0), bits, book_q,
+                          rows_per_book, phase, xq + q * M * ldq, ldq, M, dots + q * M * rows, sums + q * rows);
 }
 
 // d = 4 vector codebooks: a codebook of 16 words is one register, and one vpermd looks 16

@@ -430,23 +430,28 @@ void decode_codes_s8_scalar(const uint8_t* stream, uint64_t first, uint64_t row_
 }
 
 void decode_dot_s8_scalar(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
-                          unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase, const uint8_t* xq,
-                          size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
+                          size_t depth, unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase,
+                          const uint8_t* xq, size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
   uint8_t codes[256];
   for (size_t r = 0; r < rows; ++r) {
     const int8_t* book = book_q + ((phase + r) / rows_per_book << bits);
-    int32_t sum = 0;
-    for (size_t m = 0; m < M; ++m) dots[m * rows + r] = 0;
-    for (size_t i = 0; i < count; i += sizeof codes) {
-      const size_t n = std::min(sizeof codes, count - i);
-      unpack_codes_scalar(stream, first + r * row_stride + i, n, bits, codes);
-      for (size_t j = 0; j < n; ++j) {
-        const int32_t w = book[codes[j]];
-        sum += w;
-        for (size_t m = 0; m < M; ++m) dots[m * rows + r] += int32_t{xq[m * ldq + i + j]} * w;
+    for (size_t q = 0, k0 = 0; k0 < count; ++q, k0 += depth) {
+      const size_t len = std::min(depth, count - k0);
+      const uint8_t* x = xq + q * M * ldq;
+      int32_t* dot = dots + q * M * rows + r;
+      int32_t sum = 0;
+      for (size_t m = 0; m < M; ++m) dot[m * rows] = 0;
+      for (size_t i = 0; i < len; i += sizeof codes) {
+        const size_t n = std::min(sizeof codes, len - i);
+        unpack_codes_scalar(stream, first + r * row_stride + k0 + i, n, bits, codes);
+        for (size_t j = 0; j < n; ++j) {
+          const int32_t w = book[codes[j]];
+          sum += w;
+          for (size_t m = 0; m < M; ++m) dot[m * rows] += int32_t{x[m * ldq + i + j]} * w;
+        }
       }
+      sums[q * rows + r] = sum;
     }
-    sums[r] = sum;
   }
 }
 

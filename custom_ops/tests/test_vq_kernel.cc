@@ -1054,23 +1054,34 @@ void test_int8_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
       }
       EXPECT(s1r[r] == sum, "scalar decode_codes_s8: row %zu sum", r);
     }
-    // The same rows met by 1 .. 9 rows of X (blocks of 4 and a rest), X exactly count bytes per
-    // row past its stride's start: the decoded rows above are the reference.
-    const size_t xm = 1 + rng() % 9, ld_x = count + rng() % 5;
-    std::vector<uint8_t> xq((xm - 1) * ld_x + count);
+    // The same rows met by 1 .. 9 rows of X (blocks of 4 and a rest) in depth chunks of 1 ..
+    // count + 2 codes, X exactly the chunk's length past its last row's start: the decoded rows
+    // above are the reference.
+    const size_t xm = 1 + rng() % 9, chunk_depth = rng() % 3 == 0 ? count : 1 + rng() % (count + 2);
+    const size_t chunks = (count + chunk_depth - 1) / chunk_depth, last_len = count - (chunks - 1) * chunk_depth;
+    const size_t ld_x = std::min(chunk_depth, count) + rng() % 5;
+    std::vector<uint8_t> xq((chunks * xm - 1) * ld_x + last_len);
     for (auto& v : xq) v = static_cast<uint8_t>(rng());
-    std::vector<int32_t> d1(xm * rows + 1, -9), d2 = d1, t1(rows + 1, -5), t2 = t1;
-    scalar.decode_dot_s8(stream.data(), first, stride, rows, count, bits, book_q.data(), per_book, phase, xq.data(),
-                         ld_x, xm, d1.data(), t1.data());
-    simd.decode_dot_s8(stream.data(), first, stride, rows, count, bits, book_q.data(), per_book, phase, xq.data(), ld_x,
-                       xm, d2.data(), t2.data());
-    EXPECT(d1 == d2 && t1 == t2 && d1[xm * rows] == -9 && t1[rows] == -5,
-           "%s decode_dot_s8 differs: bits=%u rows=%zu count=%zu M=%zu", simd.name, bits, rows, count, xm);
-    for (size_t m = 0; m < xm; ++m)
+    std::vector<int32_t> d1(chunks * xm * rows + 1, -9), d2 = d1, t1(chunks * rows + 1, -5), t2 = t1;
+    scalar.decode_dot_s8(stream.data(), first, stride, rows, count, chunk_depth, bits, book_q.data(), per_book, phase,
+                         xq.data(), ld_x, xm, d1.data(), t1.data());
+    simd.decode_dot_s8(stream.data(), first, stride, rows, count, chunk_depth, bits, book_q.data(), per_book, phase,
+                       xq.data(), ld_x, xm, d2.data(), t2.data());
+    EXPECT(d1 == d2 && t1 == t2 && d1[chunks * xm * rows] == -9 && t1[chunks * rows] == -5,
+           "%s decode_dot_s8 differs: bits=%u rows=%zu count=%zu depth=%zu M=%zu", simd.name, bits, rows, count,
+           chunk_depth, xm);
+    for (size_t q = 0; q < chunks; ++q)
       for (size_t r = 0; r < rows; ++r) {
-        int32_t dot = 0;
-        for (size_t i = 0; i < count; ++i) dot += int32_t{xq[m * ld_x + i]} * r1[r * ld_rows + i];
-        EXPECT(d1[m * rows + r] == dot && t1[r] == s1r[r], "scalar decode_dot_s8: row %zu of X, row %zu", m, r);
+        const size_t k0 = q * chunk_depth, len = std::min(chunk_depth, count - k0);
+        int32_t sum = 0;
+        for (size_t i = 0; i < len; ++i) sum += r1[r * ld_rows + k0 + i];
+        EXPECT(t1[q * rows + r] == sum, "scalar decode_dot_s8: chunk %zu, row %zu sum", q, r);
+        for (size_t m = 0; m < xm; ++m) {
+          int32_t dot = 0;
+          for (size_t i = 0; i < len; ++i) dot += int32_t{xq[(q * xm + m) * ld_x + i]} * r1[r * ld_rows + k0 + i];
+          EXPECT(d1[(q * xm + m) * rows + r] == dot, "scalar decode_dot_s8: chunk %zu, row %zu of X, row %zu", q, m,
+                 r);
+        }
       }
   }
   std::printf("%s: %d int8 micro-kernel cases bit-identical to scalar\n", simd.name, cases);
