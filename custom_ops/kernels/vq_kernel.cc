@@ -1062,8 +1062,12 @@ double int8_max_rel_error() {
 // [first_second[q], first_second[q + 1]), at second_q[i*ldq] with second_scale[i], for row
 // second_row[i] (ascending within a chunk); float_rows: the rows that run on the float panels
 // (ascending; their second rows, if any, are overwritten with the rest of them).
+// On tables with wide_x the rows are 16-bit (wide_rows, the same layout as q_rows; no second
+// rows): one level of 32767 steps is finer than two of 127 and costs vpmaddwd nothing more.
 struct QuantizedRows {
   size_t ldq = 0;
+  bool wide = false;
+  std::vector<int16_t> wide_rows;
   std::vector<uint8_t> q_rows;
   std::vector<float> scale;
   std::vector<size_t> first_second;
@@ -1097,19 +1101,37 @@ bool quantize_residual(const Context& c, const float* x, size_t len, const uint8
   return *scale2 >= 0.0f && double(len) * ratio * ratio <= 12.0 * limit * limit * energy;
 }
 
+// The int32 sums of 16-bit X stay exact up to this depth: 516 * 127 * 32767 < 2^31.
+constexpr size_t kWideMaxDepth = 516;
+static_assert(kPanelMaxDepth <= kWideMaxDepth, "the int8 tier's chunks must fit 16-bit X");
+
+// est^2 = len / (12 energy) <= limit^2 for 16-bit levels (a zero row is exact; NaN: not finite).
+bool wide_row_ok(float scale, uint64_t energy, size_t len) {
+  return scale == 0.0f || (scale == scale && double(len) <= 12.0 * int8_max_rel_error() * int8_max_rel_error() * double(energy));
+}
+
 QuantizedRows quantize_rows(const Context& c, const PanelPlan& plan) {
   const VQProblem& p = c.p;
   QuantizedRows out;
   out.ldq = ceil_div(plan.depth, 4) * 4;
-  out.q_rows.resize(plan.chunks * p.M * out.ldq);
+  out.wide = c.k.wide_x && out.ldq <= kWideMaxDepth;
+  (out.wide ? out.wide_rows.resize(plan.chunks * p.M * out.ldq) : out.q_rows.resize(plan.chunks * p.M * out.ldq));
   out.scale.resize(plan.chunks * p.M);
   std::vector<char> rejected(p.M), failed(plan.chunks * p.M);  // failed: (chunk, row) needs a second row
   std::vector<uint32_t> energy(plan.chunks * p.M);
+  std::vector<uint64_t> wide_energy(out.wide ? plan.chunks * p.M : 0);
   const Blocks blocks = Blocks::split(p.M, task_count(double(p.M) * p.K * 2));
   run_tasks(c.runner, blocks.count, [&](size_t task) {
     const size_t m0 = blocks.begin(task), rows = blocks.end(task) - m0;
     for (size_t q = 0; q < plan.chunks; ++q) {
       const size_t k0 = q * plan.depth, len = std::min(plan.depth, p.K - k0), i0 = q * p.M + m0;
+      if (out.wide) {  // one level: a row the guard still rejects (or not finite) takes the float panels
+        c.k.quantize_rows_s16(p.x + m0 * p.K + k0, p.K, rows, len, &out.wide_rows[i0 * out.ldq], out.ldq,
+                              &out.scale[i0], &wide_energy[i0]);
+        for (size_t m = 0; m < rows; ++m)
+          if (!wide_row_ok(out.scale[i0 + m], wide_energy[i0 + m], len)) rejected[m0 + m] = 1;
+        continue;
+      }
       c.k.quantize_rows_u8(p.x + m0 * p.K + k0, p.K, rows, len, &out.q_rows[i0 * out.ldq], out.ldq, &out.scale[i0],
                            &energy[i0]);
       for (size_t m = 0; m < rows; ++m) {
@@ -1394,8 +1416,8 @@ void int8_epilogue(size_t M, const int32_t* dots, size_t count, const float* xs,
 void run_int8_dot_rows(const Context& c, const PanelPlan& plan, const QuantizedRows& x, const Int8Books& books) {
   const VQProblem& p = c.p;
   const size_t rows_x = p.M + x.max_seconds();  // per chunk
-  std::vector<uint8_t> rows_q(plan.chunks * rows_x * x.ldq, 128);  // 128: the byte of a zero
-  for (size_t q = 0; q < plan.chunks; ++q) {
+  std::vector<uint8_t> rows_q(x.wide ? 0 : plan.chunks * rows_x * x.ldq, 128);  // 128: the byte of a zero
+  for (size_t q = 0; q < plan.chunks && !x.wide; ++q) {
     const auto first = x.q_rows.begin() + q * p.M * x.ldq;
     std::copy(first, first + p.M * x.ldq, rows_q.begin() + q * rows_x * x.ldq);
     const auto second = x.second_q.begin() + x.first_second[q] * x.ldq;
@@ -1409,13 +1431,18 @@ void run_int8_dot_rows(const Context& c, const PanelPlan& plan, const QuantizedR
     for (size_t b = blocks.begin(task); b < blocks.end(task); ++b) {
       const size_t n0 = b * plan.cols, count = std::min(plan.cols, p.N - n0), g = c.group_of_row(n0);
       int8_column_scales(c, books, n0, count, column_scale);
-      c.k.decode_dot_s8(p.codes, static_cast<uint64_t>(n0) * p.S, p.S, count, p.K, plan.depth, p.bits,
-                        &books.q[g * c.ncw], p.group_size, n0 - c.group_begin(g), rows_q.data(), x.ldq, rows_x, dots,
-                        sums);
+      if (x.wide)  // chunk q's rows at (q * M + m) * ldq already; no second rows
+        c.k.decode_dot_s16(p.codes, static_cast<uint64_t>(n0) * p.S, p.S, count, p.K, plan.depth, p.bits,
+                           &books.q[g * c.ncw], p.group_size, n0 - c.group_begin(g), x.wide_rows.data(), x.ldq,
+                           rows_x, dots, sums);
+      else
+        c.k.decode_dot_s8(p.codes, static_cast<uint64_t>(n0) * p.S, p.S, count, p.K, plan.depth, p.bits,
+                          &books.q[g * c.ncw], p.group_size, n0 - c.group_begin(g), rows_q.data(), x.ldq, rows_x,
+                          dots, sums);
       for (size_t q = 0; q < plan.chunks; ++q) {
         int32_t* const bias128 = sums + q * count;
         const int32_t* const chunk_dots = dots + q * rows_x * count;
-        for (size_t i = 0; i < count; ++i) bias128[i] *= 128;
+        for (size_t i = 0; i < count; ++i) bias128[i] = x.wide ? 0 : bias128[i] * 128;  // 16-bit X: no 128
         int8_epilogue(p.M, chunk_dots, count, &x.scale[q * p.M], column_scale, bias128, p.y + n0, p.N, q > 0);
         for (size_t i = 0, first = x.first_second[q]; i < x.seconds(q); ++i)  // added after the first rows'
           int8_epilogue(1, chunk_dots + (p.M + i) * count, count, &x.second_scale[first + i], column_scale, bias128,
@@ -1444,7 +1471,7 @@ void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRow
     const size_t k0 = q * plan.depth, len = std::min(plan.depth, p.K - k0), len4 = ceil_div(len, 4) * 4;
     const size_t gemm_k = std::min(x.ldq, ceil_div(len, kInt8DepthStep) * kInt8DepthStep);  // >= len4
     const size_t seconds = x.seconds(q), first = x.first_second[q];
-    const uint8_t* const first_q = &x.q_rows[q * p.M * x.ldq];
+    const uint8_t* const first_q = x.wide ? nullptr : &x.q_rows[q * p.M * x.ldq];
     const uint8_t* const second_q = seconds > 0 ? &x.second_q[first * x.ldq] : nullptr;
     float* const scratch = thread_scratch(plan.scratch_floats() + plan.cols + panel_floats + second_floats);
     float* const column_scale = scratch + plan.scratch_floats();
@@ -1459,8 +1486,12 @@ void run_int8_panels(const Context& c, const PanelPlan& plan, const QuantizedRow
       c.k.quantize_panel_s8(panel, len, count, panel_q, column_scale, bias128);
     }
     std::memset(panel_q + len4 * count, 0, (gemm_k - len4) * count);  // X's bytes there are zeros (128)
-    c.k.int8_gemm(first_q, x.ldq, p.M, gemm_k, panel_q, count, &x.scale[q * p.M], column_scale, bias128, p.y + n0,
-                  p.N, q > 0);
+    if (x.wide)
+      c.k.int16_gemm(&x.wide_rows[q * p.M * x.ldq], x.ldq, p.M, gemm_k, panel_q, count, &x.scale[q * p.M],
+                     column_scale, p.y + n0, p.N, q > 0);
+    else
+      c.k.int8_gemm(first_q, x.ldq, p.M, gemm_k, panel_q, count, &x.scale[q * p.M], column_scale, bias128, p.y + n0,
+                    p.N, q > 0);
     if (seconds > 0)
       c.k.int8_gemm(second_q, x.ldq, seconds, gemm_k, panel_q, count, &x.second_scale[first], column_scale, bias128,
                     second_y, count, false);

@@ -355,6 +355,25 @@ struct KernelTable {
   void (*int8_gemm)(const uint8_t* xq, size_t ldq, size_t M, size_t K4, const int8_t* wq,
                     size_t N, const float* xs, const float* ws, const int32_t* bias128, float* y,
                     size_t ldy, bool accumulate);
+  // 16-bit X (tables with wide_x): AVX2 widens X's bytes to 16 bits for vpmaddwd anyway, so X
+  // quantized to 16 bits costs nothing more in the GEMM and needs no second rows (a row with
+  // outlier activations keeps 32767 levels where int8 has 127).
+
+  /// quantize_rows_u8 for 16-bit levels, signed (no 128): with a = max_j |x[r*ldx + j]|,
+  ///   a not finite: scale[r] = NaN, q = 0;  inv = kWideLevels / a not finite: scale[r] = 0, q = 0
+  ///   else scale[r] = a / kWideLevels, q[r*ldq + j] = clamp(rint(x * inv), -kWideLevels, kWideLevels)
+  /// and q = 0 for len <= j < ldq; energy[r] = sum_j q^2.
+  void (*quantize_rows_s16)(const float* x, size_t ldx, size_t rows, size_t len, int16_t* q, size_t ldq,
+                            float* scale, uint64_t* energy);
+  /// int8_gemm against 16-bit rows of X, no bias: acc = sum_{k < K4} xq[m*ldq + k] * wq(k, n)
+  /// (exact int32: K4 * kWideLevels * 127 < 2^31), v = xs[m] * (ws[n] * float(acc)).
+  void (*int16_gemm)(const int16_t* xq, size_t ldq, size_t M, size_t K4, const int8_t* wq, size_t N,
+                     const float* xs, const float* ws, float* y, size_t ldy, bool accumulate);
+  /// decode_dot_s8 against 16-bit rows of X (the same layout, dots and sums).
+  void (*decode_dot_s16)(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
+                         size_t depth, unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase,
+                         const int16_t* xq, size_t ldq, size_t M, int32_t* dots, int32_t* sums);
+
   /// Whether the panel GEMM runs int8 by default on this table (a dot-product instruction that
   /// makes it faster than float; the scalar table has the functions as the oracle only).
   bool int8_panels;
@@ -364,7 +383,13 @@ struct KernelTable {
   bool int8_fastscan_d1_decoder;  ///< decode_fastscan_d1_s8: scalar codebooks, format 2
   bool int8_stream_decoders;      ///< decode_codes_s8, decode_dot_s8: scalar codebooks, format 1
   bool int8_word_decoders;        ///< decode_*_words_s8: d = 4 vector codebooks
+  /// Whether the int8 tier quantizes X to 16 bits (quantize_rows_s16, int16_gemm, decode_dot_s16)
+  /// rather than to int8 with second rows.
+  bool wide_x;
 };
+
+/// The 16-bit levels of X on tables with wide_x (kPanelMaxDepth * 127 * kWideLevels < 2^31).
+inline constexpr int kWideLevels = 32767;
 
 /// dot_rows' fixed reduction of its 16 lanes, and its scalar steps k0 <= k < K into them
 /// (lanes[k % 16] = fma(x[k], w[k], lanes[k % 16])): SIMD tables finish their tails with
@@ -388,9 +413,11 @@ size_t supported_kernel_tables(const KernelTable** tables, size_t capacity);
 /// row over kInt8MaxRelError (or ONNXVQ_INT8_GUARD=x) in a chunk (outlier activations set
 /// its step) gets a second int8 row there, its residual x - step * q in its own scale (254x
 /// finer), against the same int8 panel; rows that are not finite (or whose two levels still
-/// exceed a limit far below 2%) take the float panels. ONNXVQ_EXACT_GEMM=1 (read once) turns
+/// exceed a limit far below 2%) take the float panels. Tables with wide_x (AVX2) quantize X
+/// to 16 bits instead, one level (32767 steps: 258x finer than one int8 level, finer than
+/// two), the same guard on it. ONNXVQ_EXACT_GEMM=1 (read once) turns
 /// the tier off: every panel float, bit-identical at any M. MiniLM (km5, batch 32): cosine
-/// 0.9992 to the float panels' embeddings over 256 held-out sentences.
+/// 0.9992 (int8 X), 0.9994 (16-bit X) to the float panels' embeddings over 256 held-out sentences.
 inline constexpr double kInt8MaxRelError = 0.02;
 bool int8_panels_enabled(const KernelTable& kernels);
 

@@ -25,6 +25,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "vq_avx2_lanes.h"
 #include "vq_kernel.h"
 
 namespace onnxvq::kernels {
@@ -339,11 +340,7 @@ void fastscan_f32_avx2(const uint8_t* codes, size_t entries, const float* luts,
 
 // --- scalar-codebook decode (tile GEMM) -------------------------------------------------
 
-inline int32_t horizontal_sum(__m256i v) {  // of 8 int32 lanes
-  const __m128i four = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  const __m128i two = _mm_add_epi32(four, _mm_unpackhi_epi64(four, four));
-  return _mm_cvtsi128_si32(_mm_add_epi32(two, _mm_shuffle_epi32(two, 1)));
-}
+using avx2::horizontal_sum;
 
 // Codes of 1-5 bits to bytes, 32 per step: each 128-bit lane takes 16 codes (2 * bits bytes; the
 // same bit phase in both lanes, as 32 codes are whole bytes), a byte shuffle puts every code's
@@ -354,7 +351,6 @@ class CodeUnpack32 {
   static constexpr unsigned kMaxBits = 5;
   explicit CodeUnpack32(unsigned bits)
       : bits_(bits), constants_(bits <= kMaxBits ? &phase_constants()[bits - 1][0] : nullptr) {}
-  unsigned bits() const { return bits_; }
   size_t read_bytes() const { return 2 * bits_ + 16; }
   // For codes starting `phase` bits into their first byte (rows of odd-width codes start at
   // every phase).
@@ -615,11 +611,18 @@ void decode_codes_s8_avx2(const uint8_t* stream, uint64_t first, uint64_t row_st
   }
 }
 
-// Each decoded row of W against the M rows of X: both widened to 16 bits, 16 exact products
-// per vpmaddwd. A row's chunks decode one after the other (the stream in order).
-void decode_dot_s8_avx2(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
-                        size_t depth, unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase,
-                        const uint8_t* xq, size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
+// 16 values of X as 16-bit lanes: bytes zero-extended, 16-bit values as they are.
+inline __m256i load16(const uint8_t* x) {
+  return _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+}
+inline __m256i load16(const int16_t* x) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)); }
+
+// Each decoded row of W against the M rows of X: both as 16 bits, 16 exact products per
+// vpmaddwd. A row's chunks decode one after the other (the stream in order).
+template <typename X>
+void decode_dot_avx2(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
+                     size_t depth, unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase,
+                     const X* xq, size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
   Int8RowDecoder decoder(bits, book_q, rows_per_book, phase);
   thread_local std::vector<int8_t> row;
   row.resize(count);
@@ -630,11 +633,11 @@ void decode_dot_s8_avx2(const uint8_t* stream, uint64_t first, uint64_t row_stri
       const int8_t* const w = row.data() + k0;
       sums[q * rows + r] = decoder.decode(stream, first + r * row_stride + k0, r, len, row.data() + k0, end);
       for (size_t m = 0; m < M; ++m) {
-        const uint8_t* x = xq + (q * M + m) * ldq;
+        const X* x = xq + (q * M + m) * ldq;
         __m256i acc = _mm256_setzero_si256();
         size_t i = 0;
         for (; i + 16 <= len; i += 16) {
-          const __m256i xv = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i)));
+          const __m256i xv = load16(x + i);
           const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i)));
           acc = _mm256_add_epi32(acc, _mm256_madd_epi16(xv, wv));
         }
@@ -644,6 +647,18 @@ void decode_dot_s8_avx2(const uint8_t* stream, uint64_t first, uint64_t row_stri
       }
     }
   }
+}
+void decode_dot_s8_avx2(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
+                        size_t depth, unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase,
+                        const uint8_t* xq, size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
+  decode_dot_avx2(stream, first, row_stride, rows, count, depth, bits, book_q, rows_per_book, phase, xq, ldq, M, dots,
+                  sums);
+}
+void decode_dot_s16_avx2(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
+                         size_t depth, unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase,
+                         const int16_t* xq, size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
+  decode_dot_avx2(stream, first, row_stride, rows, count, depth, bits, book_q, rows_per_book, phase, xq, ldq, M, dots,
+                  sums);
 }
 
 // Store masks for the first `cols` of a block's 32 outputs, 8 per register.
@@ -907,7 +922,9 @@ const KernelTable& avx2_kernel_table() {
     t.int8_panels = true;
     t.decode_codes_s8 = decode_codes_s8_avx2;
     t.decode_dot_s8 = decode_dot_s8_avx2;
+    t.decode_dot_s16 = decode_dot_s16_avx2;
     t.int8_fastscan_d1_decoder = t.int8_stream_decoders = true;  // the d = 4 word decoders are scalar here
+    t.wide_x = true;  // the GEMM widens X to 16 bits anyway
     return t;
   }();
   return table;

@@ -7,7 +7,10 @@
 // FMA's 8 at the same two per cycle (Zen 3: vpmaddwd and vfmadd231ps both 0.157 ns per
 // instruction, /tmp throughput probe in the note of issue 13). vpmaddubsw would multiply 32
 // bytes at once but saturates the 16-bit sum of two u8 x s8 products (255 * 127 * 2 > 32767),
-// and X's bytes span 1-255. Integer sums are exact and the quantizers give the scalar table's
+// and X's bytes span 1-255. Since X is widened anyway, the table quantizes it to 16 bits
+// (wide_x: quantize_rows_s16, int16_gemm): the same vpmaddwd count, no widening pass, and no
+// second rows for outlier activations (MiniLM: most rows needed one at int8, twice the
+// multiply-adds). Integer sums are exact and the quantizers give the scalar table's
 // bytes (exact max reductions, the same float multiply, nearest-even rounding): every result
 // is the scalar table's bits.
 #include <immintrin.h>
@@ -18,6 +21,7 @@
 #include <limits>
 #include <vector>
 
+#include "vq_avx2_lanes.h"
 #include "vq_kernel.h"
 
 namespace onnxvq::kernels {
@@ -57,12 +61,7 @@ inline int32_t horizontal_max(__m256i v) {
   return _mm_cvtsi128_si32(m);
 }
 
-inline int32_t horizontal_sum(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm_cvtsi128_si32(s);
-}
+using avx2::horizontal_sum;
 
 // rint(v * inv) as int32 lanes (the scalar table's round_s8): vcvtps2dq rounds nearest-even in
 // the default mode, and |v * inv| <= 127 (1 + 2^-23) rounds to 127 at most, so its clamp never
@@ -213,8 +212,8 @@ inline void madd_row(__m256i& acc0, __m256i& acc1, const int16_t* four, __m256i 
 // of a column per 32-bit word, rows of 4*N bytes): per 4 depths two sign-extending loads (4
 // columns x 4 depths each) and per row one 64-bit broadcast of its 4 values, two vpmaddwd
 // (each 32-bit lane: 2 depths of one column) and two adds. 12 accumulators at R = 6.
-template <int R, bool kTail>
-void int8_block8(const int16_t* xw, size_t K4, const int8_t* w, size_t N, __m256i columns, const float* xs,
+template <int R, bool kTail, bool kBias>
+void int8_block8(const int16_t* xw, size_t ldx, size_t K4, const int8_t* w, size_t N, __m256i columns, const float* xs,
                  const float* ws, const int32_t* bias128, float* y, size_t ldy, bool accumulate) {
   __m256i acc[R][2];
 #pragma GCC unroll 6
@@ -230,9 +229,9 @@ void int8_block8(const int16_t* xw, size_t K4, const int8_t* w, size_t N, __m256
       w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k * N + 16)));
     }
 #pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) madd_row(acc[r][0], acc[r][1], xw + r * K4 + k, w0, w1);
+    for (int r = 0; r < R; ++r) madd_row(acc[r][0], acc[r][1], xw + r * ldx + k, w0, w1);
   }
-  const __m256i bias = _mm256_maskload_epi32(bias128, columns);
+  const __m256i bias = kBias ? _mm256_maskload_epi32(bias128, columns) : _mm256_setzero_si256();
   const __m256 column_scale = _mm256_maskload_ps(ws, columns);
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r) {
@@ -250,24 +249,47 @@ void int8_block8(const int16_t* xw, size_t K4, const int8_t* w, size_t N, __m256
   }
 }
 
+// bias128 == nullptr: no bias (16-bit X).
 template <int R>
-void int8_rows(const int16_t* xw, size_t K4, const int8_t* wq, size_t N, const float* xs, const float* ws,
+void int8_rows(const int16_t* xw, size_t ldx, size_t K4, const int8_t* wq, size_t N, const float* xs, const float* ws,
                const int32_t* bias128, float* y, size_t ldy, bool accumulate) {
   const __m256i all = _mm256_set1_epi32(-1);
   size_t n = 0;
+  if (bias128 == nullptr) {
+    for (; n + 8 <= N; n += 8)
+      int8_block8<R, false, false>(xw, ldx, K4, wq + 4 * n, N, all, xs, ws + n, nullptr, y + n, ldy, accumulate);
+    if (n < N)
+      int8_block8<R, true, false>(xw, ldx, K4, wq + 4 * n, N, first_lanes(N - n), xs, ws + n, nullptr, y + n, ldy,
+                                  accumulate);
+    return;
+  }
   for (; n + 8 <= N; n += 8)
-    int8_block8<R, false>(xw, K4, wq + 4 * n, N, all, xs, ws + n, bias128 + n, y + n, ldy, accumulate);
+    int8_block8<R, false, true>(xw, ldx, K4, wq + 4 * n, N, all, xs, ws + n, bias128 + n, y + n, ldy, accumulate);
   if (n < N)
-    int8_block8<R, true>(xw, K4, wq + 4 * n, N, first_lanes(N - n), xs, ws + n, bias128 + n, y + n, ldy, accumulate);
+    int8_block8<R, true, true>(xw, ldx, K4, wq + 4 * n, N, first_lanes(N - n), xs, ws + n, bias128 + n, y + n, ldy,
+                               accumulate);
+}
+
+// Blocks of up to 6 rows of 16-bit X (row stride ldx) through int8_rows.
+constexpr size_t kGemmRows = 6;
+void gemm_rows(const int16_t* xw, size_t ldx, size_t rows, size_t K4, const int8_t* wq, size_t N, const float* xs,
+               const float* ws, const int32_t* bias128, float* y, size_t ldy, bool accumulate) {
+  switch (rows) {
+    case 6: int8_rows<6>(xw, ldx, K4, wq, N, xs, ws, bias128, y, ldy, accumulate); break;
+    case 5: int8_rows<5>(xw, ldx, K4, wq, N, xs, ws, bias128, y, ldy, accumulate); break;
+    case 4: int8_rows<4>(xw, ldx, K4, wq, N, xs, ws, bias128, y, ldy, accumulate); break;
+    case 3: int8_rows<3>(xw, ldx, K4, wq, N, xs, ws, bias128, y, ldy, accumulate); break;
+    case 2: int8_rows<2>(xw, ldx, K4, wq, N, xs, ws, bias128, y, ldy, accumulate); break;
+    default: int8_rows<1>(xw, ldx, K4, wq, N, xs, ws, bias128, y, ldy, accumulate); break;
+  }
 }
 
 void int8_gemm_avx2(const uint8_t* xq, size_t ldq, size_t M, size_t K4, const int8_t* wq, size_t N,
                     const float* xs, const float* ws, const int32_t* bias128, float* y, size_t ldy, bool accumulate) {
-  constexpr size_t kRows = 6;
-  thread_local std::vector<int16_t> widened;  // kRows rows of X as 16-bit values, row stride K4
-  widened.resize(kRows * K4);
-  for (size_t m = 0; m < M; m += kRows) {
-    const size_t rows = std::min(kRows, M - m);
+  thread_local std::vector<int16_t> widened;  // kGemmRows rows of X as 16-bit values, row stride K4
+  widened.resize(kGemmRows * K4);
+  for (size_t m = 0; m < M; m += kGemmRows) {
+    const size_t rows = std::min(kGemmRows, M - m);
     for (size_t r = 0; r < rows; ++r) {
       const uint8_t* from = xq + (m + r) * ldq;
       int16_t* to = widened.data() + r * K4;
@@ -277,16 +299,63 @@ void int8_gemm_avx2(const uint8_t* xq, size_t ldq, size_t M, size_t K4, const in
                             _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(from + k))));
       for (; k < K4; ++k) to[k] = from[k];
     }
-    const int16_t* xw = widened.data();
-    float* out = y + m * ldy;
-    switch (rows) {
-      case 6: int8_rows<6>(xw, K4, wq, N, xs + m, ws, bias128, out, ldy, accumulate); break;
-      case 5: int8_rows<5>(xw, K4, wq, N, xs + m, ws, bias128, out, ldy, accumulate); break;
-      case 4: int8_rows<4>(xw, K4, wq, N, xs + m, ws, bias128, out, ldy, accumulate); break;
-      case 3: int8_rows<3>(xw, K4, wq, N, xs + m, ws, bias128, out, ldy, accumulate); break;
-      case 2: int8_rows<2>(xw, K4, wq, N, xs + m, ws, bias128, out, ldy, accumulate); break;
-      default: int8_rows<1>(xw, K4, wq, N, xs + m, ws, bias128, out, ldy, accumulate); break;
+    gemm_rows(widened.data(), K4, rows, K4, wq, N, xs + m, ws, bias128, y + m * ldy, ldy, accumulate);
+  }
+}
+
+void int16_gemm_avx2(const int16_t* xq, size_t ldq, size_t M, size_t K4, const int8_t* wq, size_t N, const float* xs,
+                     const float* ws, float* y, size_t ldy, bool accumulate) {
+  for (size_t m = 0; m < M; m += kGemmRows)
+    gemm_rows(xq + m * ldq, ldq, std::min(kGemmRows, M - m), K4, wq, N, xs + m, ws, nullptr, y + m * ldy, ldy,
+              accumulate);
+}
+
+// quantize_rows_u8_avx2's steps at 16 bits: |x * inv| <= 32767 (1 + 2^-23) rounds to 32767 at
+// most, so the clamp never applies and the signed packs never saturate.
+void quantize_rows_s16_avx2(const float* x, size_t ldx, size_t rows, size_t len, int16_t* q, size_t ldq, float* scale,
+                            uint64_t* energy) {
+  const __m256i all = _mm256_set1_epi32(-1);
+  for (size_t r = 0; r < rows; ++r) {
+    const float* row = x + r * ldx;
+    int16_t* out = q + r * ldq;
+    __m256i bad = _mm256_setzero_si256(), top = _mm256_setzero_si256();
+    size_t j = 0;
+    for (; j + 8 <= len; j += 8) top = _mm256_max_epu32(top, abs_max_bits(row + j, 1, 0, all, &bad));
+    if (j < len) top = _mm256_max_epu32(top, abs_max_bits(row + j, 1, 0, first_lanes(len - j), &bad));
+    const int32_t top_bits = horizontal_max(top);
+    float a;
+    std::memcpy(&a, &top_bits, sizeof a);
+    const float inv = static_cast<float>(kWideLevels) / a;
+    std::fill(out, out + ldq, int16_t{0});
+    energy[r] = 0;
+    if (!_mm256_testz_si256(bad, bad) || !std::isfinite(inv)) {
+      scale[r] = _mm256_testz_si256(bad, bad) ? 0.0f : std::numeric_limits<float>::quiet_NaN();
+      continue;
     }
+    scale[r] = a / static_cast<float>(kWideLevels);
+    const __m256 vinv = _mm256_set1_ps(inv);
+    __m256i squares = _mm256_setzero_si256();  // 4 x 64-bit
+    auto levels = [&](size_t at, __m256i live) {  // zero in the lanes that are not live
+      const __m256i level = _mm256_and_si256(round_levels(_mm256_maskload_ps(row + at, live), vinv), live);
+      const __m256i square = _mm256_mullo_epi32(level, level);  // < 2^31
+      squares = _mm256_add_epi64(squares, _mm256_add_epi64(_mm256_cvtepu32_epi64(_mm256_castsi256_si128(square)),
+                                                           _mm256_cvtepu32_epi64(_mm256_extracti128_si256(square, 1))));
+      return level;
+    };
+    j = 0;
+    for (; j + 16 <= len; j += 16) {
+      const __m256i packed = _mm256_packs_epi32(levels(j, all), levels(j + 8, all));  // 128-bit lanes interleaved
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), _mm256_permute4x64_epi64(packed, _MM_SHUFFLE(3, 1, 2, 0)));
+    }
+    for (; j < len; j += 8) {
+      const size_t count = std::min<size_t>(8, len - j);
+      alignas(32) int32_t level[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(level), levels(j, first_lanes(count)));
+      for (size_t i = 0; i < count; ++i) out[j + i] = static_cast<int16_t>(level[i]);
+    }
+    alignas(32) uint64_t lanes[4];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), squares);
+    energy[r] = lanes[0] + lanes[1] + lanes[2] + lanes[3];
   }
 }
 
@@ -297,6 +366,8 @@ void avx2_int8_tier(KernelTable& t) {
   t.quantize_panel_s8 = quantize_panel_s8_avx2;
   t.decode_fastscan_d1_s8 = decode_fastscan_d1_s8_avx2;
   t.int8_gemm = int8_gemm_avx2;
+  t.quantize_rows_s16 = quantize_rows_s16_avx2;
+  t.int16_gemm = int16_gemm_avx2;
 }
 
 }  // namespace onnxvq::kernels

@@ -475,6 +475,7 @@ const KernelTable& avx512_kernel_table() {
     // AVX2's int8 tier stays off here: its 16-bit multiply-adds match, not beat, 16-lane FMAs
     // (the VNNI table turns on its own).
     t.int8_panels = false;
+    t.wide_x = false;  // VNNI's vpdpbusd takes X as bytes
     t.fastscan_u8 = fastscan_u8_avx512;
     t.lut_order_stats = lut_order_stats_avx512;
     t.dense_gemm = dense_gemm_avx512;

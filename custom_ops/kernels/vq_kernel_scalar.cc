@@ -429,15 +429,16 @@ void decode_codes_s8_scalar(const uint8_t* stream, uint64_t first, uint64_t row_
   }
 }
 
-void decode_dot_s8_scalar(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
+template <typename X>
+void decode_dot_scalar(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
                           size_t depth, unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase,
-                          const uint8_t* xq, size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
+                          const X* xq, size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
   uint8_t codes[256];
   for (size_t r = 0; r < rows; ++r) {
     const int8_t* book = book_q + ((phase + r) / rows_per_book << bits);
     for (size_t q = 0, k0 = 0; k0 < count; ++q, k0 += depth) {
       const size_t len = std::min(depth, count - k0);
-      const uint8_t* x = xq + q * M * ldq;
+      const X* x = xq + q * M * ldq;
       int32_t* dot = dots + q * M * rows + r;
       int32_t sum = 0;
       for (size_t m = 0; m < M; ++m) dot[m * rows] = 0;
@@ -453,6 +454,19 @@ void decode_dot_s8_scalar(const uint8_t* stream, uint64_t first, uint64_t row_st
       sums[q * rows + r] = sum;
     }
   }
+}
+
+void decode_dot_s8_scalar(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
+                          size_t depth, unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase,
+                          const uint8_t* xq, size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
+  decode_dot_scalar(stream, first, row_stride, rows, count, depth, bits, book_q, rows_per_book, phase, xq, ldq, M, dots,
+                    sums);
+}
+void decode_dot_s16_scalar(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
+                           size_t depth, unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase,
+                           const int16_t* xq, size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
+  decode_dot_scalar(stream, first, row_stride, rows, count, depth, bits, book_q, rows_per_book, phase, xq, ldq, M, dots,
+                    sums);
 }
 
 // One int32 word's 4 signed bytes, summed.
@@ -526,6 +540,48 @@ void int8_gemm_scalar(const uint8_t* xq, size_t ldq, size_t M, size_t K4, const 
     }
 }
 
+void quantize_rows_s16_scalar(const float* x, size_t ldx, size_t rows, size_t len, int16_t* q, size_t ldq,
+                              float* scale, uint64_t* energy) {
+  for (size_t r = 0; r < rows; ++r) {
+    const float* row = x + r * ldx;
+    int16_t* out = q + r * ldq;
+    float a = 0.0f;
+    bool finite = true;
+    for (size_t j = 0; j < len; ++j) {
+      const float v = std::abs(row[j]);
+      finite = finite && v <= std::numeric_limits<float>::max();
+      a = std::max(a, v);
+    }
+    const float inv = static_cast<float>(kWideLevels) / a;
+    std::fill(out, out + ldq, int16_t{0});
+    energy[r] = 0;
+    if (!finite || !std::isfinite(inv)) {
+      scale[r] = finite ? 0.0f : std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
+    scale[r] = a / static_cast<float>(kWideLevels);
+    uint64_t sum = 0;
+    for (size_t j = 0; j < len; ++j) {
+      const float level = std::clamp(std::nearbyint(row[j] * inv), -static_cast<float>(kWideLevels),
+                                     static_cast<float>(kWideLevels));
+      out[j] = static_cast<int16_t>(level);
+      sum += static_cast<uint64_t>(int64_t{out[j]} * out[j]);
+    }
+    energy[r] = sum;
+  }
+}
+
+void int16_gemm_scalar(const int16_t* xq, size_t ldq, size_t M, size_t K4, const int8_t* wq, size_t N,
+                       const float* xs, const float* ws, float* y, size_t ldy, bool accumulate) {
+  for (size_t m = 0; m < M; ++m)
+    for (size_t n = 0; n < N; ++n) {
+      int32_t acc = 0;
+      for (size_t k = 0; k < K4; ++k) acc += int32_t{xq[m * ldq + k]} * wq[(k / 4) * 4 * N + 4 * n + k % 4];
+      const float v = xs[m] * (ws[n] * static_cast<float>(acc));
+      y[m * ldy + n] = accumulate ? y[m * ldy + n] + v : v;
+    }
+}
+
 }  // namespace
 
 const KernelTable& scalar_kernel_table() {
@@ -539,9 +595,10 @@ const KernelTable& scalar_kernel_table() {
       transpose_scalar, dense_gemm_scalar, /*dense_gemm_cols=*/32, decode_row_scalar,
       quantize_rows_u8_scalar, quantize_panel_s8_scalar, decode_fastscan_d1_s8_scalar, decode_codes_s8_scalar,
       decode_dot_s8_scalar, decode_fastscan_words_s8_scalar, decode_bytescan_words_s8_scalar,
-      decode_fastscan2_words_s8_scalar, int8_gemm_scalar,
+      decode_fastscan2_words_s8_scalar, int8_gemm_scalar, quantize_rows_s16_scalar, int16_gemm_scalar,
+      decode_dot_s16_scalar,
       /*int8_panels=*/false, /*int8_fastscan_d1_decoder=*/false, /*int8_stream_decoders=*/false,
-      /*int8_word_decoders=*/false,
+      /*int8_word_decoders=*/false, /*wide_x=*/false,
   };
   return table;
 }

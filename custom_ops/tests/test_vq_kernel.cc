@@ -1009,6 +1009,35 @@ void test_int8_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
     scalar.int8_gemm(q1.data(), ldq, M, K4, wq1.data(), N, s1.data(), ws1.data(), b1.data(), want.data(), ldy, accumulate);
     simd.int8_gemm(q1.data(), ldq, M, K4, wq1.data(), N, s1.data(), ws1.data(), b1.data(), got.data(), ldy, accumulate);
     EXPECT(same_floats(want, got), "%s int8_gemm differs: M=%zu K4=%zu N=%zu acc=%d", simd.name, M, K4, N, accumulate);
+    // 16-bit X: the quantizer on the same rows, then the GEMM on any levels within +-kWideLevels.
+    std::vector<int16_t> h1(M * ldq, 7), h2 = h1;
+    std::vector<uint64_t> he1(M), he2(M);
+    scalar.quantize_rows_s16(x.data(), ldx, M, K, h1.data(), ldq, s1.data(), he1.data());
+    simd.quantize_rows_s16(x.data(), ldx, M, K, h2.data(), ldq, s2.data(), he2.data());
+    EXPECT(h1 == h2 && he1 == he2 && std::memcmp(s1.data(), s2.data(), M * sizeof(float)) == 0,
+           "%s quantize_rows_s16 differs: M=%zu K=%zu ldq=%zu", simd.name, M, K, ldq);
+    for (size_t m = 0; m < M; ++m) {  // scalar against its formula
+      float a = 0.0f;
+      for (size_t k = 0; k < K; ++k) a = std::max(a, std::abs(x[m * ldx + k]));  // NaN: stays below
+      const float inv = static_cast<float>(kWideLevels) / a;
+      const bool levels = std::isfinite(inv) && s1[m] > 0.0f;  // else every level 0
+      uint64_t energy = 0;
+      for (size_t k = 0; k < ldq; ++k) {
+        const int want = levels && k < K ? static_cast<int>(std::nearbyint(x[m * ldx + k] * inv)) : 0;
+        EXPECT(h1[m * ldq + k] == want, "scalar quantize_rows_s16: row %zu level %zu is %d, not %d", m, k,
+               int{h1[m * ldq + k]}, want);
+        energy += static_cast<uint64_t>(int64_t{want} * want);
+      }
+      EXPECT(energy == he1[m], "scalar quantize_rows_s16: row %zu energy", m);
+    }
+    for (auto& v : h1) v = static_cast<int16_t>(static_cast<int>(rng() % (2 * kWideLevels + 1)) - kWideLevels);
+    std::vector<float> want16(M * ldy);
+    for (auto& v : want16) v = normal(rng);
+    std::vector<float> got16 = want16;
+    scalar.int16_gemm(h1.data(), ldq, M, K4, wq1.data(), N, s1.data(), ws1.data(), want16.data(), ldy, accumulate);
+    simd.int16_gemm(h1.data(), ldq, M, K4, wq1.data(), N, s1.data(), ws1.data(), got16.data(), ldy, accumulate);
+    EXPECT(same_floats(want16, got16), "%s int16_gemm differs: M=%zu K4=%zu N=%zu acc=%d", simd.name, M, K4, N,
+           accumulate);
     // Fast-scan groups straight to int8 (exactly `depth` groups: a sanitizer sees any read past
     // them), into a panel wider than the block with canaries around the written bytes.
     const size_t depth = 1 + rng() % 40, cols = 1 + rng() % 32, ld = cols + rng() % 40, D4 = (depth + 3) / 4 * 4;
@@ -1070,6 +1099,26 @@ void test_int8_micro_kernels(const KernelTable& simd, std::mt19937& rng) {
     EXPECT(d1 == d2 && t1 == t2 && d1[chunks * xm * rows] == -9 && t1[chunks * rows] == -5,
            "%s decode_dot_s8 differs: bits=%u rows=%zu count=%zu depth=%zu M=%zu", simd.name, bits, rows, count,
            chunk_depth, xm);
+    std::vector<int16_t> xw(xq.size());  // the same against 16-bit rows
+    for (auto& v : xw) v = static_cast<int16_t>(static_cast<int>(rng() % (2 * kWideLevels + 1)) - kWideLevels);
+    std::vector<int32_t> w1(d1.size(), -9), w2 = w1, u1(t1.size(), -5), u2 = u1;
+    scalar.decode_dot_s16(stream.data(), first, stride, rows, count, chunk_depth, bits, book_q.data(), per_book, phase,
+                          xw.data(), ld_x, xm, w1.data(), u1.data());
+    simd.decode_dot_s16(stream.data(), first, stride, rows, count, chunk_depth, bits, book_q.data(), per_book, phase,
+                        xw.data(), ld_x, xm, w2.data(), u2.data());
+    EXPECT(w1 == w2 && u1 == u2 && u1 == t1 && w1[chunks * xm * rows] == -9,
+           "%s decode_dot_s16 differs: bits=%u rows=%zu count=%zu depth=%zu M=%zu", simd.name, bits, rows, count,
+           chunk_depth, xm);
+    for (size_t q = 0; q < chunks; ++q)
+      for (size_t r = 0; r < rows; ++r) {
+        const size_t k0 = q * chunk_depth, len = std::min(chunk_depth, count - k0);
+        for (size_t m = 0; m < xm; ++m) {
+          int32_t dot = 0;
+          for (size_t i = 0; i < len; ++i) dot += int32_t{xw[(q * xm + m) * ld_x + i]} * r1[r * ld_rows + k0 + i];
+          EXPECT(w1[(q * xm + m) * rows + r] == dot, "scalar decode_dot_s16: chunk %zu, row %zu of X, row %zu", q, m,
+                 r);
+        }
+      }
     for (size_t q = 0; q < chunks; ++q)
       for (size_t r = 0; r < rows; ++r) {
         const size_t k0 = q * chunk_depth, len = std::min(chunk_depth, count - k0);
@@ -1111,6 +1160,7 @@ void test_int8_tier(const KernelTable& simd, std::mt19937& rng) {
   scalar_int8.int8_fastscan_d1_decoder = simd.int8_fastscan_d1_decoder;  // the same routes
   scalar_int8.int8_stream_decoders = simd.int8_stream_decoders;
   scalar_int8.int8_word_decoders = simd.int8_word_decoders;
+  scalar_int8.wide_x = simd.wide_x;
   KernelTable float_tier = simd;
   float_tier.int8_panels = false;
   int cases = 0;
@@ -1203,15 +1253,16 @@ void test_int8_tier(const KernelTable& simd, std::mt19937& rng) {
   // A single row's share of it depends on its one outlier weight, so the average is checked.
   const double mean_second = second_error_sum / std::max<size_t>(second_rows_measured, 1);
   EXPECT(second_rows_measured >= 10 && mean_second <= 0.012,
-         "%s: outlier rows on two int8 levels are %.4f off the float tier on average (%zu rows)", simd.name,
+         "%s: outlier rows (two int8 levels, or 16-bit X) are %.4f off the float tier on average (%zu rows)", simd.name,
          mean_second, second_rows_measured);
   EXPECT(second_rows >= 3 && float_rows >= 3, "%s: %zu outlier and %zu non-finite rows checked", simd.name, second_rows,
          float_rows);
   EXPECT(few_row_cases >= 10, "%s: %zu few-row int8 cases", simd.name, few_row_cases);
-  std::printf("%s: %d int8-tier cases (scalar kernels' bits, guard, %zu outlier rows on two int8 levels (%.4f of "
+  std::printf("%s: %d int8-tier cases (scalar kernels' bits, guard, %zu outlier rows on %s (%.4f of "
               "the float tier on average, worst %.4f), %zu non-finite rows float, M-independence, %zu "
               "few-row cases)\n",
-              simd.name, cases, second_rows, mean_second, worst_second, float_rows, few_row_cases);
+              simd.name, cases, second_rows, simd.wide_x ? "16-bit X" : "two int8 levels", mean_second, worst_second,
+              float_rows, few_row_cases);
 }
 
 // The d = 4 word decoders against scalar, and scalar against plain lookups: every panel width
@@ -1304,6 +1355,7 @@ void test_vector_route(const KernelTable& simd, std::mt19937& rng) {
   scalar_int8.int8_fastscan_d1_decoder = simd.int8_fastscan_d1_decoder;  // the same routes
   scalar_int8.int8_stream_decoders = simd.int8_stream_decoders;
   scalar_int8.int8_word_decoders = simd.int8_word_decoders;
+  scalar_int8.wide_x = simd.wide_x;
   auto pick = [&](std::initializer_list<size_t> values) { return *(values.begin() + rng() % values.size()); };
   int cases = 0, refused = 0;
   for (int i = 0; i < scaled(120) + 20; ++i) {
