@@ -1187,22 +1187,24 @@ QuantizedRows quantize_rows(const Context& c, const PanelPlan& plan) {
 // float route (a NaN codeword then spoils only the columns that use it), and so do codebooks
 // one step of which is coarse against their typical codeword: a rare outlier codeword (7.9
 // against an RMS of 0.045 in MiniLM's FFN output) would set the step of every weight, 39% error
-// where the float route's per-column steps keep the rest fine. The estimate, the rounding noise
-// step / sqrt(12) against the median |codeword|, must stay within kInt8BookMaxRelError.
+// where per-column steps keep the rest fine. The estimate, the rounding noise step / sqrt(12)
+// against the median |codeword|, must stay within kInt8BookMaxRelError. A format-1 stream with
+// such a codebook still decodes to bytes, through a table per column (kStreamColumnBytes).
 constexpr double kInt8BookMaxRelError = 0.01;
 
-bool int8_book_ok(const float* book, size_t count) {  // count <= 256 (8-bit codes)
+enum class BookFit { kFine, kCoarse, kNotFinite };
+BookFit int8_book_fit(const float* book, size_t count) {  // count <= 256 (8-bit codes)
   float magnitude[256];
   float largest = 0.0f;
   for (size_t i = 0; i < count; ++i) {
     magnitude[i] = std::abs(book[i]);
-    if (!(magnitude[i] <= std::numeric_limits<float>::max())) return false;  // not finite
+    if (!(magnitude[i] <= std::numeric_limits<float>::max())) return BookFit::kNotFinite;
     largest = std::max(largest, magnitude[i]);
   }
-  if (count <= 2) return true;  // the median is the largest (binary: one codebook per output, checked per call)
+  if (count <= 2) return BookFit::kFine;  // the median is the largest (binary: one codebook per output, checked per call)
   std::nth_element(magnitude, magnitude + count / 2, magnitude + count);
   const double median = magnitude[count / 2], step = largest / 127.0f;  // quantize_rows_u8's scale
-  return step <= std::sqrt(12.0) * kInt8BookMaxRelError * median;
+  return step <= std::sqrt(12.0) * kInt8BookMaxRelError * median ? BookFit::kFine : BookFit::kCoarse;
 }
 
 // Vector codebooks of d = 4 (pq 4- and 8-bit, one stage, one row group, K a multiple of 4)
@@ -1257,7 +1259,14 @@ std::vector<float> vector_codebooks(const VQProblem& p, size_t* codewords) {
   return out;
 }
 
-enum class Int8Route { kFloatPanels, kFastScanBytes, kStreamBytes, kVectorBytes };
+// kStreamColumnBytes: a format-1 stream whose scalar codebook is coarse as int8 (an outlier
+// codeword) gets each panel column's own int8 table, scaled to the largest codeword that
+// column uses in the depth chunk: quantize_panel_s8's scale and levels for the decoded panel,
+// so the float route's bits, without decoding floats (MiniLM km5's FFN outputs: 27% of the
+// model's time at batch 1 went to the float decode, its transpose and quantize_panel_s8).
+// Which codewords a column uses comes from decoding the codes once through a table of their
+// magnitudes' ranks; the second decode takes the column's table.
+enum class Int8Route { kFloatPanels, kFastScanBytes, kStreamBytes, kStreamColumnBytes, kVectorBytes };
 // The route p's codebooks take on the int8 tier (a few float operations per codeword); a
 // shape-only problem (no codebooks: onnxvq_path_name) is taken to have typical ones.
 Int8Route int8_route(const VQProblem& p) {
@@ -1271,14 +1280,23 @@ Int8Route int8_route(const VQProblem& p) {
   }
   const bool stream = p.format_version == 1 && p.axis == 0 && p.d == 1 && p.T == 1 && !p.per_subspace;
   if (!fastscan_d1_panels(p) && !stream) return Int8Route::kFloatPanels;
-  for (size_t g = 0; g < p.row_groups() && p.codebooks != nullptr; ++g)  // layout (Gr, 2^bits): d = 1, one stage, one subspace group
-    if (!int8_book_ok(p.codebooks + g * p.codewords(), p.codewords())) return Int8Route::kFloatPanels;
-  return stream ? Int8Route::kStreamBytes : Int8Route::kFastScanBytes;
+  bool coarse = false;
+  for (size_t g = 0; g < p.row_groups() && p.codebooks != nullptr; ++g) {  // layout (Gr, 2^bits): d = 1, one stage, one subspace group
+    const BookFit fit = int8_book_fit(p.codebooks + g * p.codewords(), p.codewords());
+    if (fit == BookFit::kNotFinite) return Int8Route::kFloatPanels;  // a NaN codeword spoils only its columns there
+    coarse |= fit == BookFit::kCoarse;
+  }
+  if (!stream) return coarse ? Int8Route::kFloatPanels : Int8Route::kFastScanBytes;
+  return coarse ? Int8Route::kStreamColumnBytes : Int8Route::kStreamBytes;
+}
+// The routes whose speed kTileGemmThresholds' byte-route rows measured.
+bool measured_byte_route(Int8Route route) {
+  return route == Int8Route::kFastScanBytes || route == Int8Route::kStreamBytes || route == Int8Route::kVectorBytes;
 }
 // The route on a table: a byte route only where the table's decoders for it are SIMD.
 Int8Route route_on(const KernelTable& k, Int8Route route) {
   const bool simd = route == Int8Route::kFastScanBytes ? k.int8_fastscan_d1_decoder
-                    : route == Int8Route::kStreamBytes ? k.int8_stream_decoders
+                    : route == Int8Route::kStreamBytes || route == Int8Route::kStreamColumnBytes ? k.int8_stream_decoders
                     : route == Int8Route::kVectorBytes ? k.int8_word_decoders : true;
   return simd ? route : Int8Route::kFloatPanels;
 }
@@ -1286,6 +1304,8 @@ struct Int8Books {
   Int8Route route = Int8Route::kFloatPanels;
   std::vector<int8_t> q;         // scalar routes: group g's codewords at q[g * 2^bits]
   std::vector<int32_t> words;    // kVectorBytes: codebook g's codeword c at words[g * codewords + c]
+  std::vector<int8_t> ranks;     // kStreamColumnBytes: group g's codeword c's rank by |value| at ranks[g * 2^bits + c] (as a byte)
+  std::vector<float> by_rank;    // kStreamColumnBytes: the |value| of rank r at by_rank[g * 2^bits + r]
   std::vector<uint8_t> planes;   // kVectorBytes, 256 codewords: byte b of that word at planes[(g * 4 + b) * 256 + c]
   std::vector<float> scale;      // per group (kVectorBytes: per codebook, folded into X)
 };
@@ -1320,6 +1340,21 @@ Int8Books int8_books(const Context& c) {
     }
     return books;
   }
+  if (books.route == Int8Route::kStreamColumnBytes) {  // tables per column come per panel
+    books.ranks.resize(c.Gr * c.ncw);
+    books.by_rank.resize(c.Gr * c.ncw);
+    std::vector<uint32_t> order(c.ncw);
+    for (size_t g = 0; g < c.Gr; ++g) {
+      const float* book = c.codebook(0, 0, g);
+      for (size_t i = 0; i < c.ncw; ++i) order[i] = static_cast<uint32_t>(i);
+      std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return std::abs(book[a]) < std::abs(book[b]); });
+      for (size_t r = 0; r < c.ncw; ++r) {
+        books.ranks[g * c.ncw + order[r]] = static_cast<int8_t>(static_cast<uint8_t>(r));
+        books.by_rank[g * c.ncw + r] = std::abs(book[order[r]]);
+      }
+    }
+    return books;
+  }
   books.q.resize(c.Gr * c.ncw);
   books.scale.resize(c.Gr);
   // One call for every group (binary has one per output): the groups' codewords are
@@ -1343,6 +1378,55 @@ const Int8Books& books_for(const Context& c, Int8Books& local) {
   return local;
 }
 
+// The largest of count bytes, 16 lanes at a time (a generic vector: SSE2 / NEON; the same
+// loop over an array of 16 lanes compiled to a scalar byte loop, 13% of MiniLM km5 at batch 1).
+uint8_t largest_byte(const uint8_t* v, size_t count) {
+  using Bytes16 = uint8_t __attribute__((vector_size(16)));
+  Bytes16 lanes = {};
+  size_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    Bytes16 next;
+    std::memcpy(&next, v + i, sizeof next);
+    lanes = lanes > next ? lanes : next;
+  }
+  uint8_t top = 0;
+  for (size_t j = 0; j < 16; ++j) top = std::max(top, static_cast<uint8_t>(lanes[j]));
+  for (; i < count; ++i) top = std::max(top, v[i]);
+  return top;
+}
+
+// kStreamColumnBytes' per-column tables (count x 2^bits) from the ranks decoded into `rows`
+// (count x len4 bytes; zeros past len, rank 0, never above a used codeword's): column i's
+// scale and levels are quantize_panel_s8's for its decoded floats (a = its largest |value|).
+// Columns share few distinct top ranks, so each group's table per top rank is built once.
+void column_tables(const Context& c, const Int8Books& books, size_t n0, size_t count, size_t len4,
+                   const uint8_t* rows, int8_t* tables, float* column_scale) {
+  thread_local std::vector<int8_t> by_top;
+  thread_local std::vector<float> scale_by_top;
+  thread_local std::vector<char> built;
+  by_top.resize(c.ncw * c.ncw);
+  scale_by_top.resize(c.ncw);
+  built.assign(c.ncw, 0);
+  size_t group = c.group_of_row(n0);
+  for (size_t i = 0; i < count; ++i) {
+    const size_t g = c.group_of_row(n0 + i), top = largest_byte(rows + i * len4, len4);
+    if (g != group) std::fill(built.begin(), built.end(), 0), group = g;
+    int8_t* const table = &by_top[top * c.ncw];
+    if (!built[top]) {
+      built[top] = 1;
+      const float a = books.by_rank[g * c.ncw + top];
+      const float inv = 127.0f / a;
+      const bool zero = !std::isfinite(inv);  // a == 0 or tiny: zeros, as quantize_panel_s8
+      scale_by_top[top] = zero ? 0.0f : a / 127.0f;
+      const float* book = c.codebook(0, 0, g);
+      for (size_t code = 0; code < c.ncw; ++code)
+        table[code] = zero ? int8_t{0} : static_cast<int8_t>(std::clamp(std::nearbyint(book[code] * inv), -127.0f, 127.0f));
+    }
+    column_scale[i] = scale_by_top[top];
+    std::memcpy(tables + i * c.ncw, table, c.ncw);
+  }
+}
+
 // Panel columns [n0, n0 + count) over the chunk [k0, k0 + len) as int8 (int8_gemm's layout,
 // len4 deep) with their scales and 128 x column sums, on a byte route; `rows` is scratch of
 // count x len4 bytes in float storage (the transpose moves 4 bytes as one float).
@@ -1350,6 +1434,19 @@ void decode_int8_panel(const Context& c, const Int8Books& books, size_t k0, size
                        float* rows, int8_t* panel_q, float* column_scale, int32_t* bias128) {
   const VQProblem& p = c.p;
   const size_t len4 = ceil_div(len, 4) * 4;
+  if (books.route == Int8Route::kStreamColumnBytes) {  // ranks, then each column's own table
+    const size_t g = c.group_of_row(n0);
+    int8_t* const bytes = reinterpret_cast<int8_t*>(rows);
+    int8_t* const tables = thread_scratch<int8_t>(count * c.ncw);
+    c.k.decode_codes_s8(p.codes, static_cast<uint64_t>(n0) * p.S + k0, p.S, count, len, p.bits, &books.ranks[g * c.ncw],
+                        p.group_size, n0 - c.group_begin(g), bytes, len4, bias128);
+    column_tables(c, books, n0, count, len4, reinterpret_cast<const uint8_t*>(bytes), tables, column_scale);
+    c.k.decode_codes_s8(p.codes, static_cast<uint64_t>(n0) * p.S + k0, p.S, count, len, p.bits, tables, 1, 0, bytes,
+                        len4, bias128);
+    c.k.transpose(rows, count, len4 / 4, len4 / 4, reinterpret_cast<float*>(panel_q), count);
+    for (size_t i = 0; i < count; ++i) bias128[i] *= 128;
+    return;
+  }
   int8_column_scales(c, books, n0, count, column_scale);
   if (books.route == Int8Route::kVectorBytes) {  // len: whole subspaces of 4 (K % 4 == 0), k0 one's start
     const size_t s0 = k0 / 4, subspaces = len / 4, stride = p.per_subspace ? c.ncw : 0;
@@ -1623,6 +1720,7 @@ const char* int8_route_name(const VQProblem& p) {
     case Int8Route::kVectorBytes: return "vector_bytes";
     case Int8Route::kFastScanBytes: return "fastscan_bytes";
     case Int8Route::kStreamBytes: return "stream_bytes";
+    case Int8Route::kStreamColumnBytes: return "stream_column_bytes";
     case Int8Route::kFloatPanels: break;
   }
   return "float_panels";
@@ -1986,7 +2084,7 @@ size_t measured_min_rows(const VQProblem& p, VQPath small, const KernelTable& ke
   auto takes_byte_route = [&] {
     if (byte_route < 0)
       byte_route = int8_panels_enabled(kernels) &&
-                   (p.prepared != nullptr ? p.prepared->books.route : route_on(kernels, int8_route(p))) != Int8Route::kFloatPanels;
+                   measured_byte_route(p.prepared != nullptr ? p.prepared->books.route : route_on(kernels, int8_route(p)));
     return byte_route == 1;
   };
   for (const TileGemmThreshold& row : kTileGemmThresholds) {

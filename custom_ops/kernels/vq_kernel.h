@@ -530,7 +530,8 @@ std::shared_ptr<const PreparedCodebooks> prepare_codebooks(const VQProblem& p,
 
 /// The route p's codebooks take through the int8 tier's panels (tests, diagnostics):
 /// "vector_bytes" (d = 4 codewords as int32 words), "fastscan_bytes" / "stream_bytes" (scalar
-/// codebooks as bytes), or "float_panels" (decoded to float, then quantized per column).
+/// codebooks as bytes), "stream_column_bytes" (a coarse scalar codebook, as bytes through a
+/// table per panel column), or "float_panels" (decoded to float, then quantized per column).
 const char* int8_route_name(const VQProblem& p);
 
 /// Computes problem.y. Throws std::bad_alloc (or whatever runner.run throws) on failure.

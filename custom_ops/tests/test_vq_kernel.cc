@@ -1150,17 +1150,23 @@ double row_rel_error(const float* y, const float* ref, size_t n) {
   return norm > 0.0 ? std::sqrt(err / norm) : std::sqrt(err);
 }
 
+// The scalar kernels driving simd's int8 tier: the same routes, X width and panel width.
+onnxvq::kernels::KernelTable scalar_int8_twin(const onnxvq::kernels::KernelTable& simd) {
+  onnxvq::kernels::KernelTable twin = onnxvq::kernels::scalar_kernel_table();
+  twin.name = simd.name;
+  twin.dense_gemm_cols = simd.dense_gemm_cols;
+  twin.int8_panels = true;
+  twin.int8_fastscan_d1_decoder = simd.int8_fastscan_d1_decoder;
+  twin.int8_stream_decoders = simd.int8_stream_decoders;
+  twin.int8_word_decoders = simd.int8_word_decoders;
+  twin.wide_x = simd.wide_x;
+  return twin;
+}
+
 void test_int8_tier(const KernelTable& simd, std::mt19937& rng) {
   using namespace onnxvq::kernels;
   if (!int8_panels_enabled(simd)) return;
-  KernelTable scalar_int8 = scalar_kernel_table();
-  scalar_int8.name = simd.name;
-  scalar_int8.dense_gemm_cols = simd.dense_gemm_cols;
-  scalar_int8.int8_panels = true;
-  scalar_int8.int8_fastscan_d1_decoder = simd.int8_fastscan_d1_decoder;  // the same routes
-  scalar_int8.int8_stream_decoders = simd.int8_stream_decoders;
-  scalar_int8.int8_word_decoders = simd.int8_word_decoders;
-  scalar_int8.wide_x = simd.wide_x;
+  const KernelTable scalar_int8 = scalar_int8_twin(simd);
   KernelTable float_tier = simd;
   float_tier.int8_panels = false;
   int cases = 0;
@@ -1348,14 +1354,7 @@ void test_vector_route(const KernelTable& simd, std::mt19937& rng) {
   // Tables without SIMD word decoders (AVX2) send these codebooks to the float panels, which
   // test_int8_tier covers.
   if (!int8_panels_enabled(simd) || !simd.int8_word_decoders) return;
-  KernelTable scalar_int8 = scalar_kernel_table();
-  scalar_int8.name = simd.name;
-  scalar_int8.dense_gemm_cols = simd.dense_gemm_cols;
-  scalar_int8.int8_panels = true;
-  scalar_int8.int8_fastscan_d1_decoder = simd.int8_fastscan_d1_decoder;  // the same routes
-  scalar_int8.int8_stream_decoders = simd.int8_stream_decoders;
-  scalar_int8.int8_word_decoders = simd.int8_word_decoders;
-  scalar_int8.wide_x = simd.wide_x;
+  const KernelTable scalar_int8 = scalar_int8_twin(simd);
   auto pick = [&](std::initializer_list<size_t> values) { return *(values.begin() + rng() % values.size()); };
   int cases = 0, refused = 0;
   for (int i = 0; i < scaled(120) + 20; ++i) {
@@ -1408,6 +1407,74 @@ void test_vector_route(const KernelTable& simd, std::mt19937& rng) {
               "outlier codebooks refused\n", simd.name, cases, refused);
 }
 
+// A format-1 stream whose scalar codebook has an outlier codeword (MiniLM's FFN outputs) takes
+// kStreamColumnBytes: per-column int8 tables from the largest codeword each column uses, the
+// float route's bits (quantize_panel_s8 of the decoded panel), with and without prepared
+// codebooks, on the scalar kernels too. Outliers in a few columns only, so most columns' scales
+// come from codewords below the largest (a table from the codebook's largest would differ).
+void test_stream_column_route(const KernelTable& simd, std::mt19937& rng) {
+  using namespace onnxvq::kernels;
+  if (!int8_panels_enabled(simd) || !simd.int8_stream_decoders) return;
+  const KernelTable scalar_int8 = scalar_int8_twin(simd);
+  KernelTable float_route = simd;
+  float_route.int8_stream_decoders = false;  // the float panels, quantized per column
+  auto pick = [&](std::initializer_list<size_t> values) { return *(values.begin() + rng() % values.size()); };
+  int cases = 0, with_outlier = 0;
+  for (int i = 0; i < std::max(scaled(60), 30) || (cases < 20 && i < 2000); ++i) {  // on until 20 reach the tile path
+    Case c;
+    VQProblem& p = c.p;
+    p.M = pick({1, 3, 8, 40, 70, 130});
+    p.K = pick({17, 100, 385, 900});
+    p.N = pick({1, 5, 33, 70, 130});
+    p.bits = 2 + rng() % 7;
+    p.d = 1, p.T = 1, p.axis = 0, p.format_version = 1, p.per_subspace = false;
+    p.S = p.K;
+    p.group_size = std::min(p.N, pick({1000, 16, 5}));
+    fill_case(c, rng);
+    // Codes: the outlier codeword (code 0 of every group) in about one column in eight.
+    const size_t ncw = p.codewords();
+    std::fill(c.codes.begin(), c.codes.end(), 0);
+    for (size_t r = 0; r < p.N; ++r) {
+      const bool uses_outlier = rng() % 8 == 0;
+      for (size_t k = 0; k < p.K; ++k) {
+        const unsigned code = uses_outlier && rng() % 50 == 0 ? 0u : 1u + static_cast<unsigned>(rng() % (ncw - 1));
+        for (unsigned b = 0; b < p.bits; ++b) {
+          const uint64_t bit = (r * p.S + k) * p.bits + b;
+          c.codes[bit / 8] |= static_cast<uint8_t>(((code >> b) & 1u) << (bit % 8));
+        }
+        with_outlier += code == 0;
+      }
+    }
+    for (size_t g = 0; g < p.row_groups(); ++g) c.codebooks[g * ncw] = 60.0f;
+    if (std::strcmp(int8_route_name(p), "stream_column_bytes") != 0) {
+      EXPECT(false, "%s: an outlier codeword in a stream took %s (bits=%u)", simd.name, int8_route_name(p), p.bits);
+      continue;
+    }
+    if (choose_path(p, simd) != VQPath::kTileGemm) continue;
+    vq_matmul(p, {}, simd);
+    const std::vector<float> got = c.y;
+    vq_matmul(p, {}, float_route);
+    EXPECT(same_floats(got, c.y), "%s column tables vs float panels: K=%zu N=%zu bits=%u groups of %zu M=%zu",
+           simd.name, p.K, p.N, p.bits, p.group_size, p.M);
+    vq_matmul(p, {}, scalar_int8);
+    EXPECT(same_floats(got, c.y), "%s column tables vs scalar kernels: K=%zu N=%zu bits=%u M=%zu", simd.name, p.K,
+           p.N, p.bits, p.M);
+    const std::shared_ptr<const PreparedCodebooks> prepared = prepare_codebooks(p, simd);
+    VQProblem q = p;
+    q.prepared = prepared.get();
+    std::fill(c.y.begin(), c.y.end(), std::nanf(""));
+    vq_matmul(q, {}, simd);
+    EXPECT(same_floats(got, c.y), "%s column tables: prepared codebooks change the bits", simd.name);
+    c.codebooks[rng() % c.codebooks.size()] = std::numeric_limits<float>::infinity();
+    EXPECT(std::strcmp(int8_route_name(p), "float_panels") == 0, "%s: a codebook that is not finite took %s",
+           simd.name, int8_route_name(p));
+    ++cases;
+  }
+  EXPECT(cases >= 20 && with_outlier > 0, "%s: %d column-table cases", simd.name, cases);
+  std::printf("%s: %d column-table cases (float panels' bits, scalar kernels', prepared codebooks')\n", simd.name,
+              cases);
+}
+
 // Rows of the chooser's table measured on the int8 byte route apply only to codebooks that
 // take it: a 5-bit codebook of evenly spread codewords goes to the tile path from one row,
 // the same with one codeword far from the rest (MiniLM's FFN output) keeps the small path.
@@ -1455,6 +1522,7 @@ int main() {
     test_int8_tier(*tables[i], rng);
     test_vector_word_kernels(*tables[i], rng);
     test_vector_route(*tables[i], rng);
+    test_stream_column_route(*tables[i], rng);
     test_byte_route_rows(*tables[i]);
   }
   g_failures += run_gather_tests(tables, count);
