@@ -1450,7 +1450,7 @@ void decode_int8_panel(const Context& c, const Int8Books& books, size_t k0, size
   int8_column_scales(c, books, n0, count, column_scale);
   if (books.route == Int8Route::kVectorBytes) {  // len: whole subspaces of 4 (K % 4 == 0), k0 one's start
     const size_t s0 = k0 / 4, subspaces = len / 4, stride = p.per_subspace ? c.ncw : 0;
-    const int32_t* words = books.words.data() + s0 * stride;
+    const int32_t* words = books.words.data() + s0 * stride;  // one stage's (two: combined, stride * ncw apart)
     for (size_t i0 = 0; i0 < count;) {
       const size_t n = n0 + i0;
       if (p.format_version == 2) {  // n: a block boundary (whole blocks of 32)
@@ -1459,7 +1459,8 @@ void decode_int8_panel(const Context& c, const Int8Books& books, size_t k0, size
           const size_t cols = count - i0;
           c.k.decode_fastscan2_words_s8(groups, p.S * kFastScanGroupBytes, p.T * p.S * kFastScanGroupBytes, subspaces,
                                         cols, books.planes.data() + 4 * s0 * stride * c.ncw, 4 * stride * c.ncw,
-                                        panel_q + 4 * i0, count, bias128 + i0);
+                                        books.words.data() + s0 * stride * c.ncw, stride * c.ncw, panel_q + 4 * i0,
+                                        count, bias128 + i0);
           i0 += cols;
           continue;
         }
@@ -1470,7 +1471,7 @@ void decode_int8_panel(const Context& c, const Int8Books& books, size_t k0, size
         const size_t lane = n % kByteScanBlockRows, cols = lane != 0 ? std::min(kByteScanBlockRows - lane, count - i0) : count - i0;
         c.k.decode_bytescan_words_s8(p.codes + ((n / kByteScanBlockRows) * p.S + s0) * kByteScanBlockRows + lane,
                                      p.S * kByteScanBlockRows, subspaces, cols, books.planes.data() + 4 * s0 * stride,
-                                     4 * stride, panel_q + 4 * i0, count, bias128 + i0);
+                                     4 * stride, words, stride, panel_q + 4 * i0, count, bias128 + i0);
         i0 += cols;
       }
     }
@@ -1964,6 +1965,19 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     {VQPath::kBitLut, 1, 1, 1, 1, "avx2", 16},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx2", 2, 1024},
     {VQPath::kByteScan, 8, 8, 2, kAnyD, "avx2", 4},
+    //   Then (2026-12-07) d = 4 codewords decoded to int8 words on AVX2 (vpermd from 16 words,
+    //   vpgatherdd from 256), not float panels: bench/ab.py 0.33-0.36x the time at 8 rows,
+    //   0.62-0.67x at 64 on the four layers (pq8-d4); tile / small at M = 1, 2, 4:
+    //   pq8-d4 bytescan 0.98/0.49/0.21, 0.59/0.31/0.13, 0.26/0.12/0.08, 0.54/0.19/0.14: 1
+    //   at M = 32, 64, 128, 512 (fast-scan LUTs the small path):
+    //   rq 2x4 fastscan 1.56/1.26/1.20/0.97, 0.91/0.93/0.85/0.66, 0.63/0.48/0.43/0.44, 0.89/0.70/
+    //                   0.72/0.57: 32 up to N = 1536, then 512
+    //   pq4-d4 fastscan 2.14/2.32/1.39/2.18, 1.62/1.45/1.45/1.32, 0.92/0.82/0.85/0.85, 1.52/1.41/
+    //                   1.40/1.33: 32 up to N = 384, else never
+    {VQPath::kByteScan, 8, 8, 4, 4, "avx2", 1, static_cast<size_t>(-1), 1, true},
+    {VQPath::kFastScan, 4, 4, 4, 4, "avx2", 32, 1536, 2, true},
+    {VQPath::kFastScan, 4, 4, 4, 4, "avx2", 512, static_cast<size_t>(-1), 2, true},
+    {VQPath::kFastScan, 4, 4, 4, 4, "avx2", 32, 384, 1, true},
     {VQPath::kColumnBuckets, 1, 8, 1, kAnyD, "avx2", 4, 2048},
     {VQPath::kColumnBuckets, 1, 8, 1, kAnyD, "avx2", 8},
     {VQPath::kFastScan, 4, 4, 2, kAnyD, nullptr, kNever},

@@ -336,9 +336,11 @@ struct KernelTable {
   /// codes[(i/64)*block_stride + j*64 + i%64] (block i/64's entry for subspace j). Its codebook's
   /// 256 words come as 4 byte planes, book = planes + j*book_stride (book_stride 1024 or 0):
   /// byte b of codeword c at book[b*256 + c] (planes fit byte permutes: 256 words do not fit
-  /// registers). Reads only those code bytes and the codebooks.
+  /// registers), and as the words themselves at words + j*word_stride (word_stride 256 or 0;
+  /// gathers take words): the same codebooks. Reads only those code bytes and the codebooks.
   void (*decode_bytescan_words_s8)(const uint8_t* codes, size_t block_stride, size_t subspaces, size_t cols,
-                                   const uint8_t* planes, size_t book_stride, int8_t* out, size_t ld, int32_t* sums);
+                                   const uint8_t* planes, size_t book_stride, const int32_t* words,
+                                   size_t word_stride, int8_t* out, size_t ld, int32_t* sums);
 
   /// Two 4-bit stages (format 2, T = 2) as one 256-codeword codebook: the byte code of output i
   /// in subspace j is n0 | n1 << 4, n0 its nibble in stage 0's group (G + j*16) and n1 in stage
@@ -346,8 +348,8 @@ struct KernelTable {
   /// decode_bytescan_words_s8's planes, sums and output, for i < cols (any number; a block's
   /// groups are read only when it has columns).
   void (*decode_fastscan2_words_s8)(const uint8_t* groups, size_t stage_stride, size_t block_stride, size_t subspaces,
-                                    size_t cols, const uint8_t* planes, size_t book_stride, int8_t* out, size_t ld,
-                                    int32_t* sums);
+                                    size_t cols, const uint8_t* planes, size_t book_stride, const int32_t* words,
+                                    size_t word_stride, int8_t* out, size_t ld, int32_t* sums);
 
   /// Y (+)= X W on quantized operands: for m < M, n < N, with K4 a multiple of 4,
   ///   acc = sum_{k < K4} xq[m*ldq + k] * wq[(k/4)*4*N + 4*n + k%4]     (exact int32)
@@ -379,7 +381,8 @@ struct KernelTable {
   bool int8_panels;
   /// Which codes the int8 tier decodes straight to int8 where the codebooks allow it, rather
   /// than quantizing decoded float panels (quantize_panel_s8): only where those decoders are
-  /// SIMD. (AVX2 with the scalar ones, 4096x4096 at 64 rows: 40-55% of the time in them.)
+  /// SIMD. (AVX2 with the scalar word decoders, 4096x4096 at 64 rows: 40-55% of the time in
+  /// them; its vpermd / vpgatherdd ones took pq8-d4 to 0.33-0.67x the float panels' time.)
   bool int8_fastscan_d1_decoder;  ///< decode_fastscan_d1_s8: scalar codebooks, format 2
   bool int8_stream_decoders;      ///< decode_codes_s8, decode_dot_s8: scalar codebooks, format 1
   bool int8_word_decoders;        ///< decode_*_words_s8: d = 4 vector codebooks

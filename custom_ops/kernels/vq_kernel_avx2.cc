@@ -923,7 +923,7 @@ const KernelTable& avx2_kernel_table() {
     t.decode_codes_s8 = decode_codes_s8_avx2;
     t.decode_dot_s8 = decode_dot_s8_avx2;
     t.decode_dot_s16 = decode_dot_s16_avx2;
-    t.int8_fastscan_d1_decoder = t.int8_stream_decoders = true;  // the d = 4 word decoders are scalar here
+    t.int8_fastscan_d1_decoder = t.int8_stream_decoders = true;  // the d = 4 word decoders: avx2_int8_tier
     t.wide_x = true;  // the GEMM widens X to 16 bits anyway
     return t;
   }();

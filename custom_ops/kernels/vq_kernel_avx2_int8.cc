@@ -194,6 +194,114 @@ void decode_fastscan_d1_s8_avx2(const uint8_t* groups, size_t depth, size_t cols
   }
 }
 
+// --- d = 4 vector codebooks: one int32 word of int8_gemm's layout per code ----------------
+// 8 codes' words at once: by two vpermd from a 16-word codebook in registers (pq 4-bit), or
+// one vpgatherdd from 256 words (pq 8-bit, rq 2x4's combined codebook): against a load and a
+// store per code in the scalar decoders, which left these layouts on the float panels.
+
+// Lanes [0, n) of 8 words to out (n < 8: masked), and each lane's 4 signed bytes added to *total.
+inline void put_words(__m256i words, size_t n, __m256i live, int8_t* out, __m256i* total) {
+  int* const to = reinterpret_cast<int*>(out);
+  if (n == 8)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(to), words);
+  else
+    _mm256_maskstore_epi32(to, live, words);
+  *total = _mm256_add_epi32(*total, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), words),
+                                                      _mm256_set1_epi16(1)));
+}
+
+inline void put_sums(__m256i total, size_t n, __m256i live, int32_t* sums) {
+  if (n == 8)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums), total);
+  else
+    _mm256_maskstore_epi32(reinterpret_cast<int*>(sums), live, total);
+}
+
+// 8 byte codes (from the low 8 bytes of `codes`) to their words of a 256-word codebook.
+inline __m256i gather_words(const int32_t* book, __m128i codes) {
+  return _mm256_i32gather_epi32(reinterpret_cast<const int*>(book), _mm256_cvtepu8_epi32(codes), 4);
+}
+
+void decode_fastscan_words_s8_avx2(const uint8_t* groups, size_t subspaces, size_t cols, const int32_t* words,
+                                   size_t book_stride, int8_t* out, size_t ld, int32_t* sums) {
+  const size_t octets = (cols + 7) / 8;
+  __m256i total[4] = {};
+  const __m128i nibble = _mm_set1_epi8(0x0f);
+  for (size_t j = 0; j < subspaces; ++j) {
+    const int32_t* book = words + j * book_stride;
+    const __m256i low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(book));        // codewords 0-7
+    const __m256i high = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(book + 8));   // 8-15
+    const __m128i g = _mm_loadu_si128(reinterpret_cast<const __m128i*>(groups + j * kFastScanGroupBytes));
+    const __m128i codes[2] = {_mm_and_si128(g, nibble), _mm_and_si128(_mm_srli_epi16(g, 4), nibble)};  // 0-15, 16-31
+    for (size_t q = 0; q < octets; ++q) {
+      const size_t n = std::min<size_t>(8, cols - 8 * q);
+      const __m128i bytes = q % 2 ? _mm_srli_si128(codes[q / 2], 8) : codes[q / 2];
+      const __m256i index = _mm256_cvtepu8_epi32(bytes);
+      const __m256i upper = _mm256_slli_epi32(index, 28);  // bit 3 to the sign: codewords 8-15
+      const __m256i word = _mm256_castps_si256(_mm256_blendv_ps(
+          _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(low, index)),
+          _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(high, index)), _mm256_castsi256_ps(upper)));
+      put_words(word, n, first_lanes(n), out + (j * ld + 8 * q) * 4, &total[q]);
+    }
+  }
+  for (size_t q = 0; q < octets; ++q) {
+    const size_t n = std::min<size_t>(8, cols - 8 * q);
+    put_sums(total[q], n, first_lanes(n), sums + 8 * q);
+  }
+}
+
+void decode_bytescan_words_s8_avx2(const uint8_t* codes, size_t block_stride, size_t subspaces, size_t cols,
+                                   const uint8_t* /*planes*/, size_t /*book_stride*/, const int32_t* words,
+                                   size_t word_stride, int8_t* out, size_t ld, int32_t* sums) {
+  for (size_t i0 = 0; i0 < cols; i0 += 8) {  // 8 columns of one 64-output block (i0 % 64 <= 56)
+    const size_t n = std::min<size_t>(8, cols - i0);
+    const __m256i live = first_lanes(n);
+    const uint8_t* block = codes + (i0 / kByteScanBlockRows) * block_stride + i0 % kByteScanBlockRows;
+    __m256i total = _mm256_setzero_si256();
+    for (size_t j = 0; j < subspaces; ++j) {
+      const uint8_t* at = block + j * kByteScanBlockRows;
+      __m128i bytes;
+      if (n == 8) {
+        bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(at));
+      } else {  // only the columns' bytes (the last block's entry may end there)
+        uint64_t padded = 0;
+        std::memcpy(&padded, at, n);
+        bytes = _mm_cvtsi64_si128(static_cast<long long>(padded));
+      }
+      put_words(gather_words(words + j * word_stride, bytes), n, live, out + (j * ld + i0) * 4, &total);
+    }
+    put_sums(total, n, live, sums + i0);
+  }
+}
+
+void decode_fastscan2_words_s8_avx2(const uint8_t* groups, size_t stage_stride, size_t block_stride, size_t subspaces,
+                                    size_t cols, const uint8_t* /*planes*/, size_t /*book_stride*/,
+                                    const int32_t* words, size_t word_stride, int8_t* out, size_t ld, int32_t* sums) {
+  const __m128i low = _mm_set1_epi8(0x0f), high = _mm_set1_epi8(static_cast<char>(0xf0));
+  for (size_t b0 = 0; b0 < cols; b0 += kFastScanBlockRows) {  // a block's groups only when it has columns
+    const uint8_t* block = groups + (b0 / kFastScanBlockRows) * block_stride;
+    const size_t block_cols = std::min(kFastScanBlockRows, cols - b0), octets = (block_cols + 7) / 8;
+    __m256i total[4] = {};
+    for (size_t j = 0; j < subspaces; ++j) {
+      const __m128i g0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + j * kFastScanGroupBytes));
+      const __m128i g1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + stage_stride + j * kFastScanGroupBytes));
+      const __m128i codes[2] = {  // byte codes n0 | n1 << 4 of outputs 0-15, 16-31
+          _mm_or_si128(_mm_and_si128(g0, low), _mm_slli_epi16(_mm_and_si128(g1, low), 4)),
+          _mm_or_si128(_mm_and_si128(_mm_srli_epi16(g0, 4), low), _mm_and_si128(g1, high))};
+      for (size_t q = 0; q < octets; ++q) {
+        const size_t n = std::min<size_t>(8, block_cols - 8 * q);
+        const __m128i bytes = q % 2 ? _mm_srli_si128(codes[q / 2], 8) : codes[q / 2];
+        put_words(gather_words(words + j * word_stride, bytes), n, first_lanes(n), out + (j * ld + b0 + 8 * q) * 4,
+                  &total[q]);
+      }
+    }
+    for (size_t q = 0; q < octets; ++q) {
+      const size_t n = std::min<size_t>(8, block_cols - 8 * q);
+      put_sums(total[q], n, first_lanes(n), sums + b0 + 8 * q);
+    }
+  }
+}
+
 // acc0 += madd(x, w0), acc1 += madd(x, w1), x = the 4 16-bit values at `four` broadcast: one
 // row's step, in two scratch registers. (With intrinsics GCC 12 hoisted all 6 rows' broadcasts
 // and spilled half the 12 accumulators: 247 ms on 4096x4096 at 512 rows, fp32's 196.)
@@ -368,6 +476,10 @@ void avx2_int8_tier(KernelTable& t) {
   t.int8_gemm = int8_gemm_avx2;
   t.quantize_rows_s16 = quantize_rows_s16_avx2;
   t.int16_gemm = int16_gemm_avx2;
+  t.decode_fastscan_words_s8 = decode_fastscan_words_s8_avx2;
+  t.decode_bytescan_words_s8 = decode_bytescan_words_s8_avx2;
+  t.decode_fastscan2_words_s8 = decode_fastscan2_words_s8_avx2;
+  t.int8_word_decoders = true;
 }
 
 }  // namespace onnxvq::kernels

@@ -444,7 +444,8 @@ void decode_plane_words(CodesOf codes_of, size_t subspaces, size_t cols, const u
 }
 
 void decode_bytescan_words_s8_vnni(const uint8_t* codes, size_t block_stride, size_t subspaces, size_t cols,
-                                   const uint8_t* planes, size_t book_stride, int8_t* out, size_t ld, int32_t* sums) {
+                                   const uint8_t* planes, size_t book_stride, const int32_t* /*words*/,
+                                   size_t /*word_stride*/, int8_t* out, size_t ld, int32_t* sums) {
   auto codes_of = [&](size_t j, size_t q) {
     return _mm512_maskz_loadu_epi8(first_bytes(cols - 64 * q), codes + q * block_stride + j * kByteScanBlockRows);
   };
@@ -454,8 +455,8 @@ void decode_bytescan_words_s8_vnni(const uint8_t* codes, size_t block_stride, si
 // rq 2x4: the byte codes of a block's 32 outputs from the two stages' 16-byte groups (low
 // nibbles: outputs 0-15, high ones 16-31), then the planes of the combined codebook.
 void decode_fastscan2_words_s8_vnni(const uint8_t* groups, size_t stage_stride, size_t block_stride, size_t subspaces,
-                                    size_t cols, const uint8_t* planes, size_t book_stride, int8_t* out, size_t ld,
-                                    int32_t* sums) {
+                                    size_t cols, const uint8_t* planes, size_t book_stride, const int32_t* /*words*/,
+                                    size_t /*word_stride*/, int8_t* out, size_t ld, int32_t* sums) {
   const __m128i low = _mm_set1_epi8(0x0f), high = _mm_set1_epi8(static_cast<char>(0xf0));
   auto block_codes = [&](const uint8_t* block, size_t j) {  // 32 outputs' byte codes
     const __m128i g0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + j * kFastScanGroupBytes));

@@ -491,8 +491,8 @@ void decode_fastscan_words_s8_scalar(const uint8_t* groups, size_t subspaces, si
 }
 
 void decode_bytescan_words_s8_scalar(const uint8_t* codes, size_t block_stride, size_t subspaces, size_t cols,
-                                     const uint8_t* planes, size_t book_stride, int8_t* out, size_t ld,
-                                     int32_t* sums) {
+                                     const uint8_t* planes, size_t book_stride, const int32_t* /*words*/,
+                                     size_t /*word_stride*/, int8_t* out, size_t ld, int32_t* sums) {
   for (size_t i = 0; i < cols; ++i) {
     int32_t sum = 0;
     for (size_t j = 0; j < subspaces; ++j) {
@@ -510,7 +510,8 @@ void decode_bytescan_words_s8_scalar(const uint8_t* codes, size_t block_stride, 
 
 void decode_fastscan2_words_s8_scalar(const uint8_t* groups, size_t stage_stride, size_t block_stride,
                                       size_t subspaces, size_t cols, const uint8_t* planes, size_t book_stride,
-                                      int8_t* out, size_t ld, int32_t* sums) {
+                                      const int32_t* /*words*/, size_t /*word_stride*/, int8_t* out, size_t ld,
+                                      int32_t* sums) {
   for (size_t i = 0; i < cols; ++i) {
     int32_t sum = 0;
     const uint8_t* block = groups + (i / 32) * block_stride;

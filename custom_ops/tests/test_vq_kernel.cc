@@ -845,7 +845,7 @@ void test_fastscan_guard(std::mt19937& rng) {
   const KernelTable& scalar = scalar_kernel_table();
   uint64_t fast = 0, exact = 0;
   // Outlier rows: without the guard they break the tier; with it they stay exact.
-  int broken = 0, cases = 0;
+  int broken = 0, caught = 0, cases = 0;
   for (size_t K : {384u, 1536u})
     for (size_t d : {1u, 2u, 4u})
       for (float factor : {50.0f, 100.0f}) {
@@ -861,12 +861,16 @@ void test_fastscan_guard(std::mt19937& rng) {
         // may keep uint8 tables (random outliers do not always push every row over it).
         EXPECT(after <= kUint8TierRtol, "guard: K=%zu d=%zu factor=%g error %g (unguarded %g)",
                K, d, factor, after, before);
-        EXPECT(exact >= 1 && fast + exact == 3, "guard: no outlier row took float tables (%llu of 3 uint8)",
-               static_cast<unsigned long long>(fast));
+        EXPECT(fast + exact == 3, "guard: %llu + %llu rows counted of 3", static_cast<unsigned long long>(fast),
+               static_cast<unsigned long long>(exact));
+        caught += exact >= 1;
         ++cases;
       }
-  // Most of these cases break the tier without the guard (random outliers: not always all).
+  // Most of these cases break the tier without the guard (random outliers: not always all), and
+  // in most the guard sends a row to float tables (not every draw pushes a row over its bound:
+  // ONNXVQ_TEST_CASES=5000 drew one where none went).
   EXPECT(2 * broken >= cases, "outlier cases that break the tier without the guard: %d of %d", broken, cases);
+  EXPECT(2 * caught >= cases, "outlier cases where a row took float tables: %d of %d", caught, cases);
   // Ordinary rows keep the uint8 tables.
   for (size_t d : {1u, 2u, 4u, 8u}) {
     Case c = guard_case(rng, 4, 1024, 64, d, d > 1, 0, 1.0f, false);
@@ -1310,11 +1314,11 @@ void test_vector_word_kernels(const KernelTable& simd, std::mt19937& rng) {
     std::vector<int32_t> s1(cols + 1, -7), s2 = s1;
     auto run = [&](const KernelTable& k, std::vector<int8_t>& out, std::vector<int32_t>& sums) {
       if (bytes)
-        k.decode_bytescan_words_s8(codes.data(), block_stride, subspaces, cols, planes.data(), 4 * stride, out.data(), ld,
-                                   sums.data());
+        k.decode_bytescan_words_s8(codes.data(), block_stride, subspaces, cols, planes.data(), 4 * stride, words.data(),
+                                   stride, out.data(), ld, sums.data());
       else if (two)
         k.decode_fastscan2_words_s8(codes.data(), stage_stride, block_stride, subspaces, cols, planes.data(), 4 * stride,
-                                    out.data(), ld, sums.data());
+                                    words.data(), stride, out.data(), ld, sums.data());
       else
         k.decode_fastscan_words_s8(codes.data(), subspaces, cols, words.data(), stride, out.data(), ld, sums.data());
     };
