@@ -355,28 +355,41 @@ class CodeUnpack32 {
   // For codes starting `phase` bits into their first byte (rows of odd-width codes start at
   // every phase).
   void set_phase(unsigned phase) { phase_ = phase; }
-  // 32 codes as bytes in order, from the byte at `at` (the phase set for it).
-  __m256i unpack(const uint8_t* at) const {
-    const __m256i bytes = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(at + 2 * bits_),
-                                              reinterpret_cast<const __m128i*>(at));
-    const int down = static_cast<int>(16 - bits_);
+  // The set phase's constants as values, for loops that store bytes: int8 stores may alias
+  // any object (char aliasing), so a loop reading the members reloaded them every step (Int8RowDecoder:
+  // 9 loads per 32 codes, most of its time on 384x1536 at one row).
+  struct Phase {
+    __m256i shuffle0, shuffle1, multiply0, multiply1;
+    unsigned bits;
+    size_t read_bytes() const { return 2 * bits + 16; }
+    // 32 codes as bytes in order, from the byte at `at`.
+    __m256i unpack(const uint8_t* at) const {
+      const __m256i bytes = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(at + 2 * bits),
+                                                reinterpret_cast<const __m128i*>(at));
+      const int down = static_cast<int>(16 - bits);
+      const __m256i a = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(bytes, shuffle0), multiply0), down);
+      const __m256i b = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(bytes, shuffle1), multiply1), down);
+      return _mm256_packus_epi16(a, b);  // lanes: codes 0-7, 8-15 | 16-23, 24-31
+    }
+    // The same from a zero-padded copy of the bytes [at, end_byte): for the last steps of a run
+    // of codes, so that no load passes its last byte and no scalar tail is left (1-bit rows of
+    // a 384-deep panel lost a third of their codes to one).
+    __m256i unpack_last(const uint8_t* at, const uint8_t* end_byte) const {
+      alignas(32) uint8_t padded[64] = {};
+      std::memcpy(padded, at, std::min<size_t>(static_cast<size_t>(end_byte - at), read_bytes()));
+      return unpack(padded);
+    }
+  };
+  Phase phase() const {
     const PhaseConstants& k = constants_[phase_];
-    const __m256i shuffle0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(k.shuffle[0]));
-    const __m256i shuffle1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(k.shuffle[1]));
-    const __m256i multiply0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(k.multiply[0]));
-    const __m256i multiply1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(k.multiply[1]));
-    const __m256i a = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(bytes, shuffle0), multiply0), down);
-    const __m256i b = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(bytes, shuffle1), multiply1), down);
-    return _mm256_packus_epi16(a, b);  // lanes: codes 0-7, 8-15 | 16-23, 24-31
+    return {_mm256_load_si256(reinterpret_cast<const __m256i*>(k.shuffle[0])),
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(k.shuffle[1])),
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(k.multiply[0])),
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(k.multiply[1])), bits_};
   }
-  // The same from a zero-padded copy of the bytes [at, end_byte): for the last steps of a run
-  // of codes, so that no load passes its last byte and no scalar tail is left (1-bit rows of
-  // a 384-deep panel lost a third of their codes to one).
-  __m256i unpack_last(const uint8_t* at, const uint8_t* end_byte) const {
-    alignas(32) uint8_t padded[64] = {};
-    std::memcpy(padded, at, std::min<size_t>(static_cast<size_t>(end_byte - at), read_bytes()));
-    return unpack(padded);
-  }
+  // 32 codes as bytes in order, from the byte at `at` (the phase set for it).
+  __m256i unpack(const uint8_t* at) const { return phase().unpack(at); }
+  __m256i unpack_last(const uint8_t* at, const uint8_t* end_byte) const { return phase().unpack_last(at, end_byte); }
 
  private:
   // Lane code j at bit phase + j*bits, in bytes q, q + 1 (q + 1 <= 10 at 5 bits): the byte
@@ -522,38 +535,43 @@ class Int8RowDecoder {
 
   int32_t decode_direct(const uint8_t* stream, uint64_t first, size_t count, int8_t* out,
                         const uint8_t* readable_end) {
-    const uint64_t start_bit = first * bits_, end_byte = static_cast<uint64_t>(readable_end - stream);
+    const unsigned bits = bits_;
+    const uint64_t start_bit = first * bits, end_byte = static_cast<uint64_t>(readable_end - stream);
     unpack_.set_phase(static_cast<unsigned>(start_bit % 8));
+    // Values, not members, in the loops (see CodeUnpack32::Phase).
+    const CodeUnpack32::Phase unpack = unpack_.phase();
+    const __m256i low = low_, high = high_;
+    const bool two_tables = ncw_ > 16;
+    auto lookup = [&](__m256i codes) {
+      const __m256i values = _mm256_shuffle_epi8(low, codes);
+      return two_tables ? _mm256_blendv_epi8(values, _mm256_shuffle_epi8(high, codes), _mm256_slli_epi16(codes, 3))
+                        : values;
+    };
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     __m256i total = _mm256_setzero_si256();
     size_t i = 0;
     for (; i + 32 <= count; i += 32) {
-      const uint64_t at = start_bit / 8 + i * bits_ / 8;   // 32 codes: whole bytes
-      if (at + unpack_.read_bytes() > end_byte) break;      // no load past the readable end
-      const __m256i values = lookup(unpack_.unpack(stream + at));
+      const uint64_t at = start_bit / 8 + i * bits / 8;   // 32 codes: whole bytes
+      if (at + unpack.read_bytes() > end_byte) break;      // no load past the readable end
+      const __m256i values = lookup(unpack.unpack(stream + at));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), values);
       total = _mm256_add_epi32(total, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, values), ones16));
     }
     for (; i + 32 <= count; i += 32) {  // the last whole steps, through a padded copy (the span's last row)
-      const uint64_t at = start_bit / 8 + i * bits_ / 8;
-      const __m256i values = lookup(unpack_.unpack_last(stream + at, stream + end_byte));
+      const uint64_t at = start_bit / 8 + i * bits / 8;
+      const __m256i values = lookup(unpack.unpack_last(stream + at, stream + end_byte));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), values);
       total = _mm256_add_epi32(total, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, values), ones16));
     }
     int32_t sum = horizontal_sum(total);
     if (i < count) {  // fewer than 32 codes left: only those values are kept
       alignas(32) int8_t values[32];
-      const uint64_t at = start_bit / 8 + i * bits_ / 8;
-      _mm256_store_si256(reinterpret_cast<__m256i*>(values), lookup(unpack_.unpack_last(stream + at, stream + end_byte)));
+      const uint64_t at = start_bit / 8 + i * bits / 8;
+      _mm256_store_si256(reinterpret_cast<__m256i*>(values), lookup(unpack.unpack_last(stream + at, stream + end_byte)));
       for (size_t j = 0; i + j < count; ++j) sum += out[i + j] = values[j];
     }
     return sum;
   }
-  __m256i lookup(__m256i codes) const {
-    const __m256i values = _mm256_shuffle_epi8(low_, codes);
-    return ncw_ > 16 ? _mm256_blendv_epi8(values, _mm256_shuffle_epi8(high_, codes), _mm256_slli_epi16(codes, 3)) : values;
-  }
-
   int32_t decode_via_floats(const uint8_t* stream, uint64_t first, size_t count, int8_t* out) {
     const __m256i in_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // packs interleave 128-bit lanes
     __m256i total = _mm256_setzero_si256();
