@@ -508,6 +508,18 @@ class Int8RowDecoder {
       : bits_(bits), ncw_(size_t{1} << bits), book_q_(book_q), rows_per_book_(rows_per_book), phase_(phase) {}
   // Row r's `count` codes from code number `first` to out[0 .. count); returns their sum. Loads
   // stay before `readable_end` (the end of the call's span: later rows' bytes may be read).
+  // Whether decode_each() serves these codes (bits <= 5; wider ones decode through floats).
+  bool steps() const { return bits_ <= kDirectBits; }
+  // decode()'s values for row r handed to step(i, values, valid), 32 at a time (valid < 32 only
+  // in the last step, its lanes from `valid` on zero), not stored: a caller that consumes them
+  // at once saves the store and the reload. Returns their sum. Only where steps().
+  template <class Step>
+  int32_t decode_each(const uint8_t* stream, uint64_t first, size_t r, size_t count, const uint8_t* readable_end,
+                      Step&& step) {
+    const size_t group = (phase_ + r) / rows_per_book_;
+    if (group != group_) load_book(group);
+    return decode_steps(stream, first, count, readable_end, step);
+  }
   int32_t decode(const uint8_t* stream, uint64_t first, size_t r, size_t count, int8_t* out,
                  const uint8_t* readable_end) {
     const size_t group = (phase_ + r) / rows_per_book_;
@@ -533,8 +545,8 @@ class Int8RowDecoder {
     high_ = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(padded + 16)));
   }
 
-  int32_t decode_direct(const uint8_t* stream, uint64_t first, size_t count, int8_t* out,
-                        const uint8_t* readable_end) {
+  template <class Step>
+  int32_t decode_steps(const uint8_t* stream, uint64_t first, size_t count, const uint8_t* readable_end, Step&& step) {
     const unsigned bits = bits_;
     const uint64_t start_bit = first * bits, end_byte = static_cast<uint64_t>(readable_end - stream);
     unpack_.set_phase(static_cast<unsigned>(start_bit % 8));
@@ -549,28 +561,37 @@ class Int8RowDecoder {
     };
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     __m256i total = _mm256_setzero_si256();
+    auto add = [&](__m256i values) {
+      total = _mm256_add_epi32(total, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, values), ones16));
+    };
     size_t i = 0;
     for (; i + 32 <= count; i += 32) {
       const uint64_t at = start_bit / 8 + i * bits / 8;   // 32 codes: whole bytes
       if (at + unpack.read_bytes() > end_byte) break;      // no load past the readable end
       const __m256i values = lookup(unpack.unpack(stream + at));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), values);
-      total = _mm256_add_epi32(total, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, values), ones16));
+      step(i, values, size_t{32});
+      add(values);
     }
-    for (; i + 32 <= count; i += 32) {  // the last whole steps, through a padded copy (the span's last row)
+    for (; i < count; i += 32) {  // the last steps, through a padded copy (the span's last row), and a partial one
       const uint64_t at = start_bit / 8 + i * bits / 8;
-      const __m256i values = lookup(unpack.unpack_last(stream + at, stream + end_byte));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), values);
-      total = _mm256_add_epi32(total, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, values), ones16));
+      const size_t valid = std::min<size_t>(32, count - i);
+      const __m256i lanes = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+                                             21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
+      const __m256i live = _mm256_cmpgt_epi8(_mm256_set1_epi8(static_cast<char>(valid)), lanes);
+      const __m256i values = _mm256_and_si256(lookup(unpack.unpack_last(stream + at, stream + end_byte)), live);
+      step(i, values, valid);
+      add(values);
     }
-    int32_t sum = horizontal_sum(total);
-    if (i < count) {  // fewer than 32 codes left: only those values are kept
-      alignas(32) int8_t values[32];
-      const uint64_t at = start_bit / 8 + i * bits / 8;
-      _mm256_store_si256(reinterpret_cast<__m256i*>(values), lookup(unpack.unpack_last(stream + at, stream + end_byte)));
-      for (size_t j = 0; i + j < count; ++j) sum += out[i + j] = values[j];
-    }
-    return sum;
+    return horizontal_sum(total);
+  }
+  int32_t decode_direct(const uint8_t* stream, uint64_t first, size_t count, int8_t* out,
+                        const uint8_t* readable_end) {
+    return decode_steps(stream, first, count, readable_end, [&](size_t i, __m256i values, size_t valid) {
+      if (valid == 32)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), values);
+      else
+        std::memcpy(out + i, &values, valid);
+    });
   }
   int32_t decode_via_floats(const uint8_t* stream, uint64_t first, size_t count, int8_t* out) {
     const __m256i in_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // packs interleave 128-bit lanes
@@ -637,14 +658,56 @@ inline __m256i load16(const int16_t* x) { return _mm256_loadu_si256(reinterpret_
 
 // Each decoded row of W against the M rows of X: both as 16 bits, 16 exact products per
 // vpmaddwd. A row's chunks decode one after the other (the stream in order).
+// decode_dot for kRows (1-4) rows of X, meeting each 32 decoded values in registers as they
+// come (decode_each): no row buffer written and read back. The same exact int32 sums.
+template <int kRows, typename X>
+void decode_dot_fused(Int8RowDecoder& decoder, const uint8_t* stream, uint64_t first, uint64_t row_stride,
+                      size_t rows, size_t count, size_t depth, const X* xq, size_t ldq, const uint8_t* end,
+                      int32_t* dots, int32_t* sums) {
+  for (size_t r = 0; r < rows; ++r)
+    for (size_t q = 0, k0 = 0; k0 < count; ++q, k0 += depth) {
+      const size_t len = std::min(depth, count - k0);
+      __m256i acc[kRows];
+      for (int m = 0; m < kRows; ++m) acc[m] = _mm256_setzero_si256();
+      const X* const x = xq + q * kRows * ldq;
+      sums[q * rows + r] = decoder.decode_each(stream, first + r * row_stride + k0, r, len, end,
+                                               [&](size_t i, __m256i values, size_t valid) {
+        const __m256i w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(values));
+        const __m256i w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(values, 1));
+        auto madd = [&](int m, const X* row) {
+          acc[m] = _mm256_add_epi32(acc[m], _mm256_add_epi32(_mm256_madd_epi16(load16(row), w0),
+                                                             _mm256_madd_epi16(load16(row + 16), w1)));
+        };
+        if (valid == 32) {
+          for (int m = 0; m < kRows; ++m) madd(m, x + m * ldq + i);
+          return;
+        }
+        for (int m = 0; m < kRows; ++m) {  // the last step: X's row may end before 32 values
+          X padded[32] = {};
+          std::copy(x + m * ldq + i, x + m * ldq + i + valid, padded);
+          madd(m, padded);
+        }
+      });
+      for (int m = 0; m < kRows; ++m) dots[(q * kRows + m) * rows + r] = horizontal_sum(acc[m]);
+    }
+}
+
 template <typename X>
 void decode_dot_avx2(const uint8_t* stream, uint64_t first, uint64_t row_stride, size_t rows, size_t count,
                      size_t depth, unsigned bits, const int8_t* book_q, size_t rows_per_book, size_t phase,
                      const X* xq, size_t ldq, size_t M, int32_t* dots, int32_t* sums) {
   Int8RowDecoder decoder(bits, book_q, rows_per_book, phase);
+  const uint8_t* const end = span_end(stream, first, row_stride, rows, count, bits);
+  if (decoder.steps() && M <= 4) {
+    switch (M) {
+      case 1: return decode_dot_fused<1>(decoder, stream, first, row_stride, rows, count, depth, xq, ldq, end, dots, sums);
+      case 2: return decode_dot_fused<2>(decoder, stream, first, row_stride, rows, count, depth, xq, ldq, end, dots, sums);
+      case 3: return decode_dot_fused<3>(decoder, stream, first, row_stride, rows, count, depth, xq, ldq, end, dots, sums);
+      default: return decode_dot_fused<4>(decoder, stream, first, row_stride, rows, count, depth, xq, ldq, end, dots, sums);
+    }
+  }
   thread_local std::vector<int8_t> row;
   row.resize(count);
-  const uint8_t* const end = span_end(stream, first, row_stride, rows, count, bits);
   for (size_t r = 0; r < rows; ++r) {
     for (size_t q = 0, k0 = 0; k0 < count; ++q, k0 += depth) {
       const size_t len = std::min(depth, count - k0);
