@@ -61,6 +61,18 @@ inline int32_t horizontal_max(__m256i v) {
   return _mm_cvtsi128_si32(m);
 }
 
+// max |row[j]| over j < len (exact: the float's bits), lanes not finite or-ed into *bad.
+inline float row_abs_max(const float* row, size_t len, __m256i* bad) {
+  __m256i top = _mm256_setzero_si256();
+  size_t j = 0;
+  for (; j + 8 <= len; j += 8) top = _mm256_max_epu32(top, abs_max_bits(row + j, 1, 0, _mm256_set1_epi32(-1), bad));
+  if (j < len) top = _mm256_max_epu32(top, abs_max_bits(row + j, 1, 0, first_lanes(len - j), bad));
+  const int32_t top_bits = horizontal_max(top);
+  float a;
+  std::memcpy(&a, &top_bits, sizeof a);
+  return a;
+}
+
 using avx2::horizontal_sum;
 
 // rint(v * inv) as int32 lanes (the scalar table's round_s8): vcvtps2dq rounds nearest-even in
@@ -75,13 +87,8 @@ void quantize_rows_u8_avx2(const float* x, size_t ldx, size_t rows, size_t len, 
   for (size_t r = 0; r < rows; ++r) {
     const float* row = x + r * ldx;
     uint8_t* out = q + r * ldq;
-    __m256i bad = _mm256_setzero_si256(), top = _mm256_setzero_si256();
-    size_t j = 0;
-    for (; j + 8 <= len; j += 8) top = _mm256_max_epu32(top, abs_max_bits(row + j, 1, 0, all, &bad));
-    if (j < len) top = _mm256_max_epu32(top, abs_max_bits(row + j, 1, 0, first_lanes(len - j), &bad));
-    const int32_t top_bits = horizontal_max(top);
-    float a;
-    std::memcpy(&a, &top_bits, sizeof a);
+    __m256i bad = _mm256_setzero_si256();
+    const float a = row_abs_max(row, len, &bad);
     const float inv = 127.0f / a;
     std::fill(out + len, out + ldq, uint8_t{128});
     energy[r] = 0;
@@ -98,7 +105,7 @@ void quantize_rows_u8_avx2(const float* x, size_t ldx, size_t rows, size_t len, 
       squares = _mm256_add_epi32(squares, _mm256_mullo_epi32(level, level));
       return _mm256_add_epi32(level, offset);
     };
-    j = 0;
+    size_t j = 0;
     for (; j + 32 <= len; j += 32) {  // 32 levels + 128 to bytes (1..255: the packs do not saturate)
       const __m256i a0 = levels(j, all), a1 = levels(j + 8, all), a2 = levels(j + 16, all), a3 = levels(j + 24, all);
       const __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(a0, a1), _mm256_packs_epi32(a2, a3));
@@ -426,13 +433,8 @@ void quantize_rows_s16_avx2(const float* x, size_t ldx, size_t rows, size_t len,
   for (size_t r = 0; r < rows; ++r) {
     const float* row = x + r * ldx;
     int16_t* out = q + r * ldq;
-    __m256i bad = _mm256_setzero_si256(), top = _mm256_setzero_si256();
-    size_t j = 0;
-    for (; j + 8 <= len; j += 8) top = _mm256_max_epu32(top, abs_max_bits(row + j, 1, 0, all, &bad));
-    if (j < len) top = _mm256_max_epu32(top, abs_max_bits(row + j, 1, 0, first_lanes(len - j), &bad));
-    const int32_t top_bits = horizontal_max(top);
-    float a;
-    std::memcpy(&a, &top_bits, sizeof a);
+    __m256i bad = _mm256_setzero_si256();
+    const float a = row_abs_max(row, len, &bad);
     const float inv = static_cast<float>(kWideLevels) / a;
     std::fill(out, out + ldq, int16_t{0});
     energy[r] = 0;
@@ -450,7 +452,7 @@ void quantize_rows_s16_avx2(const float* x, size_t ldx, size_t rows, size_t len,
                                                            _mm256_cvtepu32_epi64(_mm256_extracti128_si256(square, 1))));
       return level;
     };
-    j = 0;
+    size_t j = 0;
     for (; j + 16 <= len; j += 16) {
       const __m256i packed = _mm256_packs_epi32(levels(j, all), levels(j + 8, all));  // 128-bit lanes interleaved
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), _mm256_permute4x64_epi64(packed, _MM_SHUFFLE(3, 1, 2, 0)));
