@@ -568,7 +568,7 @@ void run_fastscan_path(const Context& c, bool exact, const DenseGemm& host) {
   // Uninitialized (a chunk's tables are megabytes, rebuilt on every call); only the uint8
   // tables' padding must be zero.
   const std::unique_ptr<float[]> lut_memory(new float[chunk * lut_row]);
-  const std::unique_ptr<uint8_t[]> qlut_memory(new uint8_t[exact ? 1 : chunk * q_stride]);
+  const std::unique_ptr<uint8_t[]> qlut_memory(new uint8_t[exact ? 1 : chunk * q_stride + kByteScanTableSlack]);
   float* const luts = lut_memory.get();
   uint8_t* const qluts = qlut_memory.get();
   for (size_t m = 0; m < chunk && !exact; ++m)
@@ -2049,7 +2049,10 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     //                   0.72/0.57: 32 up to N = 1536, then 512
     //   pq4-d4 fastscan 2.14/2.32/1.39/2.18, 1.62/1.45/1.45/1.32, 0.92/0.82/0.85/0.85, 1.52/1.41/
     //                   1.40/1.33: 32 up to N = 384, else never
-    {VQPath::kByteScan, 8, 8, 4, 4, "avx2", 1, static_cast<size_t>(-1), 1, true},
+    //   Then (2026-12-08) bytescan_u8 and quantize_byte_luts on AVX2 (gathers; they were
+    //   scalar): tile / small at M = 1, 2, 4, 8, pq8-d4: 1.73/0.87/0.50/0.29, 1.52/0.77/0.43/
+    //   0.27, 1.01/0.52/0.29/0.18, 1.35/0.70/0.38/0.23 (bench/thresholds.py --rows 1,2,4,8): 2
+    {VQPath::kByteScan, 8, 8, 4, 4, "avx2", 2, static_cast<size_t>(-1), 1, true},
     {VQPath::kFastScan, 4, 4, 4, 4, "avx2", 32, 1536, 2, true},
     {VQPath::kFastScan, 4, 4, 4, 4, "avx2", 512, static_cast<size_t>(-1), 2, true},
     {VQPath::kFastScan, 4, 4, 4, 4, "avx2", 32, 384, 1, true},

@@ -44,6 +44,9 @@ inline constexpr size_t kFastScanCodewords = 16;
 /// Quantized tables are padded to a multiple of this many bytes with zeros, so a SIMD
 /// kernel may read entries in pairs (or fours) without a tail case for the tables.
 inline constexpr size_t kFastScanTablePad = 64;
+/// Readable bytes past the last byte-scan table a scan is given: AVX2's bytescan_u8 gathers
+/// 32 bits at table + code and keeps the low byte.
+inline constexpr size_t kByteScanTableSlack = 4;
 /// How far ahead the AVX-512 scans ask for their codes: into L2 16 KB ahead and into L1 2 KB
 /// ahead. The fast-scan kernel alone over 300 cold copies of 4096x4096 (2 MB of codes each)
 /// took 1.15x a plain read of them so, 1.3x with one prefetch 4 KB ahead, 2x with none.
@@ -200,6 +203,7 @@ struct KernelTable {
   /// One block of 64 rows of M: `codes` is the block's E entries of 64 bytes (format v3),
   /// table m of `rows` at qluts + m*qlut_stride holds E entries of 256 uint8.
   /// out[m*64 + i] = sum_e table_m[e][codes[e*64 + i]] (exact integer sums: every table's bits).
+  /// May read kByteScanTableSlack bytes past the last row's tables.
   void (*bytescan_u8)(const uint8_t* codes, size_t entries, const uint8_t* qluts, size_t qlut_stride,
                       size_t rows, uint32_t* out);
 
