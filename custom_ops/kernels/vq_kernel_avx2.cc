@@ -152,10 +152,6 @@ inline void lanes_min_max(__m256 mn, __m256 mx, __m256* lo, __m256* hi) {
   *lo = _mm256_min_ps(mn, _mm256_shuffle_ps(mn, mn, _MM_SHUFFLE(2, 3, 0, 1)));
   *hi = _mm256_max_ps(mx, _mm256_shuffle_ps(mx, mx, _MM_SHUFFLE(2, 3, 0, 1)));
 }
-// Min and max of the 16 values of one table, broadcast to every lane.
-inline void table_min_max(__m256 v0, __m256 v1, __m256* lo, __m256* hi) {
-  lanes_min_max(_mm256_min_ps(v0, v1), _mm256_max_ps(v0, v1), lo, hi);
-}
 
 // out[c] = value c of rows r[0..8) (an 8 x 8 transpose: unpacks, shuffles, lane swaps).
 inline void transpose8(const __m256* r, __m256* out) {
@@ -215,49 +211,15 @@ bool lut_order_stats_avx2(const float* lut, size_t entries, float* range, float*
   return true;
 }
 
-bool quantize_luts_avx2(const float* lut, size_t entries, uint8_t* q, float* scale,
-                        float* offset) {
-  __m256 range = _mm256_setzero_ps(), not_finite = _mm256_setzero_ps();
-  float offset_sum = 0.0f;
-  for (size_t e = 0; e < entries; ++e) {
-    const __m256 v0 = _mm256_loadu_ps(lut + e * 16), v1 = _mm256_loadu_ps(lut + e * 16 + 8);
-    // v - v is 0 for finite v and NaN for inf or NaN.
-    not_finite = _mm256_or_ps(not_finite, _mm256_cmp_ps(_mm256_sub_ps(v0, v0), _mm256_sub_ps(v1, v1),
-                                                        _CMP_UNORD_Q));
-    __m256 lo, hi;
-    table_min_max(v0, v1, &lo, &hi);
-    range = _mm256_max_ps(range, _mm256_sub_ps(hi, lo));
-    offset_sum += _mm256_cvtss_f32(lo);  // e ascending, as the scalar table
-  }
-  if (_mm256_movemask_ps(not_finite) != 0) return false;
-  const float r = _mm256_cvtss_f32(range);
-  if (!(r - r == 0.0f)) return false;
-  const __m256 inv = _mm256_set1_ps(r > 0.0f ? 255.0f / r : 0.0f);
-  for (size_t e = 0; e < entries; ++e) {
-    const __m256 v0 = _mm256_loadu_ps(lut + e * 16), v1 = _mm256_loadu_ps(lut + e * 16 + 8);
-    __m256 lo, hi;
-    table_min_max(v0, v1, &lo, &hi);
-    // Round to nearest even (the MXCSR default, as std::nearbyint); values lie in [0, 255].
-    const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(v0, lo), inv));
-    const __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(v1, lo), inv));
-    const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xD8);
-    const __m256i bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(words, words), 0x08);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + e * 16), _mm256_castsi256_si128(bytes));
-  }
-  *scale = r / 255.0f;
-  *offset = offset_sum;
-  return true;
-}
-
-// --- byte-scan (format 3: 8-bit codes, 256-entry tables) -------------------------------
-
-// quantize_tables' two passes over 256-value tables: min and max per table (exact, any order),
-// the widest range, the minima summed in entry order; then each value's level, rounded to
-// nearest even as std::nearbyint (the MXCSR default). The scalar one's nearbyintf calls were 18%
-// of pq8-d4 at one row on 4096x4096 (byte-scan path).
-inline void byte_table_min_max(const float* table, __m256* lo, __m256* hi, __m256* not_finite) {
+// quantize_tables (scalar) on tables of kCodewords floats (16 fast-scan, 256 byte-scan): min
+// and max per table (exact, any order), the widest range and the minima summed in entry order;
+// then each value's level, rounded to nearest even as std::nearbyint (the MXCSR default), in
+// [0, 255]: the packs never saturate below and clamp above. (The scalar byte-table one's
+// nearbyintf calls were 18% of pq8-d4 at one row on 4096x4096.)
+template <size_t kCodewords>
+inline void tables_min_max(const float* table, __m256* lo, __m256* hi, __m256* not_finite) {
   __m256 mn = _mm256_loadu_ps(table), mx = mn;
-  for (size_t c = 0; c < kByteScanCodewords; c += 8) {
+  for (size_t c = 0; c < kCodewords; c += 8) {
     const __m256 v = _mm256_loadu_ps(table + c);
     *not_finite = _mm256_or_ps(*not_finite, _mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_sub_ps(v, v), _CMP_UNORD_Q));
     mn = _mm256_min_ps(mn, v), mx = _mm256_max_ps(mx, v);
@@ -265,12 +227,13 @@ inline void byte_table_min_max(const float* table, __m256* lo, __m256* hi, __m25
   lanes_min_max(mn, mx, lo, hi);
 }
 
-bool quantize_byte_luts_avx2(const float* lut, size_t entries, uint8_t* q, float* scale, float* offset) {
+template <size_t kCodewords>
+bool quantize_tables_avx2(const float* lut, size_t entries, uint8_t* q, float* scale, float* offset) {
   __m256 range = _mm256_setzero_ps(), not_finite = _mm256_setzero_ps();
   float offset_sum = 0.0f;
   for (size_t e = 0; e < entries; ++e) {
     __m256 lo, hi;
-    byte_table_min_max(lut + e * kByteScanCodewords, &lo, &hi, &not_finite);
+    tables_min_max<kCodewords>(lut + e * kCodewords, &lo, &hi, &not_finite);
     range = _mm256_max_ps(range, _mm256_sub_ps(hi, lo));
     offset_sum += _mm256_cvtss_f32(lo);  // e ascending, as the scalar table
   }
@@ -278,24 +241,36 @@ bool quantize_byte_luts_avx2(const float* lut, size_t entries, uint8_t* q, float
   const float r = _mm256_cvtss_f32(range);
   if (!(r - r == 0.0f)) return false;
   const __m256 inv = _mm256_set1_ps(r > 0.0f ? 255.0f / r : 0.0f);
-  const __m256i in_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // the packs interleave 128-bit lanes
   for (size_t e = 0; e < entries; ++e) {
-    const float* table = lut + e * kByteScanCodewords;
+    const float* table = lut + e * kCodewords;
     __m256 lo, hi, ignored = _mm256_setzero_ps();
-    byte_table_min_max(table, &lo, &hi, &ignored);
-    for (size_t c = 0; c < kByteScanCodewords; c += 32) {
-      __m256i level[4];
-      for (int j = 0; j < 4; ++j)  // in [0, 255]: the packs never saturate below, and clamp above
-        level[j] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(table + c + 8 * j), lo), inv));
-      const __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(level[0], level[1]), _mm256_packs_epi32(level[2], level[3]));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + e * kByteScanCodewords + c),
-                          _mm256_permutevar8x32_epi32(bytes, in_order));
+    tables_min_max<kCodewords>(table, &lo, &hi, &ignored);
+    auto levels = [&](size_t c) { return _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(table + c), lo), inv)); };
+    if constexpr (kCodewords == kFastScanCodewords) {
+      const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(levels(0), levels(8)), 0xD8);
+      const __m256i bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(words, words), 0x08);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + e * kCodewords), _mm256_castsi256_si128(bytes));
+    } else {
+      const __m256i in_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // the packs interleave 128-bit lanes
+      for (size_t c = 0; c < kCodewords; c += 32) {
+        const __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(levels(c), levels(c + 8)),
+                                                  _mm256_packs_epi32(levels(c + 16), levels(c + 24)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + e * kCodewords + c), _mm256_permutevar8x32_epi32(bytes, in_order));
+      }
     }
   }
   *scale = r / 255.0f;
   *offset = offset_sum;
   return true;
 }
+bool quantize_luts_avx2(const float* lut, size_t entries, uint8_t* q, float* scale, float* offset) {
+  return quantize_tables_avx2<kFastScanCodewords>(lut, entries, q, scale, offset);
+}
+bool quantize_byte_luts_avx2(const float* lut, size_t entries, uint8_t* q, float* scale, float* offset) {
+  return quantize_tables_avx2<kByteScanCodewords>(lut, entries, q, scale, offset);
+}
+
+// --- byte-scan (format 3: 8-bit codes, 256-entry tables) -------------------------------
 
 // Eight codes a gather: each lane's 32-bit load at table + code keeps its low byte, the level
 // (and reads up to 3 bytes past the table: kByteScanTableSlack). Sums exact in 32 bits. The
