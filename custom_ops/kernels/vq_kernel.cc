@@ -2013,7 +2013,11 @@ constexpr TileGemmThreshold kTileGemmThresholds[] = {
     //   km4 on the byte route (decode_fastscan_d1_s8 on AVX2), M = 4, 8, 16, 32, 64: 1.54/1.58/
     //                   0.92/0.92/0.77, 1.40/1.29/0.78/0.75/0.62, 0.84/0.84/0.52/0.49/0.40, 1.20/
     //                   1.20/0.61/0.65/0.52: 4 up to N = 512, then 16
+    //   Then (2026-12-08, c4d49d8's fast-scan), M = 2, 4, 8, 16, 32: 2.59/1.55/1.14/0.91/0.80,
+    //                   1.95/1.35/0.97/0.79/0.69, 1.24/0.85/0.59/0.47/0.37, 1.91/1.47/0.88/0.68/
+    //                   0.62: 8 up to N = 1536 too
     {VQPath::kFastScan, 4, 4, 1, 1, "avx2", 4, 512, 1, true},
+    {VQPath::kFastScan, 4, 4, 1, 1, "avx2", 8, 1536, 1, true},
     {VQPath::kFastScan, 4, 4, 1, 1, "avx2", 16, static_cast<size_t>(-1), 1, true},
     //   format-1 codes straight to int8 (decode_codes_s8 / decode_dot_s8 on AVX2), M = 4, 8,
     //   16, 32, 64:
