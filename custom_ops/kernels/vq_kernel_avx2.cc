@@ -338,6 +338,9 @@ void fastscan_u8_avx2(const uint8_t* codes, size_t entries, const uint8_t* qluts
       // The sums mod 2^16 are the pairwise loop's, so are the bits (0.90x its time on 4096x4096).
       const __m256i odd_byte = _mm256_set1_epi16(0x0100);
       for (; e + 4 <= end; e += 4) {
+        // Cold codes asked for ahead, one 64-byte line a step, as the AVX-512 scan (prefetches never fault).
+        _mm_prefetch(reinterpret_cast<const char*>(codes + e * 16 + kCodePrefetchBytes), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(codes + e * 16 + kCodePrefetchL2Bytes), _MM_HINT_T1);
         const __m256i g0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + e * 16));
         const __m256i g1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + e * 16 + 32));
         const __m256i t0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + e * 16));
