@@ -284,6 +284,8 @@ void bytescan_u8_avx2(const uint8_t* codes, size_t entries, const uint8_t* qluts
     for (size_t e = 0; e < entries; ++e) {
       const int* table = reinterpret_cast<const int*>(qluts + m * qlut_stride + e * kByteScanCodewords);
       const uint8_t* entry = codes + e * kByteScanBlockRows;
+      _mm_prefetch(reinterpret_cast<const char*>(entry + kCodePrefetchBytes), _MM_HINT_T0);  // as fastscan_u8
+      _mm_prefetch(reinterpret_cast<const char*>(entry + kCodePrefetchL2Bytes), _MM_HINT_T1);
 #pragma GCC unroll 8
       for (int q = 0; q < 8; ++q) {
         const __m256i code = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(entry + 8 * q)));
