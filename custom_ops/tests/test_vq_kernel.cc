@@ -233,29 +233,34 @@ bool vector_route_layout(const VQProblem& p) {
          (p.T == 1 || (p.T == 2 && p.format_version == 2)) && p.row_groups() == 1 && p.K % 4 == 0;
 }
 
-// |x_k q_k - x_k w_k| with x'_k = x_k sigma_k rounded by half a step sx' of X' and q_k = w_k /
-// sigma_k by half a level: |x_k| sigma_k / 2 + sx' |w_k| / (2 sigma_k) + sx' / 4 per term.
-// The int8 vector route's bound against the oracle. Per depth k, the step of its codebook's
-// first digit: the largest |value| / 127, or for a codebook that fails the route's check (step
-// above sqrt(12) * 2% * median |value| / 0.6745) that limit, with levels clamped at 127 and the
-// rest in a second digit of step <= largest / 127. A weight's error: half the first step, or
-// half the second where the clamp cut it; X's rounding on each pass's folded scale.
+// The int8 vector route's bound against the oracle. Per codebook, the step of its first digit:
+// the largest |value| / 127, or for a codebook that fails the route's check (step above
+// sqrt(12) * 2% * median |value| / 0.6745) that limit, levels clamped at 127, and the residual
+// r = w - step * level in a second digit of step largest |r| / 127. Per term, with X' = X times
+// a digit's step rounded by half its row step s and a level q by half a level:
+// |x| e_w + s |q| / 2 + s / 4 for each digit, e_w = half the first step, or with a second digit
+// min(|r|, its step / 2): bounds that fail if the second pass is skipped or if a coarse
+// codebook keeps one digit.
 std::vector<double> vector_int8_bounds(const Case& c, const std::vector<double>& w) {
   const VQProblem& p = c.p;
   const size_t ncw = p.codewords(), values = ncw * p.d, Gs = p.subspace_groups();
-  std::vector<double> first(Gs), second(Gs, 0.0);  // per codebook
+  std::vector<double> first(Gs), second(Gs, 0.0);  // per codebook; second 0: one digit
+  auto clamped_level = [](double v, double step) { return step > 0.0 ? std::clamp(std::nearbyint(v / step), -127.0, 127.0) : 0.0; };
   for (size_t g = 0; g < Gs; ++g) {
     std::vector<float> book;  // two stages: the sums of a codeword of each (float, as the route)
     const float* b0 = c.codebooks.data() + g * values;
     for (size_t c1 = 0; c1 < (p.T == 2 ? ncw : 1); ++c1)
       for (size_t i = 0; i < values; ++i)
         book.push_back(p.T == 2 ? b0[i] + c.codebooks[(Gs + g) * values + c1 * 4 + i % 4] : b0[i]);
+    std::vector<float> magnitude(book.size());
     double largest = 0.0;
-    for (float& v : book) largest = std::max(largest, double(v = std::abs(v)));
-    std::nth_element(book.begin(), book.begin() + book.size() / 2, book.end());
-    const double limit = std::sqrt(12.0) * 0.02 * (book[book.size() / 2] / 0.6745);
+    for (size_t i = 0; i < book.size(); ++i) largest = std::max(largest, double(magnitude[i] = std::abs(book[i])));
+    std::nth_element(magnitude.begin(), magnitude.begin() + magnitude.size() / 2, magnitude.end());
+    const double limit = float(std::sqrt(12.0) * 0.02 * (magnitude[magnitude.size() / 2] / 0.6745));
     first[g] = largest / 127.0;
-    if (first[g] > limit * (1 + 1e-6)) first[g] = limit, second[g] = largest / 127.0;
+    if (first[g] <= limit * (1 + 1e-6)) continue;
+    first[g] = limit;
+    for (const float v : book) second[g] = std::max(second[g], std::abs(v - limit * clamped_level(v, limit)) / 127.0);
   }
   std::vector<double> bound(p.M * p.N, 0.0);
   for (size_t m = 0; m < p.M; ++m) {
@@ -270,11 +275,14 @@ std::vector<double> vector_int8_bounds(const Case& c, const std::vector<double>&
       double sum = 0.0;
       for (size_t k = 0; k < p.K; ++k) {
         const size_t g = p.per_subspace ? k / 4 : 0;
-        const double weight = std::abs(w[k * p.N + n]), step = first[g];
-        const bool clamped = second[g] > 0.0 && weight > 127.0 * step;
-        sum += std::abs(double(x[k])) * 0.5 * (clamped ? second[g] : step) +
-               (step > 0.0 ? 0.5 * sx * std::min(weight / step, 127.5) : 0.0) + 0.25 * sx +
-               (second[g] > 0.0 ? 0.5 * so * 127.5 + 0.25 * so : 0.0);
+        const double weight = w[k * p.N + n], step = first[g], ax = std::abs(double(x[k]));
+        sum += (step > 0.0 ? 0.5 * sx * std::min(std::abs(weight) / step, 127.5) : 0.0) + 0.25 * sx;
+        if (second[g] == 0.0) {
+          sum += ax * 0.5 * step;
+          continue;
+        }
+        const double r = std::abs(weight - step * clamped_level(weight, step));
+        sum += ax * std::min(r, 0.5 * second[g]) + 0.5 * so * (r / second[g] + 0.5) + 0.25 * so;
       }
       bound[m * p.N + n] = sum * 1.01;
     }
