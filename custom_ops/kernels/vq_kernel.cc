@@ -1217,9 +1217,9 @@ BookFit int8_book_fit(const float* book, size_t count) {  // count <= 256 (8-bit
 // codebook's spread, taken robustly as median |value| / 0.6745 (a normal's sigma). An RMS
 // would let one outlier hide itself (a codeword of 400 among 63 normal values is only 8 RMS),
 // and the scalar check's median alone refuses normal 8-bit codebooks (1024 values reach 4.5
-// sigma). At 1% one normal 8-bit codebook in a hundred failed, and one failing codebook sends
-// the whole layer to the float panels; 2% (the largest value within 8.8 sigma) refuses an
-// outlier codeword and is small next to the codes' own error (pq8-d4: 10-20% of W).
+// sigma). At 1% one normal 8-bit codebook in a hundred failed (each failing one costs a second
+// digit, below); 2% (the largest value within 8.8 sigma) still catches an outlier codeword and
+// is small next to the codes' own error (pq8-d4: 10-20% of W).
 constexpr double kInt8VectorBookMaxRelError = 0.02;
 // The largest step the check allows a codebook (count <= 1024 values: 8-bit codes, d = 4);
 // negative when a value is not finite.

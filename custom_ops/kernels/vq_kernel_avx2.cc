@@ -326,10 +326,14 @@ void fastscan_u8_avx2(const uint8_t* codes, size_t entries, const uint8_t* qluts
       const size_t end = std::min(entries, e + 2 * kFlushPairs);
       __m256i lo_all = _mm256_setzero_si256(), lo_odd = _mm256_setzero_si256();
       __m256i hi_all = _mm256_setzero_si256(), hi_odd = _mm256_setzero_si256();
+      // Two entries' 32 lookups each: outputs 0-15 by the low nibbles, 16-31 by the high ones.
+      auto lookup = [&](__m256i group, __m256i lut, __m256i* lo, __m256i* hi) {
+        *lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(group, nibble));
+        *hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(group, 4), nibble));
+      };
       auto step = [&](__m256i group, __m256i lut) {
-        const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(group, nibble));
-        const __m256i hi =
-            _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(group, 4), nibble));
+        __m256i lo, hi;
+        lookup(group, lut, &lo, &hi);
         lo_all = _mm256_add_epi16(lo_all, lo);
         lo_odd = _mm256_add_epi16(lo_odd, _mm256_srli_epi16(lo, 8));
         hi_all = _mm256_add_epi16(hi_all, hi);
@@ -347,10 +351,9 @@ void fastscan_u8_avx2(const uint8_t* codes, size_t entries, const uint8_t* qluts
         const __m256i g1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + e * 16 + 32));
         const __m256i t0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + e * 16));
         const __m256i t1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + e * 16 + 32));
-        const __m256i lo0 = _mm256_shuffle_epi8(t0, _mm256_and_si256(g0, nibble));
-        const __m256i hi0 = _mm256_shuffle_epi8(t0, _mm256_and_si256(_mm256_srli_epi16(g0, 4), nibble));
-        const __m256i lo1 = _mm256_shuffle_epi8(t1, _mm256_and_si256(g1, nibble));
-        const __m256i hi1 = _mm256_shuffle_epi8(t1, _mm256_and_si256(_mm256_srli_epi16(g1, 4), nibble));
+        __m256i lo0, hi0, lo1, hi1;
+        lookup(g0, t0, &lo0, &hi0);
+        lookup(g1, t1, &lo1, &hi1);
         lo_all = _mm256_add_epi16(lo_all, _mm256_add_epi16(lo0, lo1));
         hi_all = _mm256_add_epi16(hi_all, _mm256_add_epi16(hi0, hi1));
         lo_odd = _mm256_add_epi16(lo_odd, _mm256_add_epi16(_mm256_maddubs_epi16(lo0, odd_byte),
